@@ -1,0 +1,55 @@
+# Developer entry points. `make demo` and `make test` work on a fresh machine: each
+# installs what it needs first (pip packages; later Go-built cluster tools, cached).
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+PYTEST_ARGS ?=
+
+.PHONY: help install crds crds-check lint typecheck test test-unit bench demo tools clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install:  ## install recserve (editable) with the dev extras
+	$(PIP) install --quiet --disable-pip-version-check -e '.[dev]'
+
+crds:  ## regenerate crds/, the chart's CRDs and docs/api-reference.md from the API types
+	$(PYTHON) -m recserve_runtime.cli crds
+
+crds-check:  ## fail if the committed CRDs differ from what the types generate
+	$(PYTHON) -m recserve_runtime.cli crds --check
+
+lint:  ## ruff (lint + format check) and mypy
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy
+
+typecheck:
+	$(PYTHON) -m mypy
+
+# pytest exits 5 when it collected no test: that means the suite is broken, not green.
+define run_pytest
+	$(PYTHON) -m pytest $(1) $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; \
+	exit $$rc
+endef
+
+test: install lint crds-check  ## the whole test suite (what CI runs)
+	$(call run_pytest,-m "not bench and not gpu")
+
+test-unit: install  ## unit tests only
+	$(call run_pytest,-m unit)
+
+bench: install  ## benchmarks (print ratios against in-run baselines)
+	$(call run_pytest,-m bench -s)
+
+demo: install  ## the main job (for now: generate the CRDs and validate the examples)
+	$(PYTHON) -m recserve_runtime.cli crds --check
+	$(PYTHON) -m recserve_runtime.cli crds --print | head -n 40
+	@echo "..."
+	$(PYTHON) -m recserve_runtime.cli validate examples/
+
+tools:  ## build/locate etcd, kube-*, kubectl, kwok, helm into ~/.cache/recserve
+	bash hack/tools.sh
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Builds the local control plane's binaries from Go modules into a versioned cache
+# outside the repo, only what is missing, and prints where they are.
+#
+#   hack/tools.sh            build what is missing, print KEY=PATH lines
+#   hack/tools.sh --check    exit 1 if something is missing, build nothing
+#
+# Where a binary comes from, first match wins:
+#   1. an explicit path:     RECSERVE_<NAME>=/path (e.g. RECSERVE_KUBE_APISERVER)
+#   2. envtest's convention: $KUBEBUILDER_ASSETS/<name>
+#   3. the cache:            $RECSERVE_TOOLS_CACHE (default ~/.cache/recserve)/<tool>-<version>/bin
+#   4. a build from the Go module proxy into that cache.
+# Nothing built here is committed. Cold builds take tens of minutes on 2 cores.
+set -euo pipefail
+
+K8S_VERSION=${K8S_VERSION:-v1.34.4}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
+HELM_VERSION=${HELM_VERSION:-v3.18.6}
+CACHE=${RECSERVE_TOOLS_CACHE:-$HOME/.cache/recserve}
+CHECK_ONLY=0
+[ "${1:-}" = "--check" ] && CHECK_ONLY=1
+
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+log() { printf '[tools] %s\n' "$*" >&2; }
+
+# Staging modules of k8s.io/kubernetes, replaced by their published v0.x versions.
+STAGING="api apiextensions-apiserver apimachinery apiserver cli-runtime client-go
+cloud-provider cluster-bootstrap code-generator component-base component-helpers
+controller-manager cri-api cri-client csi-translation-lib dynamic-resource-allocation
+endpointslice externaljwt kms kube-aggregator kube-controller-manager kube-proxy
+kube-scheduler kubectl kubelet metrics mount-utils pod-security-admission sample-apiserver"
+
+# resolve NAME ENVVAR CACHEDIR -> prints path if found
+resolve() {
+  local name=$1 var=$2 dir=$3
+  local explicit=${!var:-}
+  if [ -n "$explicit" ]; then
+    [ -x "$explicit" ] || { log "$var=$explicit is not an executable"; exit 2; }
+    echo "$explicit"; return
+  fi
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/$name" ]; then
+    echo "$KUBEBUILDER_ASSETS/$name"; return
+  fi
+  if [ -x "$dir/$name" ]; then echo "$dir/$name"; fi
+}
+
+with_retries() {  # the module proxy sometimes times out; network steps get 3 tries
+  local n
+  for n in 1 2 3; do "$@" && return 0; log "attempt $n failed: $*"; sleep $((n * 5)); done
+  return 1
+}
+
+build_k8s() {
+  local out=$1 work
+  work=$(mktemp -d)
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local patch=${K8S_VERSION#v1.$minor.}
+  {
+    echo "module recserve.local/k8s-tools"; echo; echo "go 1.24"; echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"; echo
+    for m in $STAGING; do echo "replace k8s.io/$m => k8s.io/$m v0.$minor.$patch"; done
+  } >"$work/go.mod"
+  echo 'package tools' >"$work/doc.go"
+  local ld="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+    ld="$ld -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $K8S_VERSION (cold: 20-40 min)"
+  (cd "$work" && with_retries go mod download k8s.io/kubernetes \
+    && with_retries go get k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION \
+    && mkdir -p "$out.tmp" \
+    && go build -mod=mod -trimpath -tags selinux,notest -ldflags "$ld" -o "$out.tmp/" \
+       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+       k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  rm -rf "$work"
+}
+
+build_etcd() {
+  local out=$1 work
+  work=$(mktemp -d)
+  printf 'module recserve.local/etcd-tools\n\ngo 1.24\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" >"$work/go.mod"
+  echo 'package tools' >"$work/doc.go"
+  log "building etcd $ETCD_VERSION"
+  (cd "$work" && with_retries go get go.etcd.io/etcd/server/v3@$ETCD_VERSION \
+    && mkdir -p "$out.tmp" \
+    && go build -mod=mod -trimpath -ldflags "-s -w" -o "$out.tmp/etcd" go.etcd.io/etcd/server/v3)
+  rm -rf "$work"
+}
+
+build_goinstall() {  # out pkg@version
+  log "building $2"
+  mkdir -p "$1.tmp"
+  with_retries env GOBIN="$1.tmp" go install -trimpath -ldflags "-s -w" "$2"
+}
+
+# tool  var  cachedir  builder  args
+ensure() {
+  local name=$1 var=$2 dir=$3; shift 3
+  local path
+  path=$(resolve "$name" "$var" "$dir")
+  if [ -z "$path" ]; then
+    if [ $CHECK_ONLY = 1 ]; then log "missing: $name"; MISSING=1; return; fi
+    rm -rf "$dir.tmp"
+    "$@"
+    mkdir -p "$dir"; cp "$dir.tmp"/* "$dir/"; rm -rf "$dir.tmp"
+    path="$dir/$name"
+  fi
+  echo "$var=$path"
+}
+
+MISSING=0
+K8S_DIR=$CACHE/k8s-$K8S_VERSION/bin
+{
+  ensure kube-apiserver RECSERVE_KUBE_APISERVER "$K8S_DIR" build_k8s "$K8S_DIR"
+  ensure kube-controller-manager RECSERVE_KUBE_CONTROLLER_MANAGER "$K8S_DIR" build_k8s "$K8S_DIR"
+  ensure kube-scheduler RECSERVE_KUBE_SCHEDULER "$K8S_DIR" build_k8s "$K8S_DIR"
+  ensure kubectl RECSERVE_KUBECTL "$K8S_DIR" build_k8s "$K8S_DIR"
+  ensure etcd RECSERVE_ETCD "$CACHE/etcd-$ETCD_VERSION/bin" build_etcd "$CACHE/etcd-$ETCD_VERSION/bin"
+  ensure kwok RECSERVE_KWOK "$CACHE/kwok-$KWOK_VERSION/bin" build_goinstall "$CACHE/kwok-$KWOK_VERSION/bin" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  ensure helm RECSERVE_HELM "$CACHE/helm-$HELM_VERSION/bin" build_goinstall "$CACHE/helm-$HELM_VERSION/bin" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+} >"${TOOLS_ENV_OUT:-/dev/stdout}"
+exit $MISSING

@@ -1,0 +1,202 @@
+"""OptimizationPolicy (namespaced): objectives, compressions to try, scaling and drift rules."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+from pydantic import ConfigDict, Field, Strict, ValidationInfo, field_validator
+
+from recserve_operator.api.common import (
+    ApiModel,
+    Condition,
+    Int,
+    Precision,
+    Resource,
+    cel,
+    conditions_field,
+    nested,
+)
+
+# A structured-pruning ratio in basis points: 1% .. 95% of MLP neurons removed.
+PruningRatio = Annotated[int, Strict(), Field(ge=100, le=9500)]
+
+
+def _not_below(low_name: str, low_attr: str, value: int, info: ValidationInfo) -> int:
+    """Cross-field check `low <= value`, reported on the value's field (mirrors a CEL rule)."""
+    low = info.data.get(low_attr)
+    if isinstance(low, int) and value < low:
+        raise ValueError(f"must be >= {low_name} ({low}), got {value}")
+    return value
+
+
+class Objectives(ApiModel):
+    """What the placement must achieve."""
+
+    p99_latency_target_milliseconds: Int = Field(
+        default=25,
+        ge=1,
+        le=60000,
+        description="p99 end-to-end latency of one ranking request that replicas must meet.",
+    )
+    accuracy_budget_basis_points: Int = Field(
+        default=100,
+        ge=0,
+        le=10000,
+        description="Largest relative AUC drop versus the original model a variant may have "
+        "(100 = 1%). Variants over budget are rejected.",
+    )
+    throughput_floor_requests_per_second: Int = Field(
+        default=0,
+        ge=0,
+        le=10**7,
+        description="Requests per second the placement must sustain at least, even if the "
+        "RecModel expects less.",
+    )
+    cost_weight_percent: Int = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="How much the planner weighs cost against latency headroom "
+        "(0: fastest, 100: cheapest that meets the target).",
+    )
+
+
+class Distillation(ApiModel):
+    """Knowledge distillation into smaller student models."""
+
+    enabled: bool = Field(default=True, description="Train distilled students.")
+    max_students: Int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="Student shapes tried by the hardware-aware search.",
+    )
+
+
+class Compression(ApiModel):
+    """Which compressions the variant builder tries."""
+
+    precisions: list[Precision] = Field(
+        default_factory=lambda: [Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT4],
+        min_length=1,
+        max_length=4,
+        description="Precisions to build (int4 applies to embedding tables, row-wise).",
+        json_schema_extra={"default": ["fp32", "fp16", "int8", "int4"]},
+    )
+    static_quantization: bool = Field(
+        default=True,
+        description="Also build INT8 with static QDQ calibrated on training data.",
+    )
+    pruning_ratios_basis_points: list[PruningRatio] = Field(
+        default_factory=lambda: [5000],
+        max_length=8,
+        description="Structured pruning ratios of MLP neurons to try (5000 = 50%); empty: "
+        "no pruning.",
+        json_schema_extra={"default": [5000]},
+    )
+    distillation: Distillation = nested(Distillation, "Distillation settings.")
+
+
+class Autoscaling(ApiModel):
+    """Bounds and pace of replica and batch-size scaling."""
+
+    min_replicas: Int = Field(default=1, ge=0, le=10000, description="Fewest replicas per pool.")
+    max_replicas: Int = Field(
+        default=8, ge=1, le=10000, description="Most replicas per pool (also capped by the pool)."
+    )
+    min_batch_size: Int = Field(
+        default=1, ge=1, le=65536, description="Smallest batch the server's batcher may use."
+    )
+    max_batch_size: Int = Field(
+        default=1024, ge=1, le=65536, description="Largest batch the server's batcher may use."
+    )
+    interval_seconds: Int = Field(
+        default=15, ge=1, le=3600, description="How often live metrics are read and acted on."
+    )
+    scale_up_cooldown_seconds: Int = Field(
+        default=30, ge=0, le=86400, description="Least time between two scale-ups."
+    )
+    scale_down_cooldown_seconds: Int = Field(
+        default=300, ge=0, le=86400, description="Least time after any change before a scale-down."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.minReplicas <= self.maxReplicas",
+                    "minReplicas must be <= maxReplicas",
+                    ".maxReplicas",
+                ),
+                cel(
+                    "self.minBatchSize <= self.maxBatchSize",
+                    "minBatchSize must be <= maxBatchSize",
+                    ".maxBatchSize",
+                ),
+            ]
+        }
+    )
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _max_replicas_not_below_min(cls, value: int, info: ValidationInfo) -> int:
+        return _not_below("minReplicas", "min_replicas", value, info)
+
+    @field_validator("max_batch_size")
+    @classmethod
+    def _max_batch_not_below_min(cls, value: int, info: ValidationInfo) -> int:
+        return _not_below("minBatchSize", "min_batch_size", value, info)
+
+
+class Drift(ApiModel):
+    """When observed performance has drifted enough to re-optimize."""
+
+    latency_drift_basis_points: Int = Field(
+        default=2000,
+        ge=100,
+        le=100000,
+        description="Re-profile when observed p99 exceeds the profiled p99 by this much "
+        "(2000 = 20%).",
+    )
+    check_interval_seconds: Int = Field(
+        default=60, ge=5, le=86400, description="How often drift is checked."
+    )
+    sustained_seconds: Int = Field(
+        default=120,
+        ge=0,
+        le=86400,
+        description="Drift must persist this long before acting (ignores short spikes).",
+    )
+    cooldown_seconds: Int = Field(
+        default=900, ge=0, le=604800, description="Least time between two re-optimizations."
+    )
+
+
+class OptimizationPolicySpec(ApiModel):
+    """Desired state of an OptimizationPolicy."""
+
+    objectives: Objectives = nested(Objectives, "Latency, accuracy, throughput and cost goals.")
+    compression: Compression = nested(Compression, "Compressions the variant builder tries.")
+    autoscaling: Autoscaling = nested(Autoscaling, "Replica and batch-size scaling bounds.")
+    drift: Drift = nested(Drift, "Drift detection and re-optimization pace.")
+
+
+class OptimizationPolicyStatus(ApiModel):
+    """Observed state of an OptimizationPolicy."""
+
+    observed_generation: Int | None = Field(
+        default=None, description="metadata.generation this status reflects."
+    )
+    conditions: list[Condition] = conditions_field()
+
+
+class OptimizationPolicy(Resource):
+    """Objectives and rules a RecModel's optimization and scaling follow."""
+
+    KIND: ClassVar[str] = "OptimizationPolicy"
+
+    kind: str = Field(default="OptimizationPolicy", description="OptimizationPolicy.")
+    spec: OptimizationPolicySpec = Field(
+        default_factory=OptimizationPolicySpec, description="Desired state."
+    )
+    status: OptimizationPolicyStatus | None = Field(default=None, description="Observed state.")

@@ -1,0 +1,178 @@
+"""RecModel (namespaced): a trained recommendation model to optimize and serve."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import ConfigDict, Field
+
+from recserve_operator.api.common import (
+    SHA256_PATTERN,
+    ApiModel,
+    Condition,
+    Int,
+    ObjectRef,
+    Resource,
+    cel,
+    conditions_field,
+    nested,
+)
+
+
+class ModelFormat(StrEnum):
+    """How the model file at source.uri is stored."""
+
+    DEMO = "demo"
+    TORCHSCRIPT = "torchscript"
+    STATE_DICT = "stateDict"
+
+
+class Architecture(StrEnum):
+    """Model family; `custom` needs a TorchScript model and a feature spec."""
+
+    DLRM = "dlrm"
+    DCNV2 = "dcnv2"
+    DEEPFM = "deepfm"
+    CUSTOM = "custom"
+
+
+class ModelSource(ApiModel):
+    """Where the trained model is and what it must hash to."""
+
+    uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="Location of the model: `demo` (the bundled MovieLens teacher, trained on "
+        "first use), a path, or any fsspec URI (file://, s3://, gs://, http(s)://).",
+    )
+    format: ModelFormat = Field(
+        default=ModelFormat.TORCHSCRIPT,
+        description="torchscript, stateDict (needs architecture) or demo.",
+    )
+    sha256: str | None = Field(
+        default=None,
+        pattern=SHA256_PATTERN,
+        description="Expected sha256 of the model file (lowercase hex). Checked before use; "
+        "immutable once set (create a new RecModel to change the model).",
+    )
+    feature_spec_uri: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="JSON feature spec (field names, vocabulary sizes, dense features) for "
+        "bring-your-own models; not needed for `demo`.",
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(oldSelf.sha256) || (has(self.sha256) && self.sha256 == oldSelf.sha256)",
+                    "sha256 is immutable once set",
+                    ".sha256",
+                ),
+            ]
+        }
+    )
+
+
+class EvalDataset(ApiModel):
+    """Held-out data accuracy is measured on."""
+
+    name: str = Field(
+        default="movielens-100k",
+        max_length=253,
+        description="A known dataset name (movielens-100k) or `custom` with uri.",
+    )
+    uri: str | None = Field(
+        default=None, max_length=2048, description="Parquet file or folder for `custom`."
+    )
+    holdout_basis_points: Int = Field(
+        default=2000,
+        ge=100,
+        le=5000,
+        description="Share of each user's latest interactions held out for evaluation "
+        "(2000 = 20%).",
+    )
+
+
+class Traffic(ApiModel):
+    """The load the RecModel is expected to serve."""
+
+    expected_requests_per_second: Int = Field(
+        default=100, ge=0, le=10**7, description="Steady-state ranking requests per second."
+    )
+    candidates_per_request: Int = Field(
+        default=64, ge=1, le=100000, description="Items scored per ranking request."
+    )
+    peak_factor_percent: Int = Field(
+        default=150,
+        ge=100,
+        le=1000,
+        description="Peak load as a percentage of the expected load (150 = 1.5x); "
+        "replicas are planned for the peak.",
+    )
+
+
+class RecModelSpec(ApiModel):
+    """Desired state of a RecModel."""
+
+    source: ModelSource = Field(description="The trained model.")
+    architecture: Architecture = Field(
+        default=Architecture.DLRM, description="Model family of the source model."
+    )
+    eval_dataset: EvalDataset = nested(EvalDataset, "Data accuracy is evaluated on.")
+    policy_ref: ObjectRef = Field(description="OptimizationPolicy (same namespace) to follow.")
+    hardware_pool_refs: list[ObjectRef] = Field(
+        min_length=1,
+        max_length=16,
+        description="HardwarePools the model may be placed on.",
+    )
+    traffic: Traffic = nested(Traffic, "Expected traffic.")
+    paused: bool = Field(
+        default=False, description="Stop reconciling (keeps what runs; for maintenance)."
+    )
+
+
+class PoolPlacement(ApiModel):
+    """What runs in one pool."""
+
+    pool: str = Field(description="HardwarePool name.")
+    variant: str = Field(description="ModelVariant served there.")
+    replicas: Int = Field(ge=0, description="Replicas planned.")
+    ready_replicas: Int = Field(default=0, ge=0, description="Replicas ready.")
+    batch_size: Int = Field(default=1, ge=1, description="Current maximum batch size.")
+
+
+class RecModelStatus(ApiModel):
+    """Observed state of a RecModel."""
+
+    observed_generation: Int | None = Field(
+        default=None, description="metadata.generation this status reflects."
+    )
+    content_hash: str | None = Field(
+        default=None,
+        description="Hash of the model source and compression settings the variants were "
+        "built from; a change triggers a rebuild.",
+    )
+    replicas: Int | None = Field(default=None, description="Ready replicas over all pools.")
+    placements: list[PoolPlacement] = Field(
+        default_factory=list, max_length=16, description="Placement per pool."
+    )
+    observed_p99_milliseconds: Int | None = Field(
+        default=None, description="Live p99 latency over the last interval, all pools."
+    )
+    endpoint: str | None = Field(
+        default=None, description="URL of the router that serves this model."
+    )
+    conditions: list[Condition] = conditions_field()
+
+
+class RecModel(Resource):
+    """A trained recommendation model that recserve optimizes, places and serves."""
+
+    KIND: ClassVar[str] = "RecModel"
+
+    kind: str = Field(default="RecModel", description="RecModel.")
+    spec: RecModelSpec = Field(description="Desired state.")
+    status: RecModelStatus | None = Field(default=None, description="Observed state.")

@@ -1,0 +1,93 @@
+"""Validate manifests against the API types, with the field path of every problem."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from recserve_operator.api.common import API_VERSION, Resource
+from recserve_operator.api.registry import kind_for
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem at one field, e.g. ``spec.autoscaling.maxReplicas``."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ManifestError(ValueError):
+    """A manifest the API types refuse; ``errors`` holds every problem found."""
+
+    def __init__(self, name: str, errors: list[FieldError]) -> None:
+        self.name = name
+        self.errors = errors
+        super().__init__(f"{name} is invalid:\n" + "\n".join(f"  {e}" for e in errors))
+
+    @property
+    def paths(self) -> list[str]:
+        return [e.path for e in self.errors]
+
+
+def _path(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _describe(doc: Any) -> str:
+    if not isinstance(doc, dict):
+        return "manifest"
+    name = (doc.get("metadata") or {}).get("name", "<unnamed>")
+    return f"{doc.get('kind', '<no kind>')}/{name}"
+
+
+def validate_manifest(doc: Any) -> Resource:
+    """Parse one manifest into its API type or raise :class:`ManifestError`."""
+    name = _describe(doc)
+    if not isinstance(doc, dict):
+        raise ManifestError(name, [FieldError("<root>", "a manifest must be a mapping")])
+    if doc.get("apiVersion") != API_VERSION:
+        got = doc.get("apiVersion")
+        raise ManifestError(name, [FieldError("apiVersion", f"must be {API_VERSION}, got {got!r}")])
+    try:
+        model = kind_for(str(doc.get("kind"))).model
+    except KeyError as exc:
+        raise ManifestError(name, [FieldError("kind", str(exc.args[0]))]) from None
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        errors = [FieldError(_path(err["loc"]), err["msg"]) for err in exc.errors()]
+        raise ManifestError(name, errors) from None
+
+
+def load_documents(path: Path) -> list[Any]:
+    """All YAML documents of a file (empty documents skipped)."""
+    with path.open() as handle:
+        return [doc for doc in yaml.safe_load_all(handle) if doc is not None]
+
+
+def validate_files(paths: Iterable[Path]) -> tuple[list[Resource], list[ManifestError]]:
+    """Validate every document of every file; returns the valid ones and the errors."""
+    good: list[Resource] = []
+    bad: list[ManifestError] = []
+    for path in paths:
+        for doc in load_documents(path):
+            try:
+                good.append(validate_manifest(doc))
+            except ManifestError as exc:
+                bad.append(exc)
+    return good, bad

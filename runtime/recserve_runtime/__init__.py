@@ -1,0 +1,3 @@
+"""recserve data plane: model zoo, variant builder, profiler, server, router."""
+
+__version__ = "0.1.0"

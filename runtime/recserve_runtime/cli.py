@@ -1,0 +1,111 @@
+"""`recserve`: the command-line entry point of the data plane and developer tools.
+
+Each subcommand lives in its own module and is imported only when used, so that
+`recserve --help` stays fast and works without the heavy extras (torch, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from recserve_runtime import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    from recserve_operator.api.crdgen import render, stale_files, write_all
+    from recserve_operator.api.registry import KINDS
+
+    root = Path(args.root)
+    if args.print:
+        sys.stdout.write("---\n".join(render(kind) for kind in KINDS))
+        return 0
+    if args.check:
+        stale = stale_files(root)
+        for path in stale:
+            print(f"stale: {path} differs from what the API types generate", file=sys.stderr)
+        if stale:
+            print("run `make crds` and commit the result", file=sys.stderr)
+            return 1
+        print(f"CRDs and API reference are up to date ({len(KINDS)} kinds)")
+        return 0
+    changed = write_all(root)
+    for path in changed:
+        print(f"wrote {path}")
+    if not changed:
+        print("generated files were already up to date")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from recserve_operator.api.validation import validate_files
+
+    paths: list[Path] = []
+    for raw in args.paths:
+        path = Path(raw)
+        if path.is_dir():
+            paths += sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+        elif path.exists():
+            paths.append(path)
+        else:
+            print(f"error: {path} does not exist", file=sys.stderr)
+            return 2
+    good, bad = validate_files(paths)
+    for resource in good:
+        name = resource.metadata.get("name", "<unnamed>")
+        print(f"valid: {resource.kind}/{name}")
+    for error in bad:
+        print(f"invalid: {error}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="recserve",
+        description="Compress, measure, serve and route recommendation models.",
+    )
+    parser.add_argument("--version", action="version", version=f"recserve {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    crds = sub.add_parser(
+        "crds",
+        help="generate the CRDs and API reference from the API types",
+        description="Write crds/, charts/recserve/crds/ and docs/api-reference.md from the "
+        "pydantic types (default), check that the committed files match (--check), or "
+        "print the CRDs (--print, e.g. `recserve crds --print | kubectl apply -f -`).",
+    )
+    mode = crds.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="exit 1 if committed files are stale")
+    mode.add_argument("--print", action="store_true", help="print the CRD YAML to stdout")
+    crds.add_argument("--root", default=".", help="repository root (default: .)")
+    crds.set_defaults(handler=_cmd_crds)
+
+    validate = sub.add_parser(
+        "validate",
+        help="validate recserve manifests against the API types",
+        description="Check every YAML document in the given files or folders; print each "
+        "problem with its field path; exit 1 if any is invalid.",
+    )
+    validate.add_argument("paths", nargs="+", help="YAML files or folders")
+    validate.set_defaults(handler=_cmd_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `recserve` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

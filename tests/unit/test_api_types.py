@@ -1,0 +1,89 @@
+"""The API types accept the examples and reject bad input with the field path."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from recserve_operator.api import (
+    HardwarePool,
+    HardwareType,
+    ManifestError,
+    OptimizationPolicy,
+    RecModel,
+    validate_manifest,
+)
+from tests.manifests import BAD_CASES, BadCase, example, examples
+
+pytestmark = pytest.mark.unit
+
+
+def test_every_example_is_valid() -> None:
+    kinds = sorted(validate_manifest(doc).kind for doc in examples().values())
+    assert kinds == ["HardwarePool"] * 3 + ["OptimizationPolicy", "RecModel"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES, ids=lambda c: c.id)
+def test_bad_manifest_is_rejected_with_field_path(case: BadCase) -> None:
+    with pytest.raises(ManifestError) as caught:
+        validate_manifest(case.document())
+    assert case.path in caught.value.paths, str(caught.value)
+    assert case.path in str(caught.value)
+
+
+def test_defaults_fill_a_minimal_policy() -> None:
+    policy = validate_manifest(
+        {
+            "apiVersion": "recserve.io/v1alpha1",
+            "kind": "OptimizationPolicy",
+            "metadata": {"name": "defaults"},
+            "spec": {},
+        }
+    )
+    assert isinstance(policy, OptimizationPolicy)
+    assert policy.spec.objectives.p99_latency_target_milliseconds == 25
+    assert policy.spec.autoscaling.min_replicas <= policy.spec.autoscaling.max_replicas
+    assert policy.spec.compression.pruning_ratios_basis_points == [5000]
+
+
+def test_wire_form_round_trips_in_camel_case() -> None:
+    pool = validate_manifest(example("gpu-pool"))
+    assert isinstance(pool, HardwarePool)
+    assert pool.spec.hardware_type is HardwareType.GPU
+    wire = pool.to_wire()
+    assert wire["spec"]["nodeSelector"] == {"recserve.io/hardware": "gpu"}
+    assert wire["spec"]["accelerator"]["amountPerReplica"] == 1
+    assert HardwarePool.model_validate(wire) == pool
+
+
+def test_cpu_pool_needs_no_accelerator() -> None:
+    pool = validate_manifest(example("cpu-pool"))
+    assert isinstance(pool, HardwarePool)
+    assert pool.spec.accelerator is None
+
+
+def test_kind_and_api_version_are_checked() -> None:
+    doc = example("movielens-dlrm")
+    doc["apiVersion"] = "recserve.io/v1"
+    with pytest.raises(ManifestError) as caught:
+        validate_manifest(doc)
+    assert caught.value.paths == ["apiVersion"]
+    doc = example("movielens-dlrm")
+    doc["kind"] = "Recmodel"
+    with pytest.raises(ManifestError) as caught:
+        validate_manifest(doc)
+    assert caught.value.paths == ["kind"]
+    with pytest.raises(ValidationError, match="must be RecModel"):
+        RecModel.model_validate({**example("movielens-dlrm"), "kind": "HardwarePool"})
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    doc = example("latency-first")
+    doc["spec"]["objectives"]["costWeightPercent"] = 101
+    doc["spec"]["drift"]["cooldownSeconds"] = -5
+    with pytest.raises(ManifestError) as caught:
+        validate_manifest(doc)
+    assert set(caught.value.paths) == {
+        "spec.objectives.costWeightPercent",
+        "spec.drift.cooldownSeconds",
+    }
