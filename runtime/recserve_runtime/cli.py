@@ -1,12 +1,15 @@
 """`recserve`: the command-line entry point of the data plane and developer tools.
 
-Each subcommand lives in its own module and is imported only when used, so that
-`recserve --help` stays fast and works without the heavy extras (torch, onnxruntime).
+Subcommands that need heavy extras (torch, onnxruntime) live in their own modules,
+listed in ``PLUGINS``: each exposes ``register(subparsers)``, which adds its parser and
+sets ``handler``; it must import its heavy dependencies inside the handler, so that
+`recserve --help` stays fast and works without the extras.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +17,9 @@ from pathlib import Path
 from recserve_runtime import __version__
 
 Handler = Callable[[argparse.Namespace], int]
+
+# Modules that add subcommands (see the module docstring), in help order.
+PLUGINS: list[str] = []
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
@@ -93,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("paths", nargs="+", help="YAML files or folders")
     validate.set_defaults(handler=_cmd_validate)
+
+    for name in PLUGINS:
+        importlib.import_module(name).register(sub)
     return parser
 
 
