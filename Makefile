@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: help install crds crds-check lint typecheck test test-unit bench demo tools clean
+.PHONY: help install crds crds-check lint typecheck test test-unit test-integration bench demo tools cluster-up cluster-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,11 +33,14 @@ define run_pytest
 	exit $$rc
 endef
 
-test: install lint crds-check  ## the whole test suite (what CI runs)
+test: install tools lint crds-check  ## the whole test suite (what CI runs)
 	$(call run_pytest,-m "not bench and not gpu")
 
 test-unit: install  ## unit tests only
 	$(call run_pytest,-m unit)
+
+test-integration: install tools  ## integration tests on a fresh local control plane
+	$(call run_pytest,-m integration)
 
 bench: install  ## benchmarks (print ratios against in-run baselines)
 	$(call run_pytest,-m bench -s)
@@ -48,8 +51,14 @@ demo: install  ## the main job (for now: generate the CRDs and validate the exam
 	@echo "..."
 	$(PYTHON) -m recserve_runtime.cli validate examples/
 
-tools:  ## build/locate etcd, kube-*, kubectl, kwok, helm into ~/.cache/recserve
+tools:  ## build/locate etcd, kube-*, kubectl, kwok, prometheus, helm (cached in ~/.cache/recserve)
 	bash hack/tools.sh
+
+cluster-up: install tools  ## start the local control plane in .cluster/ and print KUBECONFIG
+	$(PYTHON) -m recserve_runtime.cli cluster up --root .cluster
+
+cluster-down:  ## stop the local control plane started by cluster-up
+	$(PYTHON) -m recserve_runtime.cli cluster down --root .cluster
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -2,7 +2,7 @@
 # Builds the local control plane's binaries from Go modules into a versioned cache
 # outside the repo, only what is missing, and prints where they are.
 #
-#   hack/tools.sh            build what is missing, print KEY=PATH lines
+#   hack/tools.sh            build what is missing (etcd, kube-*, kubectl, kwok, prometheus, helm), print KEY=PATH lines
 #   hack/tools.sh --check    exit 1 if something is missing, build nothing
 #
 # Where a binary comes from, first match wins:
@@ -17,6 +17,9 @@ K8S_VERSION=${K8S_VERSION:-v1.34.4}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
 HELM_VERSION=${HELM_VERSION:-v3.18.6}
+# Prometheus 3.7.3 (its Go module is tagged v0.307.3). Debian's package cannot be used:
+# it is built without kubernetes_sd_configs.
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.307.3}
 CACHE=${RECSERVE_TOOLS_CACHE:-$HOME/.cache/recserve}
 CHECK_ONLY=0
 [ "${1:-}" = "--check" ] && CHECK_ONLY=1
@@ -89,6 +92,18 @@ build_etcd() {
   rm -rf "$work"
 }
 
+build_prometheus() {
+  local out=$1 work
+  work=$(mktemp -d)
+  printf 'module recserve.local/prom-tools\n\ngo 1.24\n\nrequire github.com/prometheus/prometheus %s\n' "$PROMETHEUS_VERSION" >"$work/go.mod"
+  echo 'package tools' >"$work/doc.go"
+  log "building prometheus $PROMETHEUS_VERSION (cold: ~5 min)"
+  (cd "$work" && with_retries go get github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION \
+    && mkdir -p "$out.tmp" \
+    && go build -mod=mod -trimpath -ldflags "-s -w -X github.com/prometheus/common/version.Version=3.${PROMETHEUS_VERSION#v0.3}" -o "$out.tmp/prometheus" github.com/prometheus/prometheus/cmd/prometheus)
+  rm -rf "$work"
+}
+
 build_goinstall() {  # out pkg@version
   log "building $2"
   mkdir -p "$1.tmp"
@@ -119,6 +134,7 @@ K8S_DIR=$CACHE/k8s-$K8S_VERSION/bin
   ensure kubectl RECSERVE_KUBECTL "$K8S_DIR" build_k8s "$K8S_DIR"
   ensure etcd RECSERVE_ETCD "$CACHE/etcd-$ETCD_VERSION/bin" build_etcd "$CACHE/etcd-$ETCD_VERSION/bin"
   ensure kwok RECSERVE_KWOK "$CACHE/kwok-$KWOK_VERSION/bin" build_goinstall "$CACHE/kwok-$KWOK_VERSION/bin" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  ensure prometheus RECSERVE_PROMETHEUS "$CACHE/prometheus-$PROMETHEUS_VERSION/bin" build_prometheus "$CACHE/prometheus-$PROMETHEUS_VERSION/bin"
   ensure helm RECSERVE_HELM "$CACHE/helm-$HELM_VERSION/bin" build_goinstall "$CACHE/helm-$HELM_VERSION/bin" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 } >"${TOOLS_ENV_OUT:-/dev/stdout}"
 exit $MISSING

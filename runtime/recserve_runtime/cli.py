@@ -19,7 +19,9 @@ from recserve_runtime import __version__
 Handler = Callable[[argparse.Namespace], int]
 
 # Modules that add subcommands (see the module docstring), in help order.
-PLUGINS: list[str] = []
+PLUGINS: list[str] = [
+    "recserve_operator.localcluster.cli",
+]
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:

@@ -50,8 +50,15 @@ def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
 
 
 def nested(model: type[BaseModel], description: str) -> Any:
-    """A sub-object that defaults to its own defaults, in Python and in the CRD schema."""
-    return Field(default_factory=model, description=description, json_schema_extra={"default": {}})
+    """A sub-object that defaults to its own defaults, in Python and in the CRD schema.
+
+    The schema default is spelled out in full (not ``{}``): the API server validates
+    defaults, CEL rules included, before it applies the nested fields' own defaults.
+    """
+    default = model().model_dump(by_alias=True, mode="json", exclude_none=True)
+    return Field(
+        default_factory=model, description=description, json_schema_extra={"default": default}
+    )
 
 
 class HardwareType(StrEnum):

@@ -1,0 +1,662 @@
+"""A small node agent: runs pods bound to its nodes as real local processes.
+
+It is a kubelet for machines without a container engine, enough for end-to-end tests
+and the demo: a Deployment created through the API really serves and a Job really runs.
+
+What it does, per pod scheduled onto one of its nodes:
+
+- gives the pod its own loopback address (127.1.x.y) and writes it as ``status.podIP``;
+- runs each container's ``command`` + ``args`` (the image is ignored: programs come from
+  this machine's PATH) with the pod's ``env`` (values, downward-API ``fieldRef``s and
+  ConfigMap/Secret keys), in a per-pod working folder;
+- maps ``emptyDir`` and ``hostPath`` volumes onto local folders by rewriting the mount
+  path in args, env values and workingDir (no mount namespaces here);
+- runs init containers first, in order, each to completion;
+- probes readiness and liveness (httpGet, tcpSocket, exec) and writes the pod's
+  conditions; restarts containers per ``restartPolicy`` with back-off; Job pods end
+  Succeeded/Failed with the process's exit code;
+- on deletion: SIGTERM, SIGKILL after the grace period, then removes the pod object;
+- keeps its Node objects Ready (status heartbeat and Lease), like a kubelet.
+
+Container output goes to ``<state-dir>/<namespace>_<pod>/<container>.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger("recserve.node-agent")
+POLL_SECONDS = 0.5
+HEARTBEAT_SECONDS = 10
+LEASE_SECONDS = 40
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class IpAllocator:
+    """Distinct loopback addresses for pods: 127.1.0.1, 127.1.0.2, ..."""
+
+    def __init__(self) -> None:
+        self._next = 1
+        self._free: list[int] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> tuple[str, int]:
+        with self._lock:
+            n = self._free.pop() if self._free else self._next
+            if n == self._next:
+                self._next += 1
+        return f"127.1.{n // 250}.{n % 250 + 1}", n
+
+    def give_back(self, n: int) -> None:
+        with self._lock:
+            self._free.append(n)
+
+
+@dataclass
+class Probe:
+    """A readiness or liveness probe with its counters."""
+
+    spec: dict[str, Any]
+    successes: int = 0
+    failures: int = 0
+    next_at: float = 0.0
+
+    @property
+    def period(self) -> float:
+        return float(self.spec.get("periodSeconds") or 10)
+
+    @property
+    def timeout(self) -> float:
+        return float(self.spec.get("timeoutSeconds") or 1)
+
+
+@dataclass
+class Container:
+    """One running container (a process) and what the agent knows about it."""
+
+    name: str
+    spec: dict[str, Any]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: str | None = None
+    restarts: int = 0
+    last_exit: int | None = None
+    finished_at: str | None = None
+    ready: bool = False
+    readiness: Probe | None = None
+    liveness: Probe | None = None
+    restart_after: float = 0.0
+
+
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def expand_references(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in command/args: $$ escapes, unknown refs stay as is."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _REFERENCE.sub(replace, text)
+
+
+def _resolve_port(port: Any, containers: list[dict[str, Any]]) -> int:
+    if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
+        return int(port)
+    for spec in containers:
+        for p in spec.get("ports", []):
+            if p.get("name") == port:
+                return int(p["containerPort"])
+    raise ValueError(f"unknown named port {port!r}")
+
+
+@dataclass
+class PodWorker:
+    """Lifecycle of one pod, run in its own thread."""
+
+    api: client.CoreV1Api
+    pod: dict[str, Any]
+    ip: str
+    ip_slot: int
+    workdir: Path
+    containers: list[Container] = field(default_factory=list)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    deleting: bool = False
+    phase: str = "Pending"
+    message: str = ""
+    _last_status: dict[str, Any] | None = None
+
+    @property
+    def ns(self) -> str:
+        return str(self.pod["metadata"]["namespace"])
+
+    @property
+    def name(self) -> str:
+        return str(self.pod["metadata"]["name"])
+
+    @property
+    def restart_policy(self) -> str:
+        return str(self.pod["spec"].get("restartPolicy", "Always"))
+
+    # -- environment -----------------------------------------------------------------
+    def _volume_map(self) -> dict[str, str]:
+        """mountPath -> local folder, for every emptyDir/hostPath volume mount."""
+        local: dict[str, str] = {}
+        for vol in self.pod["spec"].get("volumes", []):
+            if "emptyDir" in vol:
+                path = self.workdir / "volumes" / vol["name"]
+                path.mkdir(parents=True, exist_ok=True)
+                local[vol["name"]] = str(path)
+            elif "hostPath" in vol:
+                local[vol["name"]] = vol["hostPath"]["path"]
+        mounts: dict[str, str] = {}
+        for spec in self.pod["spec"].get("containers", []) + self.pod["spec"].get(
+            "initContainers", []
+        ):
+            for mount in spec.get("volumeMounts", []):
+                if mount["name"] in local:
+                    mounts[mount["mountPath"].rstrip("/")] = local[mount["name"]]
+        return mounts
+
+    def _rewrite(self, text: str, mounts: dict[str, str]) -> str:
+        for mount_path in sorted(mounts, key=len, reverse=True):
+            text = text.replace(mount_path, mounts[mount_path])
+        return text
+
+    def _field(self, path: str) -> str:
+        meta = self.pod["metadata"]
+        simple = {
+            "metadata.name": meta.get("name"),
+            "metadata.namespace": meta.get("namespace"),
+            "metadata.uid": meta.get("uid"),
+            "spec.nodeName": self.pod["spec"].get("nodeName"),
+            "spec.serviceAccountName": self.pod["spec"].get("serviceAccountName"),
+            "status.podIP": self.ip,
+            "status.hostIP": "127.0.0.1",
+        }
+        if path in simple:
+            return str(simple[path] or "")
+        for prefix, source in (
+            ("metadata.labels", "labels"),
+            ("metadata.annotations", "annotations"),
+        ):
+            if path.startswith(prefix + "['"):
+                return str(meta.get(source, {}).get(path[len(prefix) + 2 : -2], ""))
+        raise ValueError(f"unsupported fieldRef {path}")
+
+    def _env(self, spec: dict[str, Any], mounts: dict[str, str]) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"POD_IP": self.ip, "HOSTNAME": self.name})
+        for item in spec.get("env", []):
+            name = item["name"]
+            if "value" in item:
+                value = str(item["value"])
+            elif "valueFrom" in item:
+                value = self._value_from(item["valueFrom"])
+            else:
+                value = ""
+            env[name] = self._rewrite(value, mounts)
+        return env
+
+    def _value_from(self, source: dict[str, Any]) -> str:
+        if "fieldRef" in source:
+            return self._field(source["fieldRef"]["fieldPath"])
+        if "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            cm = self.api.read_namespaced_config_map(ref["name"], self.ns)
+            return str((cm.data or {}).get(ref["key"], ""))
+        if "secretKeyRef" in source:
+            import base64
+
+            ref = source["secretKeyRef"]
+            secret = self.api.read_namespaced_secret(ref["name"], self.ns)
+            raw = (secret.data or {}).get(ref["key"], "")
+            return base64.b64decode(raw).decode() if raw else ""
+        return ""
+
+    def _spawn(self, container: Container) -> None:
+        mounts = self._volume_map()
+        spec = container.spec
+        env = self._env(spec, mounts)
+        declared = {item["name"]: env[item["name"]] for item in spec.get("env", [])}
+        argv = [
+            expand_references(self._rewrite(str(a), mounts), declared)
+            for a in spec.get("command", []) + spec.get("args", [])
+        ]
+        if not argv:
+            raise ValueError(f"container {container.name} has no command: the agent runs no images")
+        cwd = self._rewrite(spec.get("workingDir", ""), mounts) or str(self.workdir)
+        Path(cwd).mkdir(parents=True, exist_ok=True)
+        logfile = (self.workdir / f"{container.name}.log").open("ab")
+        container.process = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        logfile.close()
+        container.started_at = now()
+        container.ready = False
+        if spec.get("readinessProbe"):
+            container.readiness = Probe(spec["readinessProbe"])
+            container.readiness.next_at = time.monotonic() + float(
+                spec["readinessProbe"].get("initialDelaySeconds") or 0
+            )
+        if spec.get("livenessProbe"):
+            container.liveness = Probe(spec["livenessProbe"])
+            container.liveness.next_at = time.monotonic() + float(
+                spec["livenessProbe"].get("initialDelaySeconds") or 0
+            )
+        log.info(
+            "started container pod=%s/%s container=%s pid=%s ip=%s",
+            self.ns,
+            self.name,
+            container.name,
+            container.process.pid,
+            self.ip,
+        )
+
+    # -- probes ------------------------------------------------------------------------
+    def _probe_once(self, probe: Probe) -> bool:
+        spec = probe.spec
+        try:
+            if "httpGet" in spec:
+                get = spec["httpGet"]
+                port = _resolve_port(get["port"], self.pod["spec"]["containers"])
+                host = get.get("host") or self.ip
+                url = f"{get.get('scheme', 'HTTP').lower()}://{host}:{port}{get.get('path', '/')}"
+                with urllib.request.urlopen(url, timeout=probe.timeout) as resp:
+                    return bool(200 <= resp.status < 400)
+            if "tcpSocket" in spec:
+                port = _resolve_port(spec["tcpSocket"]["port"], self.pod["spec"]["containers"])
+                with socket.create_connection((self.ip, port), timeout=probe.timeout):
+                    return True
+            if "exec" in spec:
+                done = subprocess.run(spec["exec"]["command"], timeout=probe.timeout, check=False)
+                return done.returncode == 0
+        except Exception:
+            return False
+        return True
+
+    def _run_probe(self, probe: Probe) -> bool | None:
+        """None when not due; otherwise whether the probe now counts as passing."""
+        if time.monotonic() < probe.next_at:
+            return None
+        probe.next_at = time.monotonic() + probe.period
+        if self._probe_once(probe):
+            probe.successes += 1
+            probe.failures = 0
+        else:
+            probe.failures += 1
+            probe.successes = 0
+        if probe.failures >= int(probe.spec.get("failureThreshold") or 3):
+            return False
+        return probe.successes >= int(probe.spec.get("successThreshold") or 1)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if not self._run_init_containers():
+                self._write_status()
+                self._wait_for_stop()
+                return
+            self.containers = [Container(c["name"], c) for c in self.pod["spec"]["containers"]]
+            for container in self.containers:
+                self._spawn(container)
+            self.phase = "Running"
+            self._write_status()
+            while not self.stop_event.is_set():
+                self._tick()
+                self._write_status()
+                if self.phase in ("Succeeded", "Failed"):
+                    self._wait_for_stop()
+                    break
+                self.stop_event.wait(0.2)
+        except Exception as exc:
+            log.exception("pod failed pod=%s/%s", self.ns, self.name)
+            self.phase, self.message = "Failed", f"node agent: {exc}"
+            with contextlib.suppress(Exception):
+                self._write_status()
+        finally:
+            self._terminate_all()
+            if self.deleting:
+                self._remove_object()
+
+    def _wait_for_stop(self) -> None:
+        while not self.stop_event.is_set():
+            self.stop_event.wait(0.5)
+
+    def _run_init_containers(self) -> bool:
+        for spec in self.pod["spec"].get("initContainers", []):
+            init = Container(spec["name"], spec)
+            self._spawn(init)
+            assert init.process is not None
+            while init.process.poll() is None:
+                if self.stop_event.wait(0.2):
+                    self._kill(init, 0)
+                    return False
+            if init.process.returncode != 0:
+                self.phase = "Failed"
+                self.message = f"init container {init.name} exited {init.process.returncode}"
+                return False
+        return True
+
+    def _tick(self) -> None:
+        exited_ok = 0
+        for c in self.containers:
+            proc = c.process
+            if proc is not None and proc.poll() is not None:
+                c.last_exit, c.finished_at, c.ready = proc.returncode, now(), False
+                c.process = None
+                log.info(
+                    "container exited pod=%s/%s container=%s code=%s",
+                    self.ns,
+                    self.name,
+                    c.name,
+                    c.last_exit,
+                )
+                restart = self.restart_policy == "Always" or (
+                    self.restart_policy == "OnFailure" and c.last_exit != 0
+                )
+                if restart:
+                    c.restart_after = time.monotonic() + min(2 ** min(c.restarts, 6), 60)
+            if c.process is None:
+                if c.last_exit == 0 and self.restart_policy != "Always":
+                    exited_ok += 1
+                elif c.restart_after and time.monotonic() >= c.restart_after:
+                    c.restarts += 1
+                    c.restart_after = 0.0
+                    self._spawn(c)
+                continue
+            if c.liveness is not None and self._run_probe(c.liveness) is False:
+                log.info(
+                    "liveness failed, restarting pod=%s/%s container=%s", self.ns, self.name, c.name
+                )
+                self._kill(c, 5)
+                continue
+            if c.readiness is None:
+                c.ready = True
+            else:
+                verdict = self._run_probe(c.readiness)
+                if verdict is not None:
+                    c.ready = verdict
+        if self.restart_policy != "Always":
+            stopped = [c for c in self.containers if c.process is None and not c.restart_after]
+            if len(stopped) == len(self.containers):
+                self.phase = "Succeeded" if exited_ok == len(self.containers) else "Failed"
+
+    def _kill(self, c: Container, grace: float) -> None:
+        proc = c.process
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+    def _terminate_all(self) -> None:
+        grace = float(self.pod["spec"].get("terminationGracePeriodSeconds") or 30)
+        if not self.deleting:  # the agent itself is stopping: be quick, like a node drain
+            grace = min(grace, 5.0)
+        for c in self.containers:
+            self._kill(c, grace)
+
+    def _remove_object(self) -> None:
+        uid = self.pod["metadata"]["uid"]
+        try:
+            self.api.delete_namespaced_pod(
+                self.name,
+                self.ns,
+                grace_period_seconds=0,
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
+                ),
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+        log.info("pod removed pod=%s/%s", self.ns, self.name)
+
+    # -- status --------------------------------------------------------------------------
+    def _container_status(self, c: Container) -> dict[str, Any]:
+        state: dict[str, Any]
+        if c.process is not None:
+            state = {"running": {"startedAt": c.started_at}}
+        elif c.last_exit is not None:
+            state = {
+                "terminated": {
+                    "exitCode": c.last_exit,
+                    "reason": "Completed" if c.last_exit == 0 else "Error",
+                    "startedAt": c.started_at,
+                    "finishedAt": c.finished_at,
+                }
+            }
+            if c.restart_after:
+                state = {"waiting": {"reason": "CrashLoopBackOff"}}
+        else:
+            state = {"waiting": {"reason": "ContainerCreating"}}
+        return {
+            "name": c.name,
+            "ready": c.ready,
+            "started": c.process is not None,
+            "restartCount": c.restarts,
+            "image": c.spec.get("image", ""),
+            "imageID": "",
+            "containerID": f"local://{c.process.pid}" if c.process else "",
+            "state": state,
+        }
+
+    def _write_status(self) -> None:
+        all_ready = bool(self.containers) and all(c.ready for c in self.containers)
+        ready = "True" if all_ready and self.phase == "Running" else "False"
+
+        def cond(kind: str, status: str) -> dict[str, str]:
+            return {"type": kind, "status": status}
+
+        status: dict[str, Any] = {
+            "phase": self.phase,
+            "podIP": self.ip,
+            "podIPs": [{"ip": self.ip}],
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "conditions": [
+                cond("PodScheduled", "True"),
+                cond("Initialized", "True" if self.containers else "False"),
+                cond("ContainersReady", ready),
+                cond("Ready", ready),
+            ],
+            "containerStatuses": [self._container_status(c) for c in self.containers],
+        }
+        if self.message:
+            status["message"] = self.message
+        if status == self._last_status:
+            return  # write status only when it changed
+        # Transition times are stamped only on writes, so unchanged status stays equal.
+        self._last_status = status
+        body = {"status": {**status, "startTime": self.pod["status"].get("startTime") or now()}}
+        for c in body["status"]["conditions"]:
+            c["lastTransitionTime"] = now()
+        try:
+            self.api.patch_namespaced_pod_status(self.name, self.ns, body)
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("status write failed pod=%s/%s: %s", self.ns, self.name, exc.reason)
+                self._last_status = None
+
+
+class NodeAgent:
+    """Watches pods bound to its nodes and runs them; keeps its nodes Ready."""
+
+    def __init__(self, api: client.CoreV1Api, nodes: Sequence[str], state_dir: Path) -> None:
+        self.api = api
+        self.coordination = client.CoordinationV1Api(api.api_client)
+        self.nodes = list(nodes)
+        self.state_dir = state_dir
+        self.ips = IpAllocator()
+        self.workers: dict[str, tuple[PodWorker, threading.Thread]] = {}
+        self.stopping = threading.Event()
+
+    def heartbeat(self) -> None:
+        """Ready condition and Lease renewal for every node, like a kubelet."""
+        stamp = now()
+        micro = dt.datetime.now(dt.UTC)
+        for node in self.nodes:
+            conditions = [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "recserve node agent is running pods as local processes",
+                    "lastHeartbeatTime": stamp,
+                    "lastTransitionTime": stamp,
+                }
+            ] + [
+                {
+                    "type": kind,
+                    "status": "False",
+                    "reason": f"KubeletHas{reason}",
+                    "lastHeartbeatTime": stamp,
+                    "lastTransitionTime": stamp,
+                }
+                for kind, reason in (
+                    ("MemoryPressure", "SufficientMemory"),
+                    ("DiskPressure", "NoDiskPressure"),
+                    ("PIDPressure", "SufficientPID"),
+                )
+            ]
+            body = {
+                "status": {
+                    "conditions": conditions,
+                    "addresses": [
+                        {"type": "InternalIP", "address": "127.0.0.1"},
+                        {"type": "Hostname", "address": node},
+                    ],
+                }
+            }
+            try:
+                self.api.patch_node_status(node, body)
+                self._renew_lease(node, micro)
+            except ApiException as exc:
+                log.warning("heartbeat failed node=%s: %s", node, exc.reason)
+
+    def _renew_lease(self, node: str, at: dt.datetime) -> None:
+        lease = client.V1Lease(
+            metadata=client.V1ObjectMeta(name=node, namespace="kube-node-lease"),
+            spec=client.V1LeaseSpec(
+                holder_identity=node, lease_duration_seconds=LEASE_SECONDS, renew_time=at
+            ),
+        )
+        try:
+            self.coordination.replace_namespaced_lease(node, "kube-node-lease", lease)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.coordination.create_namespaced_lease("kube-node-lease", lease)
+
+    def sync(self) -> None:
+        """One pass: start new pods, stop deleted ones."""
+        seen: set[str] = set()
+        for node in self.nodes:
+            pods = self.api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}")
+            for pod in pods.items:
+                raw = self.api.api_client.sanitize_for_serialization(pod)
+                uid = raw["metadata"]["uid"]
+                seen.add(uid)
+                known = self.workers.get(uid)
+                if raw["metadata"].get("deletionTimestamp"):
+                    if known:
+                        known[0].deleting = True
+                        known[0].stop_event.set()
+                    else:
+                        self._force_remove(raw)
+                    continue
+                if known is None and raw["status"].get("phase") not in ("Succeeded", "Failed"):
+                    self._start(raw)
+        for uid in list(self.workers):
+            worker, thread = self.workers[uid]
+            if uid not in seen:
+                worker.stop_event.set()
+            if not thread.is_alive():
+                self.ips.give_back(worker.ip_slot)
+                del self.workers[uid]
+
+    def _start(self, pod: dict[str, Any]) -> None:
+        ip, slot = self.ips.take()
+        meta = pod["metadata"]
+        workdir = self.state_dir / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
+        worker = PodWorker(self.api, pod, ip, slot, workdir)
+        thread = threading.Thread(target=worker.run, name=f"pod-{meta['name']}", daemon=True)
+        self.workers[meta["uid"]] = (worker, thread)
+        thread.start()
+
+    def _force_remove(self, pod: dict[str, Any]) -> None:
+        worker = PodWorker(self.api, pod, "", 0, self.state_dir)
+        worker._remove_object()
+
+    def run(self) -> None:
+        """Sync until SIGTERM/SIGINT, then stop every pod's processes."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        last_beat = 0.0
+        while not self.stopping.is_set():
+            try:
+                if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                    self.heartbeat()
+                    last_beat = time.monotonic()
+                self.sync()
+            except Exception:
+                log.exception("sync failed; retrying")
+            self.stopping.wait(POLL_SECONDS)
+        for worker, _ in self.workers.values():
+            worker.stop_event.set()
+        for _, thread in self.workers.values():
+            thread.join(timeout=40)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--node", action="append", required=True, help="node to serve (repeat)")
+    parser.add_argument("--state-dir", required=True, help="per-pod folders and logs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    api_client = config.new_client_from_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
+    agent = NodeAgent(client.CoreV1Api(api_client), args.node, Path(args.state_dir))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.stopping.set())
+    log.info("node agent started nodes=%s", ",".join(args.node))
+    agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
