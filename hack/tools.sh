@@ -104,11 +104,17 @@ build_prometheus() {
   rm -rf "$work"
 }
 
-build_goinstall() {  # out pkg@version
+build_goinstall() {  # out pkg@version [extra ldflags]
   log "building $2"
   mkdir -p "$1.tmp"
-  with_retries env GOBIN="$1.tmp" go install -trimpath -ldflags "-s -w" "$2"
+  with_retries env GOBIN="$1.tmp" go install -trimpath -ldflags "-s -w ${3:-}" "$2"
 }
+
+# Helm's own Makefile stamps its version and the Kubernetes version it assumes for
+# `helm template`; without them a go-installed helm claims Kubernetes v1.20.
+HELM_LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+HELM_LDFLAGS="$HELM_LDFLAGS -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1"
+HELM_LDFLAGS="$HELM_LDFLAGS -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=34"
 
 # tool  var  cachedir  builder  args
 ensure() {
@@ -135,6 +141,6 @@ K8S_DIR=$CACHE/k8s-$K8S_VERSION/bin
   ensure etcd RECSERVE_ETCD "$CACHE/etcd-$ETCD_VERSION/bin" build_etcd "$CACHE/etcd-$ETCD_VERSION/bin"
   ensure kwok RECSERVE_KWOK "$CACHE/kwok-$KWOK_VERSION/bin" build_goinstall "$CACHE/kwok-$KWOK_VERSION/bin" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   ensure prometheus RECSERVE_PROMETHEUS "$CACHE/prometheus-$PROMETHEUS_VERSION/bin" build_prometheus "$CACHE/prometheus-$PROMETHEUS_VERSION/bin"
-  ensure helm RECSERVE_HELM "$CACHE/helm-$HELM_VERSION/bin" build_goinstall "$CACHE/helm-$HELM_VERSION/bin" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  ensure helm RECSERVE_HELM "$CACHE/helm-$HELM_VERSION/bin" build_goinstall "$CACHE/helm-$HELM_VERSION/bin" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$HELM_LDFLAGS"
 } >"${TOOLS_ENV_OUT:-/dev/stdout}"
 exit $MISSING
