@@ -17,7 +17,7 @@ from recserve_operator.localcluster.cluster import (
 
 def api_client(kubeconfig: Path) -> client.ApiClient:
     """An API client for exactly this kubeconfig (never the user's default one)."""
-    api: client.ApiClient = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    api: client.ApiClient = config.new_client_from_config(config_file=str(kubeconfig))
     return api
 
 
