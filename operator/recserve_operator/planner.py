@@ -1,0 +1,248 @@
+"""Placement planning: which variant serves on which pool, with how many replicas.
+
+Pure functions over measured profiles, so that every decision is unit-testable and can
+be explained in status and an Event.
+
+Latency model. A replica batches requests: each call scores ``batch`` samples, and one
+request of ``C`` candidates is ``C`` samples. A request waits at most for the call in
+flight and then for its own call, so its p99 latency is bounded by ``2 x p99(call)``.
+The planner therefore picks, per (pool, variant), the largest profiled batch whose
+``2 x p99`` meets the target, and plans replicas to run at most ``UTILIZATION`` of the
+measured throughput at that batch (headroom for bursts and the batcher's queueing).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+UTILIZATION = 0.7
+QUEUEING_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class Point:
+    """One profiled batch size of a variant on a pool."""
+
+    batch_size: int
+    p50_us: float
+    p99_us: float
+    samples_per_second: float
+
+
+@dataclass(frozen=True)
+class VariantProfile:
+    """What the planner knows of one variant."""
+
+    name: str
+    precision: str
+    accuracy_drop_bp: int
+    size_bytes: int
+    profiles: dict[str, list[Point]] = field(default_factory=dict)  # pool -> points
+
+
+@dataclass(frozen=True)
+class PoolCapacity:
+    """What the planner knows of one HardwarePool."""
+
+    name: str
+    hardware: str
+    precisions: tuple[str, ...]
+    max_replicas: int
+    cost_per_replica_hour_millicents: int
+    # replicas the pool's free accelerators allow (None: not limited by accelerators)
+    accelerator_replicas: int | None = None
+
+
+@dataclass(frozen=True)
+class Objectives:
+    """The policy and traffic facts the plan must satisfy."""
+
+    p99_target_ms: int
+    accuracy_budget_bp: int
+    required_rps: float
+    candidates_per_request: int
+    cost_weight_percent: int = 50
+    min_replicas: int = 1
+    max_replicas: int = 8
+    min_batch_size: int = 1
+    max_batch_size: int = 65536
+
+
+@dataclass(frozen=True)
+class Option:
+    """A variant on a pool at its best SLO-meeting batch size."""
+
+    pool: str
+    variant: str
+    batch_size: int
+    p99_ms: float
+    rps_per_replica: float
+    cost_per_replica_hour_millicents: int
+    accuracy_drop_bp: int
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """The decision for one pool."""
+
+    pool: str
+    variant: str
+    replicas: int
+    batch_size: int
+    p99_ms: float
+    rps_per_replica: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole placement, or why there is none."""
+
+    placements: list[PoolPlan]
+    capacity_rps: float
+    required_rps: float
+    cost_per_hour_millicents: int
+    feasible: bool
+    reason: str
+    message: str
+
+
+def best_option(
+    variant: VariantProfile, pool: PoolCapacity, objectives: Objectives
+) -> Option | None:
+    """The largest batch of ``variant`` on ``pool`` that meets the p99 target, if any."""
+    points = variant.profiles.get(pool.name, [])
+    target_us = objectives.p99_target_ms * 1000.0
+    candidates = [
+        p
+        for p in points
+        if objectives.min_batch_size <= p.batch_size <= objectives.max_batch_size
+        and QUEUEING_FACTOR * p.p99_us <= target_us
+        and p.samples_per_second > 0
+    ]
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda p: p.samples_per_second)
+    rps = best.samples_per_second * UTILIZATION / max(objectives.candidates_per_request, 1)
+    return Option(
+        pool=pool.name,
+        variant=variant.name,
+        batch_size=best.batch_size,
+        p99_ms=QUEUEING_FACTOR * best.p99_us / 1000.0,
+        rps_per_replica=rps,
+        cost_per_replica_hour_millicents=pool.cost_per_replica_hour_millicents,
+        accuracy_drop_bp=variant.accuracy_drop_bp,
+    )
+
+
+def pool_choice(
+    variants: list[VariantProfile], pool: PoolCapacity, objectives: Objectives
+) -> Option | None:
+    """Per pool, the Pareto-best eligible variant: most requests per replica, then least
+    accuracy drop, then smallest (variants over the accuracy budget never qualify)."""
+    options = []
+    for variant in variants:
+        if variant.accuracy_drop_bp > objectives.accuracy_budget_bp:
+            continue
+        if variant.precision not in pool.precisions:
+            continue
+        option = best_option(variant, pool, objectives)
+        if option is not None:
+            options.append((option, variant.size_bytes))
+    if not options:
+        return None
+    return max(options, key=lambda o: (o[0].rps_per_replica, -o[0].accuracy_drop_bp, -o[1]))[0]
+
+
+def _limit(pool: PoolCapacity, objectives: Objectives) -> int:
+    limit = min(pool.max_replicas, objectives.max_replicas)
+    if pool.accelerator_replicas is not None:
+        limit = min(limit, pool.accelerator_replicas)
+    return max(limit, 0)
+
+
+def plan(variants: list[VariantProfile], pools: list[PoolCapacity], objectives: Objectives) -> Plan:
+    """Choose a variant per pool and the fewest, cheapest replicas that carry the load.
+
+    Pools are filled in order of a score mixing cost per request and latency, weighted
+    by the policy's costWeightPercent; each pool used gets at least minReplicas.
+    """
+    choices = {p.name: pool_choice(variants, p, objectives) for p in pools}
+    usable = [(p, o) for p in pools if (o := choices[p.name]) is not None and _limit(p, objectives)]
+    if not usable:
+        within = [v for v in variants if v.accuracy_drop_bp <= objectives.accuracy_budget_bp]
+        if not within:
+            reason, why = (
+                "NoVariantWithinBudget",
+                (f"no variant is within the accuracy budget of {objectives.accuracy_budget_bp} bp"),
+            )
+        else:
+            reason, why = (
+                "NoFeasiblePlacement",
+                (
+                    f"no pool runs a variant within budget at p99 <= {objectives.p99_target_ms} ms "
+                    "(with queueing) and has replicas to spare"
+                ),
+            )
+        return Plan([], 0.0, objectives.required_rps, 0, False, reason, why)
+
+    weight = objectives.cost_weight_percent / 100.0
+    min_cost = min(o.cost_per_replica_hour_millicents / o.rps_per_replica for _, o in usable)
+    min_latency = min(o.p99_ms for _, o in usable)
+
+    def score(option: Option) -> float:
+        cost = option.cost_per_replica_hour_millicents / option.rps_per_replica
+        return weight * (cost / min_cost if min_cost else 1.0) + (1 - weight) * (
+            option.p99_ms / min_latency
+        )
+
+    ordered = sorted(usable, key=lambda po: score(po[1]))
+    placements: list[PoolPlan] = []
+    capacity = 0.0
+    for pool, option in ordered:
+        if capacity >= objectives.required_rps and placements:
+            break
+        missing = max(objectives.required_rps - capacity, 0.0)
+        replicas = max(math.ceil(missing / option.rps_per_replica), objectives.min_replicas, 1)
+        replicas = min(replicas, _limit(pool, objectives))
+        placements.append(
+            PoolPlan(
+                pool.name,
+                option.variant,
+                replicas,
+                option.batch_size,
+                round(option.p99_ms, 3),
+                round(option.rps_per_replica, 1),
+            )
+        )
+        capacity += replicas * option.rps_per_replica
+    cost = sum(
+        pp.replicas * next(p for p in pools if p.name == pp.pool).cost_per_replica_hour_millicents
+        for pp in placements
+    )
+    summary = ", ".join(
+        f"{pp.pool}: {pp.replicas} x {pp.variant} (batch {pp.batch_size}, "
+        f"~{pp.rps_per_replica:.0f} req/s each, p99 <= {pp.p99_ms:.1f} ms)"
+        for pp in placements
+    )
+    if capacity < objectives.required_rps:
+        return Plan(
+            placements,
+            capacity,
+            objectives.required_rps,
+            cost,
+            False,
+            "InsufficientCapacity",
+            f"pools can carry {capacity:.0f} req/s of the {objectives.required_rps:.0f} "
+            f"required; placed what fits: {summary}",
+        )
+    return Plan(
+        placements,
+        capacity,
+        objectives.required_rps,
+        cost,
+        True,
+        "Planned",
+        f"{capacity:.0f} req/s capacity for {objectives.required_rps:.0f} required at "
+        f"{cost / 100000:.2f} USD/h: {summary}",
+    )
