@@ -21,6 +21,7 @@ Handler = Callable[[argparse.Namespace], int]
 # Modules that add subcommands (see the module docstring), in help order.
 PLUGINS: list[str] = [
     "recserve_operator.localcluster.cli",
+    "recserve_runtime.profile_cmd",
 ]
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -144,6 +145,7 @@ class PodWorker:
     containers: list[Container] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
     deleting: bool = False
+    _kubeconfig: str | None = None
     phase: str = "Pending"
     message: str = ""
     _last_status: dict[str, Any] | None = None
@@ -206,9 +208,57 @@ class PodWorker:
                 return str(meta.get(source, {}).get(path[len(prefix) + 2 : -2], ""))
         raise ValueError(f"unsupported fieldRef {path}")
 
+    def _service_account_kubeconfig(self) -> str | None:
+        """The pod's identity: a kubeconfig with a pod-bound ServiceAccount token.
+
+        A kubelet projects the token into /var/run/secrets/...; without mount namespaces
+        the agent hands it over as KUBECONFIG instead, which the Kubernetes clients read
+        when in-cluster config is absent.
+        """
+        spec = self.pod["spec"]
+        if spec.get("automountServiceAccountToken") is False:
+            return None
+        account = spec.get("serviceAccountName") or "default"
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[],
+                expiration_seconds=24 * 3600,
+                bound_object_ref=client.V1BoundObjectReference(
+                    kind="Pod", api_version="v1", name=self.name, uid=self.pod["metadata"]["uid"]
+                ),
+            )
+        )
+        answer = self.api.create_namespaced_service_account_token(account, self.ns, request)
+        conf = self.api.api_client.configuration
+        cluster: dict[str, Any] = {"server": conf.host}
+        if conf.ssl_ca_cert:
+            cluster["certificate-authority"] = conf.ssl_ca_cert
+        else:
+            cluster["insecure-skip-tls-verify"] = True
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": cluster}],
+            "users": [{"name": account, "user": {"token": answer.status.token}}],
+            "contexts": [
+                {
+                    "name": "pod",
+                    "context": {"cluster": "local", "user": account, "namespace": self.ns},
+                }
+            ],
+            "current-context": "pod",
+        }
+        path = self.workdir / "serviceaccount.kubeconfig"
+        path.write_text(json.dumps(kubeconfig))
+        path.chmod(0o600)
+        return str(path)
+
     def _env(self, spec: dict[str, Any], mounts: dict[str, str]) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({"POD_IP": self.ip, "HOSTNAME": self.name})
+        env.pop("KUBECONFIG", None)
+        env.update({"POD_IP": self.ip, "HOSTNAME": self.name, "POD_NAMESPACE": self.ns})
+        if self._kubeconfig:
+            env["KUBECONFIG"] = self._kubeconfig
         for item in spec.get("env", []):
             name = item["name"]
             if "value" in item:
@@ -322,6 +372,7 @@ class PodWorker:
     def run(self) -> None:
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
+            self._kubeconfig = self._service_account_kubeconfig()
             if not self._run_init_containers():
                 self._write_status()
                 self._wait_for_stop()

@@ -1,0 +1,71 @@
+"""Operator configuration from the environment (set by the Helm chart)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STORE_MOUNT = "/artifacts"
+
+
+@dataclass(frozen=True)
+class ArtifactStore:
+    """Where build and profile Jobs write variants, and how pods and the operator see it.
+
+    ``RECSERVE_ARTIFACT_STORE`` is either ``pvc://CLAIM`` (kind and real clusters: Jobs
+    and servers mount the claim, the operator mounts it too, at /artifacts) or a local
+    path (the local control plane: pods get a hostPath volume).
+    """
+
+    volume: dict[str, Any]
+    local_root: Path  # the store as the operator process sees it
+
+    @classmethod
+    def from_uri(cls, uri: str, local_root: str | None = None) -> ArtifactStore:
+        if uri.startswith("pvc://"):
+            claim = uri.removeprefix("pvc://").strip("/")
+            return cls(
+                {"name": "artifacts", "persistentVolumeClaim": {"claimName": claim}},
+                Path(local_root or STORE_MOUNT),
+            )
+        path = Path(uri.removeprefix("file://")).resolve()
+        return cls(
+            {"name": "artifacts", "hostPath": {"path": str(path), "type": "DirectoryOrCreate"}},
+            Path(local_root) if local_root else path,
+        )
+
+    def pod_path(self, *parts: str) -> str:
+        """A path inside the store as Jobs and servers see it."""
+        return "/".join([STORE_MOUNT, *parts])
+
+    def local_path(self, *parts: str) -> Path:
+        """The same path as the operator sees it."""
+        return self.local_root.joinpath(*parts)
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything the reconcilers need that is not in a custom resource."""
+
+    store: ArtifactStore
+    builder_image: str = "ghcr.io/recserve/recserve-builder:0.1.0"
+    server_image: str = "ghcr.io/recserve/recserve-server:0.1.0"
+    prometheus_url: str | None = None
+    reconcile_interval_seconds: float = 10.0
+    # Extra arguments for `recserve optimize` (e.g. --quick in tests and the demo).
+    optimize_args: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        env = os.environ
+        store_uri = env.get("RECSERVE_ARTIFACT_STORE", str(Path.home() / ".cache/recserve/store"))
+        return cls(
+            store=ArtifactStore.from_uri(store_uri, env.get("RECSERVE_ARTIFACT_STORE_LOCAL")),
+            builder_image=env.get("RECSERVE_BUILDER_IMAGE", cls.builder_image),
+            server_image=env.get("RECSERVE_SERVER_IMAGE", cls.server_image),
+            prometheus_url=env.get("RECSERVE_PROMETHEUS_URL") or None,
+            reconcile_interval_seconds=float(env.get("RECSERVE_RECONCILE_INTERVAL_SECONDS", 10)),
+            optimize_args=tuple(env.get("RECSERVE_OPTIMIZE_ARGS", "").split()),
+        )

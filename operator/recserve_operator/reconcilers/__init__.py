@@ -1,0 +1,1 @@
+"""One idempotent reconcile function per kind: spec + observed state -> actions + status."""

@@ -1,0 +1,176 @@
+"""The operator, installed with the chart, runs as a pod under its own ServiceAccount."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from recserve_operator.localcluster.cluster import ClusterError
+from tests.helpers import eventually
+from tests.manifests import REPO, example
+
+CHART = REPO / "charts" / "recserve"
+GROUP, VERSION = "recserve.io", "v1alpha1"
+
+
+def helm(local_cluster: Any, *args: str) -> str:
+    result = subprocess.run(
+        [str(local_cluster.tools.helm), f"--kubeconfig={local_cluster.admin_kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def operator(
+    local_cluster: Any,
+    k8s: client.ApiClient,
+    crds: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, str]]:
+    """helm install into its own namespace; yields namespace and ServiceAccount."""
+    store = tmp_path_factory.mktemp("store")
+    ns = "recserve-system"
+    helm(
+        local_cluster,
+        "install", "recserve", str(CHART), "-n", ns, "--create-namespace",
+        "--set", f"artifactStore.uri={store}",
+        "--set", "extraEnv[0].name=RECSERVE_RECONCILE_INTERVAL_SECONDS",
+        "--set-string", "extraEnv[0].value=2",
+    )  # fmt: skip
+    core = client.CoreV1Api(k8s)
+
+    def running() -> bool:
+        pods = core.list_namespaced_pod(ns, label_selector="app.kubernetes.io/component=operator")
+        return any(
+            c.type == "Ready" and c.status == "True"
+            for p in pods.items
+            for c in p.status.conditions or []
+        )
+
+    eventually(running, timeout=90)
+    yield {"namespace": ns, "serviceAccount": "recserve", "store": str(store)}
+    helm(local_cluster, "uninstall", "recserve", "-n", ns)
+    core.delete_namespace(ns)
+
+
+def _custom(k8s: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(k8s)
+
+
+def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions", []):
+        if cond["type"] == type_:
+            return dict(cond)
+    return None
+
+
+def test_rbac_allows_what_the_operator_needs_and_nothing_more(
+    local_cluster: Any, operator: dict[str, str]
+) -> None:
+    who = f"--as=system:serviceaccount:{operator['namespace']}:{operator['serviceAccount']}"
+
+    def can(*args: str) -> bool:
+        try:
+            return local_cluster.kubectl("auth", "can-i", who, *args).strip() == "yes"
+        except ClusterError:
+            return False
+
+    for allowed in (
+        ("patch", "recmodels.recserve.io/status", "-n", "any"),
+        ("create", "jobs.batch", "-n", "any"),
+        ("patch", "deployments.apps", "-n", "any"),
+        ("list", "nodes"),
+        ("create", "modelvariants.recserve.io", "-n", "any"),
+    ):
+        assert can(*allowed), allowed
+    for denied in (
+        ("delete", "nodes"),
+        ("get", "secrets", "-A"),
+        ("list", "secrets", "-n", "default"),
+        ("*", "*"),
+        ("create", "clusterrolebindings"),
+        ("update", "customresourcedefinitions"),
+    ):
+        assert not can(*denied), denied
+
+
+def test_hardware_pools_report_their_nodes(k8s: client.ApiClient, operator: dict[str, str]) -> None:
+    api = _custom(k8s)
+    for name in ("gpu-pool", "fpga-pool", "cpu-pool"):
+        api.create_cluster_custom_object(GROUP, VERSION, "hardwarepools", example(name))
+    try:
+
+        def status(name: str) -> dict[str, Any]:
+            return dict(
+                api.get_cluster_custom_object(GROUP, VERSION, "hardwarepools", name).get("status")
+                or {}
+            )
+
+        gpu = eventually(
+            lambda: status("gpu-pool").get("nodeCount") and status("gpu-pool"), timeout=60
+        )
+        # sim-gpu-0, sim-gpu-1 (kwok, 8 GPUs each) and local-gpu (agent, 4 GPUs)
+        assert gpu["nodeCount"] == 3 and gpu["readyNodeCount"] == 3
+        assert gpu["allocatable"] == 20
+        assert _condition({"status": gpu}, "Ready")["status"] == "True"  # type: ignore[index]
+    finally:
+        for name in ("gpu-pool", "fpga-pool", "cpu-pool"):
+            api.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", name)
+
+
+def test_missing_reference_then_failed_build_are_reported_without_duplicates(
+    k8s: client.ApiClient, operator: dict[str, str], namespace: str, local_cluster: Any
+) -> None:
+    api = _custom(k8s)
+    model = example("movielens-dlrm")
+    model["metadata"]["namespace"] = namespace
+    model["spec"]["hardwarePoolRefs"] = [{"name": "cpu-only"}]
+    model["spec"]["source"] = {
+        "uri": str(Path(operator["store"]) / "missing.pt"),
+        "format": "torchscript",
+    }
+    api.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", model)
+
+    def ready_reason() -> str | None:
+        obj = api.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "recmodels", "movielens-dlrm"
+        )
+        cond = _condition(obj, "Ready")
+        return f"{cond['reason']}: {cond['message']}" if cond else None
+
+    reason = eventually(ready_reason, timeout=60)
+    assert reason.startswith("ReferenceNotFound"), reason
+    assert "OptimizationPolicy" in reason and "HardwarePool cpu-only" in reason
+
+    pool = example("cpu-pool")
+    pool["metadata"]["name"] = "cpu-only"
+    api.create_cluster_custom_object(GROUP, VERSION, "hardwarepools", pool)
+    policy = example("latency-first")
+    policy["metadata"]["namespace"] = namespace
+    api.create_namespaced_custom_object(GROUP, VERSION, namespace, "optimizationpolicies", policy)
+    try:
+        reason = eventually(
+            lambda: (r := ready_reason()) and r.startswith("BuildFailed") and r, timeout=180
+        )
+        assert "build Job movielens-dlrm-build-" in reason
+        # restart the operator: it resumes from the cluster's state, creating nothing twice
+        core = client.CoreV1Api(k8s)
+        for pod in core.list_namespaced_pod(operator["namespace"]).items:
+            core.delete_namespaced_pod(pod.metadata.name, operator["namespace"])
+        eventually(lambda: ready_reason() is not None, timeout=30)
+        jobs = client.BatchV1Api(k8s).list_namespaced_job(namespace).items
+        assert len(jobs) == 1
+        assert jobs[0].metadata.owner_references[0].name == "movielens-dlrm"
+        events = core.list_namespaced_event(namespace, field_selector="reason=BuildFailed").items
+        assert events, "a Warning Event explains the failure"
+    finally:
+        api.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", "cpu-only")
