@@ -50,8 +50,8 @@ class OperatorConfig:
     """Everything the reconcilers need that is not in a custom resource."""
 
     store: ArtifactStore
-    builder_image: str = "ghcr.io/recserve/recserve-builder:0.1.0"
-    server_image: str = "ghcr.io/recserve/recserve-server:0.1.0"
+    builder_image: str = "recserve/recserve-builder:0.1.0"
+    server_image: str = "recserve/recserve-server:0.1.0"
     prometheus_url: str | None = None
     reconcile_interval_seconds: float = 10.0
     # Extra arguments for `recserve optimize` (e.g. --quick in tests and the demo).
