@@ -146,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
     _install(cluster, repo, root / "store", quick=not args.full)
     cluster.kubectl("apply", "-f", str(repo / "examples"))
     _say(
-        "applied examples/: 3 HardwarePools, OptimizationPolicy latency-first, RecModel movielens-dlrm"
+        "applied examples/: 3 HardwarePools, OptimizationPolicy latency-first, "
+        "RecModel movielens-dlrm"
     )
     started = time.monotonic()
     model = _wait_ready(api, args.timeout)
@@ -166,12 +167,13 @@ def run(args: argparse.Namespace) -> int:
     )
     local_dir = root / "store" / mv["spec"]["artifact"]["uri"].removeprefix("/artifacts/")
     _say(
-        f"sending {args.rate:.0f} req/s (64 candidates each) for {args.seconds:.0f}s to the router at {ip}:8080"
+        f"sending {args.rate:.0f} req/s (64 candidates each) for {args.seconds:.0f}s "
+        f"to the router at {ip}:8080"
     )
     summary = _load(ip, local_dir, args.rate, args.seconds)
     _say(
-        f"load: {summary['throughput']} req/s ok, p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms, "
-        f"p99.9 {summary['p999_ms']} ms, codes {summary['codes']}"
+        f"load: {summary['throughput']} req/s ok, p50 {summary['p50_ms']} ms, "
+        f"p99 {summary['p99_ms']} ms, p99.9 {summary['p999_ms']} ms, codes {summary['codes']}"
     )
     if cluster.state.prometheus_url:
         time.sleep(6)
