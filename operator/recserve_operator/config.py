@@ -53,7 +53,7 @@ class OperatorConfig:
     builder_image: str = "recserve/recserve-builder:0.1.0"
     server_image: str = "recserve/recserve-server:0.1.0"
     prometheus_url: str | None = None
-    reconcile_interval_seconds: float = 10.0
+    reconcile_interval_seconds: float = 30.0
     # Extra arguments for `recserve optimize` (e.g. --quick in tests and the demo).
     optimize_args: tuple[str, ...] = field(default_factory=tuple)
 
@@ -66,6 +66,6 @@ class OperatorConfig:
             builder_image=env.get("RECSERVE_BUILDER_IMAGE", cls.builder_image),
             server_image=env.get("RECSERVE_SERVER_IMAGE", cls.server_image),
             prometheus_url=env.get("RECSERVE_PROMETHEUS_URL") or None,
-            reconcile_interval_seconds=float(env.get("RECSERVE_RECONCILE_INTERVAL_SECONDS", 10)),
+            reconcile_interval_seconds=float(env.get("RECSERVE_RECONCILE_INTERVAL_SECONDS", 30)),
             optimize_args=tuple(env.get("RECSERVE_OPTIMIZE_ARGS", "").split()),
         )

@@ -7,6 +7,8 @@ that missed events and drift in the cluster are repaired without a watch event).
 from __future__ import annotations
 
 import logging
+import os
+import time
 from typing import Any
 
 import kopf
@@ -18,6 +20,9 @@ from recserve_operator.reconcilers.recmodel import reconcile_recmodel
 from recserve_operator.settings import configure
 
 GROUP, VERSION = "recserve.io", "v1alpha1"
+# Timers repair what events missed; at scale every pass costs API calls, so the
+# interval is a setting (the chart's extraEnv), read once at import by the decorators.
+INTERVAL = float(os.environ.get("RECSERVE_RECONCILE_INTERVAL_SECONDS", "30"))
 log = logging.getLogger("recserve.handlers")
 _state: dict[str, Any] = {}
 
@@ -59,7 +64,7 @@ def api_reachable(**_: Any) -> str:
 @kopf.on.resume(GROUP, VERSION, "hardwarepools")
 @kopf.on.create(GROUP, VERSION, "hardwarepools")
 @kopf.on.update(GROUP, VERSION, "hardwarepools", field="spec")
-@kopf.timer(GROUP, VERSION, "hardwarepools", interval=15, initial_delay=1)
+@kopf.timer(GROUP, VERSION, "hardwarepools", interval=max(INTERVAL, 15), initial_delay=1)
 def hardwarepool(body: kopf.Body, **_: Any) -> None:
     """Count the pool's nodes and accelerators."""
     reconcile_hardwarepool(_plain(body), _kube())
@@ -68,17 +73,48 @@ def hardwarepool(body: kopf.Body, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, "recmodels")
 @kopf.on.create(GROUP, VERSION, "recmodels")
 @kopf.on.update(GROUP, VERSION, "recmodels", field="spec")
-@kopf.timer(GROUP, VERSION, "recmodels", interval=5, initial_delay=1)
+@kopf.timer(GROUP, VERSION, "recmodels", interval=INTERVAL, initial_delay=1)
 def recmodel(body: kopf.Body, **_: Any) -> None:
     """Move the model through build, profile, plan and serve as far as it can go."""
-    model = _plain(body)
+    _pass(_plain(body), body)
+
+
+OWNED = {"app.kubernetes.io/managed-by": "recserve-operator"}
+MIN_SECONDS_BETWEEN_PASSES = 1.0
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=OWNED)
+@kopf.on.event("apps", "v1", "deployments", labels=OWNED)
+def child_changed(body: kopf.Body, **_: Any) -> None:
+    """A Job finished or replicas became ready: move the owning RecModel on now,
+    instead of at its next timer tick."""
+    owner = next(
+        (o for o in body.metadata.get("ownerReferences", []) if o.get("kind") == "RecModel"), None
+    )
+    namespace = body.metadata.get("namespace")
+    if owner is None or namespace is None:
+        return
+    key = f"{namespace}/{owner['name']}"
+    if time.monotonic() - _last_pass.get(key, 0.0) < MIN_SECONDS_BETWEEN_PASSES:
+        return
+    model = _kube().get_custom("recmodels", owner["name"], namespace)
+    if model is not None:
+        _pass(model, model)
+
+
+_last_pass: dict[str, float] = {}
+
+
+def _pass(model: dict[str, Any], event_target: Any) -> None:
+    meta = model["metadata"]
+    _last_pass[f"{meta['namespace']}/{meta['name']}"] = time.monotonic()
     outcome = reconcile_recmodel(model, _kube(), _config())
     if outcome.status != (model.get("status") or {}):
         _kube().patch_status(
             "recmodels", model["metadata"]["name"], model["metadata"]["namespace"], outcome.status
         )
     for type_, reason, message in outcome.events:
-        kopf.event(body, type=type_, reason=reason, message=message)
+        kopf.event(event_target, type=type_, reason=reason, message=message)
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
