@@ -12,10 +12,12 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.helpers import eventually
+from tests.manifests import REPO
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +61,28 @@ def namespace(k8s: object) -> Iterator[str]:
     eventually(lambda: core.read_namespaced_service_account("default", name), timeout=30)
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def crds(local_cluster: Any, k8s: Any) -> list[str]:
+    """Apply the generated CRDs and wait until each is Established."""
+    local_cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    from kubernetes import client
+
+    ext = client.ApiextensionsV1Api(k8s)
+    names = [
+        "recmodels.recserve.io",
+        "hardwarepools.recserve.io",
+        "optimizationpolicies.recserve.io",
+        "modelvariants.recserve.io",
+    ]
+
+    def established() -> bool:
+        for name in names:
+            conds = ext.read_custom_resource_definition(name).status.conditions or []
+            if not any(c.type == "Established" and c.status == "True" for c in conds):
+                return False
+        return True
+
+    eventually(established, timeout=30)
+    return names

@@ -45,7 +45,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger("recserve.node-agent")
-POLL_SECONDS = 0.5
+POLL_SECONDS = 1.0
 HEARTBEAT_SECONDS = 10
 LEASE_SECONDS = 40
 

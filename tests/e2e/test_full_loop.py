@@ -1,0 +1,126 @@
+"""Applying the examples leads, with no manual step, to a Ready RecModel whose router
+answers ranking requests: variants built and measured on real MovieLens data, profiled
+on every pool, placed, served by real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.helpers import eventually
+from tests.manifests import REPO, example
+
+GROUP, VERSION = "recserve.io", "v1alpha1"
+POOLS = ("gpu-pool", "fpga-pool", "cpu-pool")
+
+
+@pytest.fixture(scope="module")
+def installed(
+    local_cluster: Any,
+    k8s: client.ApiClient,
+    crds: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Path]:
+    store = tmp_path_factory.mktemp("e2e-store")
+    subprocess.run(
+        [
+            str(local_cluster.tools.helm), f"--kubeconfig={local_cluster.admin_kubeconfig}",
+            "install", "recserve-e2e", str(REPO / "charts" / "recserve"),
+            "-n", "recserve-e2e", "--create-namespace",
+            "--set", f"artifactStore.uri={store}",
+            "--set", "extraEnv[0].name=RECSERVE_RECONCILE_INTERVAL_SECONDS",
+            "--set-string", "extraEnv[0].value=3",
+            "--set", "extraEnv[1].name=RECSERVE_OPTIMIZE_ARGS",
+            "--set-string", "extraEnv[1].value=--quick",
+        ],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    custom = client.CustomObjectsApi(k8s)
+    for name in POOLS:
+        custom.create_cluster_custom_object(GROUP, VERSION, "hardwarepools", example(name))
+    yield store
+    for name in POOLS:
+        custom.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", name)
+
+
+def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
+
+
+def test_examples_become_a_served_model(
+    installed: Path, k8s: client.ApiClient, local_cluster: Any, namespace: str
+) -> None:
+    custom, core = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s)
+    policy = example("latency-first")
+    policy["metadata"]["namespace"] = namespace
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "optimizationpolicies", policy
+    )
+    model = example("movielens-dlrm")
+    model["metadata"]["namespace"] = namespace
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", model)
+
+    def ready() -> dict[str, Any] | None:
+        obj = custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "recmodels", "movielens-dlrm"
+        )
+        cond = _conditions(obj).get("Ready")
+        if cond and cond["reason"] in ("BuildFailed", "ProfileFailed", "NoFeasiblePlacement"):
+            pytest.fail(f"{cond['reason']}: {cond['message']}")
+        return dict(obj) if cond and cond["status"] == "True" else None
+
+    obj = eventually(ready, timeout=1500, interval=3)
+    conds = _conditions(obj)
+    for type_ in ("VariantsBuilt", "Profiled", "Placed", "Serving"):
+        assert conds[type_]["status"] == "True", conds[type_]
+    assert conds["Ready"]["observedGeneration"] == obj["metadata"]["generation"]
+
+    variants = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "modelvariants")[
+        "items"
+    ]
+    assert len(variants) >= 4
+    for mv in variants:
+        assert mv["metadata"]["ownerReferences"][0]["name"] == "movielens-dlrm"
+        assert 0.5 < mv["status"]["auc"] < 1.0, "accuracy measured on held-out MovieLens data"
+        assert {p["pool"] for p in mv["status"]["profiles"]} == set(POOLS)
+    selected = [mv for mv in variants if mv["status"]["selected"]]
+    assert selected and all(mv["status"]["withinBudget"] for mv in selected)
+
+    # server pods run on the nodes of the pools they were placed on
+    for placement in obj["status"]["placements"]:
+        pods = core.list_namespaced_pod(
+            namespace,
+            label_selector=f"recserve.io/model=movielens-dlrm,recserve.io/pool={placement['pool']}",
+        ).items
+        assert pods
+        hardware = example(placement["pool"])["spec"]["hardwareType"]
+        for pod in pods:
+            node = core.read_node(pod.spec.node_name)
+            assert node.metadata.labels["recserve.io/hardware"] == hardware
+
+    router = core.list_namespaced_pod(
+        namespace,
+        label_selector="recserve.io/model=movielens-dlrm,app.kubernetes.io/component=router",
+    ).items[0]
+    from recserve_runtime.artifacts import load_manifest
+    from recserve_runtime.server.testmodel import rank_bodies
+
+    chosen = selected[0]["spec"]["artifact"]["uri"].removeprefix("/artifacts/")
+    body = rank_bodies(load_manifest(installed / chosen), count=1, candidates=64)[0]
+    request = urllib.request.Request(
+        f"http://{router.status.pod_ip}:8080/v1/rank",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        answer = json.load(resp)
+    scores = [item["score"] for item in answer["items"]] if "items" in answer else answer["scores"]
+    assert len(scores) == 64
+    assert scores == sorted(scores, reverse=True)
