@@ -8,6 +8,8 @@ immutable). Status is written with merge patches only when it changed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from typing import Any
 
@@ -15,6 +17,9 @@ from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
 FIELD_MANAGER = "recserve-operator"
+# Hash of the body we last applied, kept on the object: a pass that would apply the same
+# body again reads instead of writing, so steady-state reconciles cost only reads.
+APPLIED_HASH = "recserve.io/applied-hash"
 GROUP, VERSION = "recserve.io", "v1alpha1"
 log = logging.getLogger("recserve.kube")
 
@@ -86,6 +91,25 @@ class Kube:
             force_conflicts=True,
         )
         return dict(result.to_dict())
+
+    def apply_if_changed(
+        self, body: dict[str, Any], existing: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Apply ``body`` unless ``existing`` (observed objects by name) already holds it."""
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+        name = body["metadata"]["name"]
+        current = existing.get(name)
+        annotations = (current or {}).get("metadata", {}).get("annotations") or {}
+        if current is not None and annotations.get(APPLIED_HASH) == digest:
+            return current
+        stamped = {
+            **body,
+            "metadata": {
+                **body["metadata"],
+                "annotations": {**body["metadata"].get("annotations", {}), APPLIED_HASH: digest},
+            },
+        }
+        return self.apply(stamped)
 
     def create_once(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create an object unless one with its name exists; return what is there."""

@@ -37,6 +37,8 @@ def configure(settings: Any) -> None:
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60, 120, 300)
     # API errors (429, 5xx, resets): kopf retries with these delays and honours Retry-After.
     settings.networking.error_backoffs = (1, 2, 5, 10, 20, 30)
+    # On SIGTERM, give running handlers this long, then stop (the chart's grace is 30 s).
+    settings.batching.exit_timeout = _int_env("RECSERVE_EXIT_TIMEOUT_SECONDS", 20)
     settings.networking.request_timeout = _int_env("RECSERVE_REQUEST_TIMEOUT_SECONDS", 60)
     # Progress of multi-step handlers lives in annotations on the object itself (survives
     # an operator restart without extra status fields that users might edit).

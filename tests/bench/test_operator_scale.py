@@ -49,6 +49,12 @@ def test_200_recmodels_on_1000_fake_nodes(
     local_cluster: Any, k8s: client.ApiClient, crds: list[str], namespace: str, tmp_path: Path
 ) -> None:
     core, custom = client.CoreV1Api(k8s), client.CustomObjectsApi(k8s)
+    # Only fake nodes here: cordon the agent's nodes, or the 200 routers would really run.
+    local = [
+        n.metadata.name for n in core.list_node(label_selector="recserve.io/node-agent=true").items
+    ]
+    for name in local:
+        core.patch_node(name, {"spec": {"unschedulable": True}})
     for i in range(NODES):
         core.create_node(_node(i))
     store = tmp_path / "store"
@@ -121,8 +127,13 @@ def test_200_recmodels_on_1000_fake_nodes(
         )
     finally:
         operator.terminate()
-        operator.wait(timeout=30)
+        try:
+            operator.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            operator.kill()
         core.delete_collection_node(label_selector=f"{SCALE_LABEL}=true")
+        for name in local:
+            core.patch_node(name, {"spec": {"unschedulable": False}})
         custom.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", "scale-pool")
     latencies = np.array(sorted(placed.values()))
     result = {

@@ -124,3 +124,23 @@ def test_examples_become_a_served_model(
     scores = [item["score"] for item in answer["items"]] if "items" in answer else answer["scores"]
     assert len(scores) == 64
     assert scores == sorted(scores, reverse=True)
+
+    # a policy no pool can meet: re-planned (no rebuild), Ready=False with the reason
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "optimizationpolicies", "latency-first",
+        {"spec": {"objectives": {"p99LatencyTargetMilliseconds": 1}}},
+    )  # fmt: skip
+
+    def infeasible() -> dict[str, Any] | None:
+        obj = custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "recmodels", "movielens-dlrm"
+        )
+        cond = _conditions(obj).get("Ready")
+        return cond if cond and cond["reason"] == "NoFeasiblePlacement" else None
+
+    cond = eventually(infeasible, timeout=120, interval=2)
+    assert cond["status"] == "False" and "p99 <= 1 ms" in cond["message"]
+    jobs = client.BatchV1Api(k8s).list_namespaced_job(
+        namespace, label_selector="app.kubernetes.io/component=build"
+    )
+    assert len(jobs.items) == 1, "changing objectives re-plans without rebuilding"

@@ -46,6 +46,7 @@ from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger("recserve.node-agent")
 POLL_SECONDS = 1.0
+POD_MARKER = "RECSERVE_LOCAL_POD_STATE"
 HEARTBEAT_SECONDS = 10
 LEASE_SECONDS = 40
 
@@ -257,6 +258,8 @@ class PodWorker:
         env = dict(os.environ)
         env.pop("KUBECONFIG", None)
         env.update({"POD_IP": self.ip, "HOSTNAME": self.name, "POD_NAMESPACE": self.ns})
+        # Lets `cluster down` find pod processes even if the agent itself was killed.
+        env[POD_MARKER] = str(self.workdir.parent)
         if self._kubeconfig:
             env["KUBECONFIG"] = self._kubeconfig
         for item in spec.get("env", []):

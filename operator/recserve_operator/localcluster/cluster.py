@@ -194,6 +194,7 @@ class LocalCluster:
                 proc.kill()
             proc.wait(timeout=5)
         self._procs.clear()
+        kill_pod_processes(self.root / "pods")
         state_file = self.root / "state.json"
         if state_file.exists():
             state_file.unlink()
@@ -502,6 +503,25 @@ def _terminate(pid: int, name: str, root: str) -> None:
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+
+
+def kill_pod_processes(state_dir: Path) -> int:
+    """SIGKILL processes the agent started for pods under ``state_dir`` (stragglers left
+    when the agent was killed before it could stop them); returns how many."""
+    from recserve_operator.localcluster.agent import POD_MARKER
+
+    marker = f"{POD_MARKER}={state_dir}".encode()
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+        except OSError:
+            continue
+    return killed
 
 
 def _is_zombie(pid: int) -> bool:

@@ -208,11 +208,10 @@ def reconcile_recmodel(model: dict[str, Any], kube: Kube, config: OperatorConfig
     p.cond("Placed", decision.feasible, decision.reason, message)
 
     # 5. apply serving objects
-    placements = _apply_serving(p, found_pools, built, decision, policy)
+    placements, router = _apply_serving(p, found_pools, built, decision, policy)
 
     # 6. report
     ready_pools = [pl for pl in placements if pl["readyReplicas"] > 0]
-    router = kube.get("apps/v1", "Deployment", children.dns_name(p.name, "router"), p.namespace)
     router_ready = bool(router and (router.get("status") or {}).get("readyReplicas"))
     p.status["placements"] = placements
     p.status["replicas"] = sum(pl["readyReplicas"] for pl in placements)
@@ -341,6 +340,12 @@ def _sync_variants(
     selected: dict[str, list[str]] = {}
     for pp in decision.placements if decision else []:
         selected.setdefault(pp.variant, []).append(pp.pool)
+    existing = {
+        mv["metadata"]["name"]: mv
+        for mv in p.kube.list_custom(
+            "modelvariants", p.namespace, f"{children.MODEL_LABEL}={p.name}"
+        )
+    }
     for b in built:
         name = variant_object_name(p.name, b.name)
         recipe = b.manifest.get("recipe", {})
@@ -376,7 +381,7 @@ def _sync_variants(
                 },
             },
         }
-        current = p.kube.apply(body)
+        current = p.kube.apply_if_changed(body, existing)
         metrics = b.manifest.get("metrics", {})
         pool_profiles = []
         for pool, report in sorted(profiles.items()):
@@ -438,9 +443,27 @@ def _apply_serving(
     built: list[Built],
     decision: Plan,
     policy: dict[str, Any],
-) -> list[dict[str, Any]]:
-    """Deployments + Services per placed pool, the router; stale pools are removed."""
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Deployments + Services per placed pool, the router; stale pools are removed.
+
+    Returns the placements and the router Deployment as observed after applying.
+    """
     by_name = {b.name: b for b in built}
+    selector = f"{children.MODEL_LABEL}={p.name}"
+    observed = {
+        kind: {o["metadata"]["name"]: o for o in p.kube.list(api, kind, p.namespace, selector)}
+        for api, kind in (
+            ("apps/v1", "Deployment"),
+            ("v1", "Service"),
+            ("v1", "ServiceAccount"),
+            ("rbac.authorization.k8s.io/v1", "Role"),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+        )
+    }
+
+    def apply(body: dict[str, Any]) -> dict[str, Any]:
+        return p.kube.apply_if_changed(body, observed[body["kind"]])
+
     target_ms = int(policy["spec"].get("objectives", {}).get("p99LatencyTargetMilliseconds", 25))
     placements = []
     for pp in decision.placements:
@@ -461,8 +484,8 @@ def _apply_serving(
             target_ms,
             p.config,
         )
-        applied = p.kube.apply(deployment)
-        p.kube.apply(children.service(deployment, p.model))
+        applied = apply(deployment)
+        apply(children.service(deployment, p.model))
         placements.append(
             {
                 "pool": pp.pool,
@@ -473,18 +496,16 @@ def _apply_serving(
             }
         )
     placed = {pp.pool for pp in decision.placements}
-    for old in p.kube.list(
-        "apps/v1",
-        "Deployment",
-        p.namespace,
-        f"{children.MODEL_LABEL}={p.name},{children.COMPONENT_LABEL}=server",
-    ):
-        if old["metadata"]["labels"].get(children.POOL_LABEL) not in placed:
+    for old in observed["Deployment"].values():
+        labels = old["metadata"].get("labels", {})
+        if labels.get(children.COMPONENT_LABEL) == "server" and (
+            labels.get(children.POOL_LABEL) not in placed
+        ):
             p.kube.delete("apps/v1", "Deployment", old["metadata"]["name"], p.namespace)
             p.kube.delete("v1", "Service", old["metadata"]["name"], p.namespace)
     for obj in children.router_rbac(p.model):
-        p.kube.apply(obj)
+        apply(obj)
     router = children.router_deployment(p.model, p.config)
-    p.kube.apply(router)
-    p.kube.apply(children.service(router, p.model))
-    return placements
+    applied_router = apply(router)
+    apply(children.service(router, p.model))
+    return placements, applied_router
