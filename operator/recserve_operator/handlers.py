@@ -6,12 +6,15 @@ that missed events and drift in the cluster are repaired without a watch event).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from recserve_operator.config import OperatorConfig
 from recserve_operator.kube import Kube
@@ -67,7 +70,8 @@ def api_reachable(**_: Any) -> str:
 @kopf.timer(GROUP, VERSION, "hardwarepools", interval=max(INTERVAL, 15), initial_delay=1)
 def hardwarepool(body: kopf.Body, **_: Any) -> None:
     """Count the pool's nodes and accelerators."""
-    reconcile_hardwarepool(_plain(body), _kube())
+    with api_errors_typed():
+        reconcile_hardwarepool(_plain(body), _kube())
 
 
 @kopf.on.resume(GROUP, VERSION, "recmodels")
@@ -108,13 +112,30 @@ _last_pass: dict[str, float] = {}
 def _pass(model: dict[str, Any], event_target: Any) -> None:
     meta = model["metadata"]
     _last_pass[f"{meta['namespace']}/{meta['name']}"] = time.monotonic()
-    outcome = reconcile_recmodel(model, _kube(), _config())
+    with api_errors_typed():
+        outcome = reconcile_recmodel(model, _kube(), _config())
     if outcome.status != (model.get("status") or {}):
         _kube().patch_status(
             "recmodels", model["metadata"]["name"], model["metadata"]["namespace"], outcome.status
         )
     for type_, reason, message in outcome.events:
         kopf.event(event_target, type=type_, reason=reason, message=message)
+
+
+@contextlib.contextmanager
+def api_errors_typed() -> Iterator[None]:
+    """API errors as kopf errors: 401/403 will not heal (fail now, say why); 409, 429
+    and 5xx will (retry after the server's Retry-After, or a few seconds)."""
+    try:
+        yield
+    except ApiException as exc:
+        if exc.status in (401, 403):
+            raise kopf.PermanentError(f"not allowed: {exc.reason}: {exc.body}") from exc
+        if exc.status in (409, 429) or (exc.status or 0) >= 500:
+            retry_after = (exc.headers or {}).get("Retry-After", "5")
+            delay = float(retry_after) if str(retry_after).isdigit() else 5.0
+            raise kopf.TemporaryError(f"API answered {exc.status}; retrying", delay=delay) from exc
+        raise
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
