@@ -9,8 +9,8 @@ PYTEST_ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install:  ## install recserve (editable) with the dev extras
-	$(PIP) install --quiet --disable-pip-version-check -e '.[dev]'
+install:  ## install recserve (editable) with the dev and build extras (torch: several GB, once)
+	$(PIP) install --quiet --disable-pip-version-check -e '.[dev,build]'
 
 crds:  ## regenerate crds/, the chart's CRDs and docs/api-reference.md from the API types
 	$(PYTHON) -m recserve_runtime.cli crds
@@ -45,11 +45,9 @@ test-integration: install tools  ## integration tests on a fresh local control p
 bench: install  ## benchmarks (print ratios against in-run baselines)
 	$(call run_pytest,-m bench -s)
 
-demo: install  ## the main job (for now: generate the CRDs and validate the examples)
-	$(PYTHON) -m recserve_runtime.cli crds --check
-	$(PYTHON) -m recserve_runtime.cli crds --print | head -n 40
-	@echo "..."
+demo: install tools  ## the main job: build, measure, place, serve and load the MovieLens model locally
 	$(PYTHON) -m recserve_runtime.cli validate examples/
+	$(PYTHON) -m recserve_runtime.cli demo --root .cluster
 
 tools:  ## build/locate etcd, kube-*, kubectl, kwok, prometheus, helm (cached in ~/.cache/recserve)
 	bash hack/tools.sh

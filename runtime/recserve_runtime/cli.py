@@ -20,8 +20,12 @@ Handler = Callable[[argparse.Namespace], int]
 
 # Modules that add subcommands (see the module docstring), in help order.
 PLUGINS: list[str] = [
+    "recserve_runtime.train",
+    "recserve_runtime.optimize",
+    "recserve_runtime.bench_variants",
     "recserve_operator.localcluster.cli",
     "recserve_runtime.profile_cmd",
+    "recserve_operator.demo",
 ]
 
 

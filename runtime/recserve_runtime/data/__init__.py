@@ -1,0 +1,16 @@
+"""Data sets for training and evaluating recommendation models (MovieLens, synthetic)."""
+
+from recserve_runtime.data.tabular import DatasetNotFoundError, Split, TabularData
+
+DATASETS = ("movielens-100k",)
+
+__all__ = ["DATASETS", "DatasetNotFoundError", "Split", "TabularData", "load_dataset"]
+
+
+def load_dataset(name: str, cache_dir: str | None = None) -> TabularData:
+    """Load a named data set (see ``DATASETS``); raises DatasetNotFoundError."""
+    if name == "movielens-100k":
+        from recserve_runtime.data.movielens import load_movielens
+
+        return load_movielens(cache_dir)
+    raise DatasetNotFoundError(f"unknown dataset {name!r}: the builder knows {', '.join(DATASETS)}")

@@ -1,0 +1,223 @@
+"""`recserve optimize`: compress a model into variants, measure, gate, select, store.
+
+Checks every input before any work (model file, feature spec, dataset, output
+locations), shows progress on the long steps, prints the variant table, writes every
+variant content-addressed to ``--out``, the JSON report to ``--json`` and the Pareto
+plot next to it (``.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole build; returns the report. Raises BuildError on bad input."""
+    from recserve_runtime.builder import selection
+    from recserve_runtime.builder.errors import BuildError
+    from recserve_runtime.builder.pipeline import (
+        BuildContext,
+        Policy,
+        build_variants,
+        manifest_for,
+        measure,
+    )
+    from recserve_runtime.builder.report import plot, table, variant_row, write_json
+    from recserve_runtime.builder.source import check_data, load_source
+    from recserve_runtime.builder.store import check_writable, check_writable_file, put_variant
+    from recserve_runtime.data import DatasetNotFoundError, load_dataset
+    from recserve_runtime.profiler import cpu_threads
+    from recserve_runtime.train import set_threads, stderr_progress
+
+    start = time.monotonic()
+    threads = set_threads(args.threads or cpu_threads())
+    json_path = Path(args.json) if args.json else None
+    plot_path = (
+        Path(args.plot) if args.plot else (json_path.with_suffix(".png") if json_path else None)
+    )
+    check_writable(args.out)
+    for path in (json_path, plot_path):
+        if path is not None:
+            check_writable_file(path)
+    try:
+        data = load_dataset(args.dataset)
+        if args.max_train_rows and args.max_train_rows < len(data.train):
+            data = replace(data, train=data.train.sample(args.max_train_rows, args.seed))
+    except DatasetNotFoundError as exc:
+        raise BuildError(str(exc)) from exc
+    spec_path = Path(args.feature_spec) if args.feature_spec else None
+    source = load_source(args.model, spec_path, args.dataset, args.seed)
+    check_data(source.spec, data)
+    policy = Policy(
+        accuracy_budget_basis_points=args.accuracy_budget_bp,
+        p99_latency_target_ms=args.p99_target_ms,
+        slo_batch_size=args.slo_batch,
+        pruning_ratio_basis_points=args.prune_bp,
+    )
+    progress = stderr_progress
+    with tempfile.TemporaryDirectory(prefix="recserve-build-") as tmp:
+        ctx = BuildContext(source, data, Path(tmp), policy, threads, args.seed, progress)
+        if args.quick:
+            ctx.shapes = [(8, [64]), (16, [256]), (16, [64, 64, 64])]
+            ctx.student_epochs = 3
+            ctx.finetune_epochs = 2
+        if args.student_shape:
+            ctx.shapes = list(args.student_shape)
+        variants = build_variants(ctx)
+        teacher_auc = measure(ctx, variants, args.hardware, 0.1 if args.quick else 0.3)
+        slo = policy.slo_batch_size
+        cands = [
+            selection.Candidate(
+                v.name, v.metrics["aucDropRelPct"], v.point(slo).p99_us, v.size_bytes
+            )
+            for v in variants
+        ]
+        front = set(selection.pareto_front(cands))
+        for v in variants:
+            v.accepted = selection.within_budget(
+                v.metrics["aucDropRelPct"], policy.accuracy_budget_basis_points
+            )
+            v.pareto = v.name in front
+        chosen, reason = selection.select(
+            cands, policy.accuracy_budget_basis_points, policy.p99_latency_target_ms * 1000
+        )
+        meta = source.meta.get("metrics", {})
+        facts = {
+            "name": source.name,
+            "arch": getattr(getattr(source.model, "config", None), "arch", "torchscript"),
+            "dataset": args.dataset,
+            "synthetic": False,
+            "teacherAuc": teacher_auc,
+        }
+        progress(f"[store] writing {len(variants)} variants to {args.out}")
+        for v in variants:
+            v.location = put_variant(args.out, v.path, manifest_for(v, ctx, facts))
+        report: dict[str, Any] = {
+            "model": facts,
+            "hardware": args.hardware,
+            "threads": threads,
+            "teacher": {
+                "auc": teacher_auc,
+                "lrAuc": meta.get("lrAuc"),
+                "trainedAuc": meta.get("auc"),
+            },
+            "policy": {
+                "accuracyBudgetBasisPoints": policy.accuracy_budget_basis_points,
+                "p99LatencyTargetMs": policy.p99_latency_target_ms,
+                "sloBatchSize": slo,
+                "pruningRatioBasisPoints": policy.pruning_ratio_basis_points,
+            },
+            "variants": [variant_row(v, slo) for v in variants],
+            "paretoFront": [v.name for v in variants if v.pareto],
+            "selected": chosen,
+            "selectionReason": reason,
+            "studentSearch": [s.summary() for s in ctx.students],
+            "skipped": ctx.skipped,
+            "seconds": round(time.monotonic() - start, 1),
+        }
+        print(table(variants, slo, chosen))
+        if meta.get("lrAuc") is not None:
+            print(
+                f"teacher test AUC {teacher_auc:.4f} vs logistic regression "
+                f"{meta['lrAuc']:.4f} (same features, per-user time split)"
+            )
+        for s in ctx.students:
+            print(
+                f"student search: {s.tag:<22} depth {len(s.mlp_layers)} valid AUC "
+                f"{s.valid_auc:.4f} {s.latency_us:7.0f} µs @b{slo}"
+                + ("  <- chosen" if s.chosen else "")
+            )
+        for item in ctx.skipped:
+            print(f"skipped: {item['name']}: {item['reason']}")
+        print(f"Pareto front: {', '.join(report['paretoFront'])}")
+        print(f"selected: {chosen} ({reason})")
+        if json_path:
+            write_json(json_path, report)
+            print(f"report: {json_path}")
+        if plot_path:
+            plot(plot_path, variants, slo, policy.accuracy_budget_basis_points)
+            print(f"plot: {plot_path}")
+    return report
+
+
+def parse_shape(text: str) -> tuple[int, list[int]]:
+    """'16:256x128' -> (16, [256, 128])."""
+    try:
+        dim, widths = text.split(":")
+        return int(dim), [int(w) for w in widths.split("x")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"student shape {text!r} is not DIM:W1xW2...") from exc
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from recserve_runtime.builder.errors import BuildError
+
+    try:
+        run(args)
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `recserve optimize`."""
+    p.add_argument(
+        "--model",
+        default="demo",
+        help="'demo' (MovieLens DLRM teacher, trained if missing), a checkpoint "
+        "from `recserve train`, or a TorchScript file (needs --feature-spec)",
+    )
+    p.add_argument("--feature-spec", default=None, help="FeatureSpec YAML/JSON file")
+    p.add_argument("--dataset", default="movielens-100k", help="evaluation/training data")
+    p.add_argument("--hardware", default="cpu", choices=["cpu", "gpu", "fpga"])
+    p.add_argument(
+        "--out",
+        default=str(Path.home() / ".cache" / "recserve" / "variants"),
+        help="variant store: folder or fsspec URI",
+    )
+    p.add_argument("--json", default=None, help="write the JSON report here")
+    p.add_argument("--plot", default=None, help="Pareto plot PNG (default: --json with .png)")
+    p.add_argument(
+        "--accuracy-budget-bp",
+        type=int,
+        default=100,
+        help="largest relative AUC drop accepted, basis points (100 = 1%%)",
+    )
+    p.add_argument("--p99-target-ms", type=float, default=25.0)
+    p.add_argument("--slo-batch", type=int, default=256, choices=[1, 8, 64, 256, 1024])
+    p.add_argument("--prune-bp", type=int, default=5000, help="MLP neurons removed (5000=50%%)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="default: CPUs available")
+    p.add_argument("--quick", action="store_true", help="fewer students, shorter profiles")
+    p.add_argument(
+        "--student-shape",
+        action="append",
+        default=None,
+        type=parse_shape,
+        help="student shape to try, DIM:W1xW2 (repeatable; default: the built-in search)",
+    )
+    p.add_argument(
+        "--max-train-rows",
+        type=int,
+        default=None,
+        help="train students / fine-tune on at most this many rows (faster, less accurate)",
+    )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `recserve optimize`."""
+    p = sub.add_parser(
+        "optimize",
+        help="compress a model into measured, accuracy-gated variants",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    p.set_defaults(handler=_cmd_optimize)
