@@ -42,7 +42,8 @@ test-unit: install  ## unit tests only
 test-integration: install tools  ## integration tests on a fresh local control plane
 	$(call run_pytest,-m integration)
 
-bench: install  ## benchmarks (print ratios against in-run baselines)
+bench: install tools  ## benchmarks (print ratios against in-run baselines)
+	$(PIP) install --quiet --disable-pip-version-check -e '.[dev,build,bench]'
 	$(call run_pytest,-m bench -s)
 
 demo: install tools  ## the main job: build, measure, place, serve and load the MovieLens model locally

@@ -292,6 +292,10 @@ def router_deployment(model: dict[str, Any], config: OperatorConfig) -> dict[str
         "args": [
             "route",
             f"--selector={MODEL_LABEL}={model_name},{COMPONENT_LABEL}=server",
+            # Ready pods rather than EndpointSlices: works the same on every cluster, and on
+            # the local control plane, whose loopback pod IPs EndpointSlices refuse.
+            "--source=pods",
+            "--port-name=http",
             f"--namespace={model['metadata']['namespace']}",
             "--host=$(POD_IP)",
             f"--port={ROUTER_PORT}",
@@ -305,8 +309,13 @@ def router_deployment(model: dict[str, Any], config: OperatorConfig) -> dict[str
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "cache", "mountPath": CACHE_MOUNT}],
         "readinessProbe": {
-            "httpGet": {"path": "/healthz", "port": ROUTER_PORT},
+            "httpGet": {"path": "/v2/health/ready", "port": ROUTER_PORT},
             "periodSeconds": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": ROUTER_PORT},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
         },
     }
     return _deployment(

@@ -26,6 +26,9 @@ PLUGINS: list[str] = [
     "recserve_operator.localcluster.cli",
     "recserve_runtime.profile_cmd",
     "recserve_operator.demo",
+    "recserve_runtime.server.cli",
+    "recserve_runtime.router.cli",
+    "recserve_runtime.bench_serving",
 ]
 
 

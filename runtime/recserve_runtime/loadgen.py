@@ -1,0 +1,324 @@
+"""An open-loop HTTP/1.1 load generator on asyncio (no coordinated omission).
+
+Arrivals follow a Poisson process (or a constant rate) fixed in advance; each request's
+latency is measured from its *scheduled* send time, so a slow server cannot slow the
+generator down and hide its own queueing. Requests go over keep-alive connections from
+a pool that grows as needed (up to ``max_connections``; beyond that requests wait for a
+connection, and that wait counts in their latency). Only 127.0.0.0/8 targets are allowed.
+
+Goodput at a rate is the successful completions per second of a run whose p99 latency,
+counting every failed or timed-out request as infinitely slow, is within the SLO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Target:
+    """Where requests go: host, port, path and pre-encoded bodies (cycled)."""
+
+    host: str
+    port: int
+    path: str
+    bodies: Sequence[bytes]
+    method: str = "POST"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not ipaddress.ip_address(self.host).is_loopback:
+            raise ValueError(f"load tests only target 127.0.0.0/8, not {self.host}")
+        extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
+        self._raw = [
+            (
+                f"{self.method} {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(b)}\r\n{extra}\r\n"
+            ).encode()
+            + b
+            for b in self.bodies
+        ]
+
+    def raw(self, i: int) -> bytes:
+        """The i-th request, bytes on the wire."""
+        return self._raw[i % len(self._raw)]
+
+
+@dataclass
+class RunResult:
+    """What one load run measured (latencies in seconds)."""
+
+    rate: float
+    duration_s: float
+    sent: int
+    ok: int
+    codes: dict[str, int]
+    latencies_ok: np.ndarray
+    p99_all_s: float  # failures count as infinite
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def pct(self, q: float) -> float:
+        """Percentile of successful latencies (seconds; inf when none)."""
+        return float(np.percentile(self.latencies_ok, q)) if len(self.latencies_ok) else math.inf
+
+    @property
+    def throughput(self) -> float:
+        """Successful completions per second."""
+        return self.ok / self.duration_s
+
+    def passes(self, slo_s: float) -> bool:
+        """p99 over all requests within the SLO."""
+        return self.p99_all_s <= slo_s
+
+    def summary(self) -> dict[str, float | int | dict[str, int]]:
+        """Numbers for reports (milliseconds)."""
+        return {
+            "rate": round(self.rate, 1),
+            "throughput": round(self.throughput, 1),
+            "sent": self.sent,
+            "ok": self.ok,
+            "p50_ms": round(self.pct(50) * 1000, 3),
+            "p99_ms": round(self.pct(99) * 1000, 3),
+            "p999_ms": round(self.pct(99.9) * 1000, 3),
+            "p99_all_ms": round(self.p99_all_s * 1000, 3),
+            "codes": self.codes,
+        }
+
+
+class _Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def request(self, raw: bytes) -> int:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+                break
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+
+class _Pool:
+    def __init__(self, target: Target, max_connections: int) -> None:
+        self.target = target
+        self.idle: list[_Conn] = []
+        self.total = 0
+        self.max = max_connections
+        self.waiters: asyncio.Queue[_Conn] = asyncio.Queue()
+
+    async def get(self) -> _Conn:
+        if self.idle:
+            return self.idle.pop()
+        if self.total < self.max:
+            self.total += 1
+            try:
+                r, w = await asyncio.open_connection(self.target.host, self.target.port)
+            except OSError:
+                self.total -= 1
+                raise
+            return _Conn(r, w)
+        return await self.waiters.get()
+
+    def put(self, conn: _Conn) -> None:
+        if self.waiters._getters:  # type: ignore[attr-defined]  # hand over to a waiter
+            self.waiters.put_nowait(conn)
+        else:
+            self.idle.append(conn)
+
+    def drop(self, conn: _Conn) -> None:
+        self.total -= 1
+        conn.writer.close()
+
+    def close(self) -> None:
+        for c in self.idle:
+            c.writer.close()
+        self.idle.clear()
+
+
+async def open_loop(
+    target: Target,
+    rate: float,
+    duration_s: float,
+    *,
+    poisson: bool = True,
+    timeout_s: float = 2.0,
+    max_connections: int = 512,
+    seed: int = 0,
+) -> RunResult:
+    """Send at ``rate`` req/s for ``duration_s``; latency from scheduled send time."""
+    rng = random.Random(seed)
+    pool = _Pool(target, max_connections)
+    latencies: list[float] = []
+    failed = 0
+    codes: Counter[str] = Counter()
+
+    async def one(i: int, scheduled: float) -> None:
+        nonlocal failed
+        conn: _Conn | None = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                conn = await pool.get()
+                status = await conn.request(target.raw(i))
+            pool.put(conn)
+            codes[str(status)] += 1
+            if status == 200:
+                latencies.append(time.perf_counter() - scheduled)
+            else:
+                failed += 1
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            if conn is not None:
+                pool.drop(conn)
+            codes[type(exc).__name__] += 1
+            failed += 1
+
+    tasks: list[asyncio.Task[None]] = []
+    start = time.perf_counter()
+    t = 0.0
+    i = 0
+    while t < duration_s:
+        now = time.perf_counter() - start
+        if t > now:
+            await asyncio.sleep(t - now)
+        tasks.append(asyncio.create_task(one(i, start + t)))
+        i += 1
+        t += rng.expovariate(rate) if poisson else 1.0 / rate
+    await asyncio.gather(*tasks)
+    pool.close()
+    lat = np.array(latencies)
+    n = i
+    # p99 counting failures as infinite
+    k = math.ceil(0.99 * n) - 1 if n else 0
+    srt = np.sort(lat)
+    p99_all = float(srt[k]) if n and k < len(srt) else math.inf
+    return RunResult(rate, duration_s, n, len(latencies), dict(codes), lat, p99_all)
+
+
+async def closed_loop(
+    target: Target, concurrency: int, duration_s: float, timeout_s: float = 5.0
+) -> RunResult:
+    """``concurrency`` clients sending back-to-back (for saturation throughput only)."""
+    pool = _Pool(target, concurrency)
+    latencies: list[float] = []
+    codes: Counter[str] = Counter()
+    sent = 0
+    end = time.perf_counter() + duration_s
+
+    async def client(c: int) -> None:
+        nonlocal sent
+        conn = await pool.get()
+        i = c
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            sent += 1
+            status = await asyncio.wait_for(conn.request(target.raw(i)), timeout_s)
+            codes[str(status)] += 1
+            if status == 200:
+                latencies.append(time.perf_counter() - t0)
+            i += concurrency
+        conn.writer.close()
+
+    await asyncio.gather(*(client(c) for c in range(concurrency)))
+    lat = np.array(latencies)
+    p99 = float(np.percentile(lat, 99)) if len(lat) else math.inf
+    return RunResult(math.nan, duration_s, sent, len(lat), dict(codes), lat, p99)
+
+
+@dataclass
+class Goodput:
+    """Result of a goodput search."""
+
+    goodput: float
+    best: RunResult | None
+    runs: list[RunResult]
+
+
+async def find_goodput(
+    target: Target,
+    slo_s: float,
+    *,
+    start_rate: float = 100.0,
+    growth: float = 1.6,
+    refine_steps: int = 3,
+    duration_s: float = 3.0,
+    max_rate: float = 20000.0,
+    log: Callable[[str], None] | None = None,
+    probe: Callable[[], Awaitable[dict[str, float]]] | None = None,
+    confirm_failures: int = 1,
+) -> Goodput:
+    """Highest goodput over rates: grow geometrically until a run fails, then bisect.
+
+    ``probe`` (optional) is called before and after each run; the difference of what it
+    returns (e.g. server counters) is stored in the run's ``extra``. A failing rate is
+    run again ``confirm_failures`` times before it counts as failed (noise on a shared
+    machine); every run is kept in ``runs``.
+    """
+    runs: list[RunResult] = []
+
+    async def once(rate: float) -> RunResult:
+        before = await probe() if probe else {}
+        res = await open_loop(target, rate, duration_s, timeout_s=max(1.0, slo_s * 40))
+        if probe:
+            after = await probe()
+            res.extra = {k: after[k] - before.get(k, 0.0) for k in after}
+        runs.append(res)
+        if log:
+            ok = "pass" if res.passes(slo_s) else "FAIL"
+            log(f"  rate={rate:8.1f}/s {ok} {res.summary()}")
+        await asyncio.sleep(0.3)  # let queues empty between runs
+        return res
+
+    async def trial(rate: float) -> RunResult:
+        res = await once(rate)
+        for _ in range(confirm_failures):  # a failure on a shared machine may be noise
+            if res.passes(slo_s):
+                break
+            res = await once(rate)
+        return res
+
+    lo: RunResult | None = None
+    rate = start_rate
+    hi_rate = None
+    while rate <= max_rate:
+        res = await trial(rate)
+        if res.passes(slo_s):
+            lo = res
+            rate *= growth
+        else:
+            hi_rate = rate
+            break
+    if lo is None:  # even the start rate fails: search downward
+        rate = start_rate
+        for _ in range(4):
+            rate /= 2
+            res = await trial(rate)
+            if res.passes(slo_s):
+                lo = res
+                hi_rate = rate * 2
+                break
+    if lo is not None and hi_rate is not None:
+        lo_rate = lo.rate
+        for _ in range(refine_steps):
+            mid = (lo_rate + hi_rate) / 2
+            res = await trial(mid)
+            if res.passes(slo_s):
+                lo, lo_rate = res, mid
+            else:
+                hi_rate = mid
+    passing = [r for r in runs if r.passes(slo_s)]
+    best = max(passing, key=lambda r: r.throughput, default=None)
+    return Goodput(best.throughput if best else 0.0, best, runs)

@@ -1,0 +1,1 @@
+"""`recserve route`: one entry point spreading requests over backends by live latency."""

@@ -1,0 +1,75 @@
+"""`recserve route`: argument parsing and process setup (heavy imports in the handler)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `route` subcommand."""
+    p = sub.add_parser(
+        "route",
+        help="one entry point spreading requests over backends by live latency",
+        description="Forward OIP v2 and /v1/rank requests to the backend with the lowest "
+        "expected wait (power of two choices on EWMA latency x in-flight); retry a failed "
+        "request once elsewhere; eject and re-admit backends by health. See docs/serving.md.",
+    )
+    p.add_argument("--backends", nargs="*", default=[], help="static host:port list")
+    p.add_argument("--selector", help="discover backends with this label selector")
+    p.add_argument(
+        "--source",
+        choices=["endpointslices", "pods"],
+        default="endpointslices",
+        help="what --selector selects: EndpointSlices (default) or Ready pods",
+    )
+    p.add_argument("--namespace", default="default", help="namespace for --selector")
+    p.add_argument("--port-name", help="port name (default: the first port)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--policy", choices=["p2c", "round-robin"], default="p2c")
+    p.add_argument("--timeout-s", type=float, default=5.0, help="per backend request")
+    p.add_argument("--health-interval-s", type=float, default=1.0)
+    p.add_argument("--refresh-interval-s", type=float, default=10.0)
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(handler=_route)
+
+
+def _route(args: argparse.Namespace) -> int:
+    from collections.abc import Callable
+
+    from recserve_runtime.router.balancer import Balancer
+    from recserve_runtime.router.discovery import (
+        Addr,
+        EndpointSliceSource,
+        PodSource,
+        parse_static,
+    )
+    from recserve_runtime.router.service import Router
+    from recserve_runtime.server.asgi import ASGIApp, run_uvicorn
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    discover: Callable[[], list[Addr]]
+    if args.selector:
+        source = PodSource if args.source == "pods" else EndpointSliceSource
+        discover = source(args.namespace, args.selector, args.port_name).list
+    else:
+        static = parse_static(args.backends)
+        if not static:
+            print("error: give --backends or --selector")
+            return 2
+        discover = lambda: static  # noqa: E731
+    router = Router(
+        Balancer(policy=args.policy),
+        discover,
+        timeout_s=args.timeout_s,
+        health_interval_s=args.health_interval_s,
+        refresh_interval_s=args.refresh_interval_s,
+    )
+    logging.getLogger("recserve.router").info(
+        "routing on http://%s:%d policy=%s", args.host, args.port, args.policy
+    )
+    run_uvicorn(ASGIApp(router.handle, router.startup, router.shutdown), args.host, args.port, 10)
+    return 0

@@ -1,0 +1,145 @@
+"""Where backends come from: a static list, Kubernetes EndpointSlices by label, or Ready
+pods by label (where EndpointSlices cannot hold the pods' addresses, e.g. the local
+control plane's loopback pod IPs, which the API server refuses in EndpointSlices)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("recserve.router.discovery")
+
+Addr = tuple[str, int]
+
+
+def parse_static(specs: list[str]) -> list[Addr]:
+    """``host:port`` strings (optionally with http://) to addresses."""
+    out: list[Addr] = []
+    for spec in specs:
+        for part in spec.split(","):
+            part = part.strip().removeprefix("http://").rstrip("/")
+            if not part:
+                continue
+            host, sep, port = part.rpartition(":")
+            if not sep or not port.isdigit():
+                raise ValueError(f"backend {part!r} is not host:port")
+            out.append((host, int(port)))
+    return out
+
+
+def endpoints_from_slices(
+    slices: list[Any], port_name: str | None, default_port: int
+) -> list[Addr]:
+    """Ready endpoint addresses of EndpointSlice objects (kubernetes client models)."""
+    out: list[Addr] = []
+    for s in slices:
+        port = default_port
+        for p in s.ports or []:
+            if port_name is None or p.name == port_name:
+                port = p.port
+                break
+        for ep in s.endpoints or []:
+            cond = ep.conditions
+            if cond is not None and cond.ready is False:
+                continue
+            out.extend((addr, port) for addr in ep.addresses or [])
+    return sorted(set(out))
+
+
+def _kube_client(factory: Callable[[], Any] | None, api: str) -> Any:
+    if factory is not None:
+        return factory()
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return getattr(client, api)()
+
+
+def endpoints_from_pods(pods: list[Any], port_name: str | None, default_port: int) -> list[Addr]:
+    """Addresses of Ready, not terminating pods (kubernetes client models)."""
+    out: list[Addr] = []
+    for pod in pods:
+        if pod.metadata.deletion_timestamp is not None or not pod.status.pod_ip:
+            continue
+        if not any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []):
+            continue
+        port = default_port
+        ports = [p for c in pod.spec.containers for p in (c.ports or [])]
+        for p in ports:
+            if port_name is None or p.name == port_name:
+                port = p.container_port
+                break
+        out.append((pod.status.pod_ip, port))
+    return sorted(set(out))
+
+
+class PodSource:
+    """Lists Ready pods matching a label selector (polled; the client is sync)."""
+
+    def __init__(
+        self,
+        namespace: str,
+        selector: str,
+        port_name: str | None = None,
+        default_port: int = 8080,
+        api_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.namespace = namespace
+        self.selector = selector
+        self.port_name = port_name
+        self.default_port = default_port
+        self._api_factory = api_factory
+        self._api: Any = None
+
+    def list(self) -> list[Addr]:
+        """Current ready backends (blocking; call in a thread)."""
+        if self._api is None:
+            self._api = _kube_client(self._api_factory, "CoreV1Api")
+        resp = self._api.list_namespaced_pod(
+            self.namespace, label_selector=self.selector, _request_timeout=10
+        )
+        return endpoints_from_pods(resp.items, self.port_name, self.default_port)
+
+
+class EndpointSliceSource:
+    """Lists EndpointSlices matching a label selector (polled; the client is sync)."""
+
+    def __init__(
+        self,
+        namespace: str,
+        selector: str,
+        port_name: str | None = None,
+        default_port: int = 8080,
+        api_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.namespace = namespace
+        self.selector = selector
+        self.port_name = port_name
+        self.default_port = default_port
+        self._api_factory = api_factory
+        self._api: Any = None
+
+    def _client(self) -> Any:
+        if self._api is None:
+            if self._api_factory is not None:
+                self._api = self._api_factory()
+            else:
+                from kubernetes import client, config
+
+                try:
+                    config.load_incluster_config()
+                except config.ConfigException:
+                    config.load_kube_config()
+                self._api = client.DiscoveryV1Api()
+        return self._api
+
+    def list(self) -> list[Addr]:
+        """Current ready backends (blocking; call in a thread)."""
+        resp = self._client().list_namespaced_endpoint_slice(
+            self.namespace, label_selector=self.selector, _request_timeout=10
+        )
+        return endpoints_from_slices(resp.items, self.port_name, self.default_port)

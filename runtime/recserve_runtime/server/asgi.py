@@ -1,0 +1,125 @@
+"""ASGI adapter and uvicorn runner for :class:`InferenceServer` (chosen by measurement,
+see docs/serving.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from recserve_runtime.server.service import InferenceServer, Response
+
+log = logging.getLogger("recserve.server")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[str, str, dict[str, str], bytes], Awaitable[Response]]
+
+
+class ASGIApp:
+    """A minimal ASGI app: lifespan hooks plus one handler for every HTTP request."""
+
+    def __init__(
+        self,
+        handle: Handler,
+        on_startup: Callable[[], Awaitable[None]] | None = None,
+        on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.handle = handle
+        self.on_startup = on_startup
+        self.on_shutdown = on_shutdown
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        resp = await self.handle(scope["method"], scope["path"], headers, body)
+        raw_headers = [
+            (b"content-type", resp.content_type.encode()),
+            (b"content-length", str(len(resp.body)).encode()),
+        ] + [(k.encode(), v.encode()) for k, v in resp.headers]
+        await send({"type": "http.response.start", "status": resp.status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": resp.body})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self.on_startup is not None:
+                    await self.on_startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.on_shutdown is not None:
+                    await self.on_shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def run_uvicorn(app: ASGIApp, host: str, port: int, graceful_timeout_s: float = 30.0) -> None:
+    """Serve ``app`` with uvicorn (httptools parser, uvloop when installed); blocks.
+
+    On SIGTERM/SIGINT uvicorn stops accepting, waits for in-flight requests (which
+    drains the batch queue), then runs the lifespan shutdown hook.
+    """
+    import uvicorn
+
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # like uvicorn's, minus re-raising the signal afterwards: a drained server exits 0
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            sigs = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop=loop,
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=int(graceful_timeout_s),
+        backlog=4096,
+        proxy_headers=False,  # no proxy-headers middleware on the hot path
+        server_header=False,
+        date_header=False,
+    )
+    _Server(config).run()
+
+
+def make_app(server: InferenceServer) -> ASGIApp:
+    """The ASGI app of an inference server."""
+    return ASGIApp(server.handle, server.startup, server.shutdown)

@@ -1,0 +1,1 @@
+"""What `recserve bench serving` measures recserve against (run as separate processes)."""

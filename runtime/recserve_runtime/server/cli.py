@@ -1,0 +1,74 @@
+"""`recserve serve`: argument parsing and process setup (heavy imports in the handler)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `serve` subcommand."""
+    p = sub.add_parser(
+        "serve",
+        help="serve a variant over OIP v2 HTTP and /v1/rank with adaptive batching",
+        description="Load a variant folder or fsspec URI (sha256-verified), then answer "
+        "OIP v2 (KServe/Triton) HTTP requests and POST /v1/rank. See docs/serving.md.",
+    )
+    p.add_argument("--variant", required=True, help="variant folder or fsspec URI")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--hardware", choices=["cpu", "gpu", "fpga"], default="cpu")
+    p.add_argument("--slo-p99-ms", type=float, default=25.0, help="latency target (default 25)")
+    p.add_argument("--model-name", help="OIP model name (default: the manifest's variant name)")
+    p.add_argument("--workers", type=int, default=1, help="model threads (default 1)")
+    p.add_argument("--intra-op-threads", type=int, default=1, help="onnxruntime threads per run")
+    p.add_argument("--max-batch-rows", type=int, default=4096, help="hard batch ceiling (rows)")
+    p.add_argument("--max-queue", type=int, default=1024, help="hard cap on queued requests")
+    p.add_argument("--max-queue-delay-ms", type=float, default=0.0)
+    p.add_argument("--limits-file", type=Path, help="JSON limits, re-read when it changes")
+    p.add_argument("--drain-timeout-s", type=float, default=30.0)
+    p.add_argument(
+        "--emulate-us-per-row",
+        type=float,
+        default=0.0,
+        help="benchmark/test aid: emulate a slower device: a batch takes at least this many "
+        "microseconds per row (the worker sleeps the difference, using no CPU; default 0 = off)",
+    )
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from recserve_runtime.server.asgi import make_app, run_uvicorn
+    from recserve_runtime.server.policy import Limits
+    from recserve_runtime.server.service import InferenceServer, ServeConfig
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    limits = Limits(
+        slo_p99_s=args.slo_p99_ms / 1000.0,
+        max_batch_rows=args.max_batch_rows,
+        min_batch_rows=min(64, args.max_batch_rows),
+        max_queue=args.max_queue,
+        max_queue_delay_s=args.max_queue_delay_ms / 1000.0,
+    )
+    config = ServeConfig(
+        variant=args.variant,
+        hardware=args.hardware,
+        model_name=args.model_name,
+        workers=args.workers,
+        intra_op_threads=args.intra_op_threads,
+        limits=limits,
+        limits_file=args.limits_file,
+        drain_timeout_s=args.drain_timeout_s,
+        emulate_us_per_row=args.emulate_us_per_row,
+    )
+    server = InferenceServer(config)
+    logging.getLogger("recserve.server").info(
+        "serving variant=%s on http://%s:%d hardware=%s", args.variant, args.host, args.port,
+        args.hardware,
+    )  # fmt: skip
+    run_uvicorn(make_app(server), args.host, args.port, args.drain_timeout_s)
+    return 0

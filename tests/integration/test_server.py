@@ -1,0 +1,326 @@
+"""`recserve serve` as a real process on 127.0.0.1, driven by real clients.
+
+No Kubernetes needed. Each server picks a free port; the model is the synthetic DLRM
+fixture (``recserve_runtime.server.testmodel``) in the real artifact format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+
+from recserve_runtime import artifacts
+from recserve_runtime.loadgen import Target, closed_loop, open_loop
+from recserve_runtime.server import testmodel as tm
+from recserve_runtime.server.testing import Running, http, run_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+SPEC = tm.TestModelSpec(vocab_size=500)
+MODEL = "synthetic-dlrm-fp32"
+
+
+@pytest.fixture(scope="module")
+def variant(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tm.write_variant(tmp_path_factory.mktemp("store"), SPEC)
+
+
+@pytest.fixture(scope="module")
+def server(variant: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with run_server(variant, tmp_path_factory.mktemp("logs")) as running:
+        yield running
+
+
+def reference(variant: Path, sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(variant / "model.onnx"))
+    return np.asarray(sess.run(["score"], {"sparse_ids": sparse, "dense": dense})[0])
+
+
+def post(url: str, doc: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    raw = doc if isinstance(doc, bytes) else orjson.dumps(doc)
+    status, _, body = http(
+        "POST", url, raw, {"content-type": "application/json", **(headers or {})}
+    )
+    return status, orjson.loads(body)
+
+
+def infer_doc(sparse: np.ndarray, dense: np.ndarray) -> dict[str, Any]:
+    return {
+        "inputs": [
+            {"name": "sparse_ids", "datatype": "INT64", "shape": list(sparse.shape),
+             "data": sparse.ravel().tolist()},
+            {"name": "dense", "datatype": "FP32", "shape": list(dense.shape),
+             "data": dense.ravel().tolist()},
+        ]
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_http_infer(server: Running, variant: Path, binary: bool) -> None:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(MODEL)
+    meta = client.get_model_metadata(MODEL)
+    assert [i["name"] for i in meta["inputs"]] == ["sparse_ids", "dense"]
+    sparse, dense = tm.random_batch(SPEC, 7, seed=3)
+    a = httpclient.InferInput("sparse_ids", list(sparse.shape), "INT64")
+    a.set_data_from_numpy(sparse, binary_data=binary)
+    b = httpclient.InferInput("dense", list(dense.shape), "FP32")
+    b.set_data_from_numpy(dense, binary_data=binary)
+    out = httpclient.InferRequestedOutput("score", binary_data=binary)
+    result = client.infer(MODEL, [a, b], outputs=[out], request_id="r1")
+    assert result.get_response()["id"] == "r1"
+    np.testing.assert_allclose(
+        result.as_numpy("score"), reference(variant, sparse, dense), rtol=1e-5
+    )
+
+
+def test_rank_returns_candidates_sorted_by_score(server: Running, variant: Path) -> None:
+    manifest = artifacts.load_manifest(variant)
+    doc = orjson.loads(tm.rank_bodies(manifest, 1, candidates=20, seed=5)[0])
+    doc["top_k"] = 5
+    status, body = post(f"{server.url}/v1/rank", doc)
+    assert status == 200, body
+    scores = [item["score"] for item in body["items"]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    # same numbers as running the model on the broadcast rows
+    full = dict(doc, top_k=None)
+    _, everything = post(f"{server.url}/v1/rank", full)
+    ids = [c["id"] for c in doc["candidates"]]
+    by_id = {item["id"]: item["score"] for item in everything["items"]}
+    sparse = np.array([doc["user"]["sparse"] + c["sparse"] for c in doc["candidates"]])
+    dense = np.array([doc["user"]["dense"] + c["dense"] for c in doc["candidates"]], np.float32)
+    want = reference(variant, sparse, dense)
+    np.testing.assert_allclose([by_id[i] for i in ids], want, rtol=1e-5)
+
+
+def _good_doc() -> dict[str, Any]:
+    return infer_doc(*tm.random_batch(SPEC, 2, seed=1))
+
+
+def _bad(mutate: Any) -> bytes:
+    doc = _good_doc()
+    mutate(doc)
+    return orjson.dumps(doc)
+
+
+def _set(path: list[Any], value: Any) -> Any:
+    def mutate(doc: Any) -> None:
+        node = doc
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return mutate
+
+
+N_SPARSE = SPEC.n_sparse
+BAD_CASES = {
+    "unknown tensor": (_bad(_set(["inputs", 0, "name"], "user_ids")), "inputs[0].name"),
+    "wrong dtype": (_bad(_set(["inputs", 1, "datatype"], "INT64")), "inputs[1].datatype"),
+    "wrong shape": (_bad(_set(["inputs", 0, "shape"], [2, 3])), "inputs[0].shape"),
+    "data does not fill shape": (_bad(_set(["inputs", 1, "data"], [0.5])), "inputs[1].data"),
+    "oversized batch": (
+        _bad(_set(["inputs", 0, "shape"], [100000, N_SPARSE])),
+        "inputs[0].shape[0]",
+    ),
+    "out-of-vocab id": (_bad(_set(["inputs", 0, "data", 5], 10**6)), "inputs[0].data"),
+    "negative id": (_bad(_set(["inputs", 0, "data", 0], -3)), "inputs[0].data"),
+    "NaN as string": (_bad(_set(["inputs", 1, "data", 2], "nan")), "inputs[1].data"),
+    "NaN literal": (
+        _good_doc_text := orjson.dumps(_good_doc()).replace(b"]}]}", b",NaN]}]}"),
+        "body",
+    ),
+    "malformed JSON": (b'{"inputs": [', "body"),
+    "missing input": (_bad(lambda d: d["inputs"].pop()), "inputs"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_is_400_naming_the_field_and_server_unharmed(server: Running, case: str) -> None:
+    body, field = BAD_CASES[case]
+    status, _, raw = http(
+        "POST", f"{server.url}/v2/models/{MODEL}/infer", body, {"content-type": "application/json"}
+    )
+    assert status == 400, raw
+    message = orjson.loads(raw)["error"]
+    assert message.startswith(field + ":"), message
+    status, doc = post(f"{server.url}/v2/models/{MODEL}/infer", _good_doc())
+    assert status == 200 and len(doc["outputs"][0]["data"]) == 2
+
+
+def test_bad_rank_input_is_400_naming_the_field(server: Running, variant: Path) -> None:
+    doc = orjson.loads(tm.rank_bodies(artifacts.load_manifest(variant), 1, 4)[0])
+    doc["candidates"][2]["sparse"][0] = SPEC.vocab_size
+    status, body = post(f"{server.url}/v1/rank", doc)
+    assert status == 400 and body["error"].startswith("candidates[2].sparse.i_cat0:"), body
+
+
+def test_unknown_model_and_path_are_404(server: Running) -> None:
+    assert http("GET", f"{server.url}/v2/models/other")[0] == 404
+    assert http("GET", f"{server.url}/nope")[0] == 404
+    assert http("GET", f"{server.url}/v2/models/{MODEL}/infer")[0] == 405
+
+
+def test_metrics_are_exposed(server: Running) -> None:
+    post(f"{server.url}/v2/models/{MODEL}/infer", _good_doc())
+    status, _, raw = http("GET", f"{server.url}/metrics")
+    text = raw.decode()
+    assert status == 200
+    for name in (
+        'recserve_requests_total{code="200",endpoint="infer"}',
+        "recserve_request_duration_seconds_bucket",
+        "recserve_queue_duration_seconds_bucket",
+        "recserve_compute_duration_seconds_bucket",
+        "recserve_batch_size_rows_bucket",
+        "recserve_queue_depth",
+        "recserve_inflight_requests",
+        "recserve_model_load_seconds",
+        "recserve_variant_info{",
+        "recserve_execution_provider_fallback{",
+        "recserve_ready 1.0",
+    ):
+        assert name in text, name
+
+
+def test_admin_limits_change_at_run_time(server: Running) -> None:
+    status, _, raw = http("GET", f"{server.url}/admin/limits")
+    assert status == 200 and orjson.loads(raw)["max_queue"] == 1024
+    status, doc = post(f"{server.url}/admin/limits", {"max_batch_rows": 8, "min_batch_rows": 8})
+    assert status == 200 and doc["max_batch_rows"] == 8
+    try:
+        status, body = post(
+            f"{server.url}/v2/models/{MODEL}/infer", infer_doc(*tm.random_batch(SPEC, 9))
+        )
+        assert status == 400 and body["error"].startswith("inputs[0].shape[0]:"), body
+        status, body = post(f"{server.url}/admin/limits", {"max_queue": -1})
+        assert status == 400 and "max_queue" in body["error"]
+        status, body = post(f"{server.url}/admin/limits", {"bogus": 1})
+        assert status == 400 and body["error"].startswith("bogus:")
+    finally:
+        post(f"{server.url}/admin/limits", {"max_batch_rows": 4096, "min_batch_rows": 64})
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bitflip"])
+def test_damaged_model_keeps_server_not_ready(variant: Path, tmp_path: Path, damage: str) -> None:
+    broken = tmp_path / "variant"
+    shutil.copytree(variant, broken)
+    model = broken / "model.onnx"
+    data = bytearray(model.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 3] ^= 0x10
+    model.write_bytes(bytes(data))
+    with run_server(broken, tmp_path, wait_ready=False) as srv:
+        status, _, raw = http("GET", f"{srv.url}/v2/health/ready")
+        for _ in range(50):
+            if b"loading" not in raw:
+                break
+            status, _, raw = http("GET", f"{srv.url}/v2/health/ready")
+        assert status == 503
+        reason = orjson.loads(raw)["reason"]
+        assert reason.startswith("ChecksumMismatch"), reason
+        assert ("size" in reason) if damage == "truncate" else ("sha256" in reason)
+        assert http("GET", f"{srv.url}/v2/health/live")[0] == 200
+        status, headers, _ = http(
+            "POST", f"{srv.url}/v2/models/{MODEL}/infer", orjson.dumps(_good_doc())
+        )
+        assert status == 503 and "retry-after" in headers
+        text = http("GET", f"{srv.url}/metrics")[2].decode()
+        assert 'recserve_model_load_failures_total{reason="ChecksumMismatch"} 1.0' in text
+        assert "recserve_ready 0.0" in text
+        assert "ChecksumMismatch" in srv.logs()
+
+
+def test_overload_3x_sheds_with_429_and_keeps_accepted_within_slo(
+    variant: Path, tmp_path: Path
+) -> None:
+    """A slow device (emulated: 300 us per row, sleeping, so the HTTP side has headroom) at
+    3x its capacity: accepted requests keep the SLO, the rest get 429 with Retry-After."""
+    slo_ms = 150.0
+    with run_server(
+        variant, tmp_path, "--emulate-us-per-row", "300", "--slo-p99-ms", str(slo_ms)
+    ) as srv:
+        # leave half the SLO as margin for this shared, noisy test machine
+        assert post(f"{srv.url}/admin/limits", {"admit_fraction": 0.5})[0] == 200
+        bodies = tm.rank_bodies(artifacts.load_manifest(variant), 16, 64)
+        target = Target("127.0.0.1", srv.port, "/v1/rank", bodies)
+
+        async def scenario() -> tuple[Any, Any, list[tuple[int, str | None]]]:
+            capacity = await closed_loop(target, 4, 2.0)
+            load = asyncio.create_task(open_loop(target, 3 * capacity.throughput, 4.0))
+            await asyncio.sleep(1.0)
+            probes = await asyncio.gather(
+                *(asyncio.to_thread(_probe, srv.url, bodies[0]) for _ in range(10))
+            )
+            return capacity, await load, probes
+
+        capacity, result, probes = asyncio.run(scenario())
+    assert capacity.throughput > 10, capacity.summary()
+    codes = result.codes
+    accepted, rejected = codes.get("200", 0), codes.get("429", 0)
+    assert rejected > 0.3 * result.sent, result.summary()
+    assert accepted > 0.5 * capacity.throughput * result.duration_s, result.summary()
+    assert set(codes) <= {"200", "429"}, result.summary()
+    assert result.pct(99) * 1000 <= slo_ms, result.summary()
+    retry_after = [ra for status, ra in probes if status == 429]
+    assert retry_after and all(ra is not None and int(ra) >= 1 for ra in retry_after), probes
+
+
+def _probe(url: str, body: bytes) -> tuple[int, str | None]:
+    status, headers, _ = http("POST", f"{url}/v1/rank", body, {"content-type": "application/json"})
+    return status, headers.get("retry-after")
+
+
+def test_client_deadline_drops_expired_requests_before_compute(
+    variant: Path, tmp_path: Path
+) -> None:
+    with run_server(
+        variant, tmp_path, "--emulate-us-per-row", "1000", "--slo-p99-ms", "5000"
+    ) as srv:
+        body = tm.rank_bodies(artifacts.load_manifest(variant), 1, 64)[0]
+        headers = {"content-type": "application/json", "x-deadline-ms": "1"}
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(
+                pool.map(lambda _: http("POST", f"{srv.url}/v1/rank", body, headers)[0], range(16))
+            )
+        assert 504 in results, results
+        text = http("GET", f"{srv.url}/metrics")[2].decode()
+        assert 'recserve_rejected_total{reason="deadline"}' in text
+        bad = http("POST", f"{srv.url}/v1/rank", body, {**headers, "x-deadline-ms": "soon"})
+        assert bad[0] == 400 and b"x-deadline-ms" in bad[2]
+
+
+def test_sigterm_drains_in_flight_requests_then_exits(variant: Path, tmp_path: Path) -> None:
+    with run_server(
+        variant, tmp_path, "--emulate-us-per-row", "2000", "--slo-p99-ms", "5000"
+    ) as srv:
+        body = tm.rank_bodies(artifacts.load_manifest(variant), 1, 64)[0]
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            futures = [
+                pool.submit(http, "POST", f"{srv.url}/v1/rank", body,
+                            {"content-type": "application/json"})
+                for _ in range(6)
+            ]  # fmt: skip
+            import time
+
+            time.sleep(0.3)
+            os.kill(srv.proc.pid, signal.SIGTERM)
+            statuses = [f.result(timeout=30)[0] for f in futures]
+        assert statuses == [200] * 6
+        assert srv.proc.wait(30) == 0
+        assert "drained and stopped" in srv.logs()

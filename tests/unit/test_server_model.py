@@ -1,0 +1,64 @@
+"""Variant loading: fsspec URIs with a local cache, integrity check before load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+
+from recserve_runtime.server import testmodel as tm
+from recserve_runtime.server.model import ModelLoadError, load, localize
+
+pytestmark = pytest.mark.unit
+
+SPEC = tm.TestModelSpec(vocab_size=50, top_mlp=(8,))
+
+
+def test_fsspec_uri_is_fetched_once_into_the_cache(tmp_path: Path) -> None:
+    variant = tm.write_variant(tmp_path / "store", SPEC, keep_weights=False)
+    fs = fsspec.filesystem("memory")
+    for name in ("model.onnx", "manifest.json"):
+        fs.pipe(f"/bucket/v1/{name}", (variant / name).read_bytes())
+    cache = tmp_path / "cache"
+    local = localize("memory://bucket/v1", cache)
+    assert (local / "model.onnx").read_bytes() == (variant / "model.onnx").read_bytes()
+    fs.rm("/bucket/v1", recursive=True)  # gone upstream: the cache still answers
+    assert localize("memory://bucket/v1", cache) == local
+    model = load("memory://bucket/v1", cache_dir=cache)
+    sparse, dense = tm.random_batch(SPEC, 3)
+    assert model.run(sparse, dense).shape == (3,)
+    assert model.fallback_reason is None and model.providers[0] == "CPUExecutionProvider"
+
+
+def test_gpu_hardware_falls_back_to_cpu_with_a_reason(tmp_path: Path) -> None:
+    variant = tm.write_variant(tmp_path, SPEC, keep_weights=False)
+    model = load(str(variant), hardware="gpu")
+    assert model.providers[0] == "CPUExecutionProvider"
+    assert model.fallback_reason is not None and "CUDA" in model.fallback_reason
+
+
+def test_bit_flip_is_refused_before_load(tmp_path: Path) -> None:
+    variant = tm.write_variant(tmp_path, SPEC, keep_weights=False)
+    data = bytearray((variant / "model.onnx").read_bytes())
+    data[100] ^= 1
+    (variant / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError) as err:
+        load(str(variant))
+    assert err.value.reason == "ChecksumMismatch" and "sha256" in str(err.value)
+
+
+def test_missing_manifest_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError) as err:
+        load(str(tmp_path / "nothing-here"))
+    assert err.value.reason == "ManifestUnreadable"
+
+
+def test_int8_variant_matches_fp32_closely(tmp_path: Path) -> None:
+    fp32 = tm.write_variant(tmp_path, SPEC, keep_weights=False)
+    int8 = tm.quantize_variant(fp32, tmp_path)
+    sparse, dense = tm.random_batch(SPEC, 32)
+    a, b = load(str(fp32)).run(sparse, dense), load(str(int8)).run(sparse, dense)
+    assert np.abs(a - b).max() < 0.05
+    assert load(str(int8)).manifest.recipe.precision == "int8"
