@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from recserve_operator.localcluster.agent import IpAllocator, expand_references
+from recserve_operator.localcluster.agent import (
+    IpAllocator,
+    expand_references,
+    rewrite_mount_paths,
+)
 from recserve_operator.localcluster.nodes import agent_nodes, simulated_nodes
 from recserve_operator.localcluster.prometheus import prometheus_config
 
@@ -54,3 +58,11 @@ def test_prometheus_keeps_only_annotated_running_pods() -> None:
         "__meta_kubernetes_pod_annotation_prometheus_io_scrape",
         "__meta_kubernetes_pod_phase",
     }
+
+
+def test_mount_paths_are_rewritten_once_by_whole_prefix() -> None:
+    mounts = {"/tmp": "/state/pod/volumes/tmp", "/tmp/store": "/tmp/store", "/cache": "/c"}
+    assert rewrite_mount_paths("--out=/tmp/store/x", mounts) == "--out=/tmp/store/x"
+    assert rewrite_mount_paths("/tmp/a:/cache", mounts) == "/state/pod/volumes/tmp/a:/c"
+    assert rewrite_mount_paths("/tmpfs /cachet", mounts) == "/tmpfs /cachet"
+    assert rewrite_mount_paths("HOME=/cache", mounts) == "HOME=/c"

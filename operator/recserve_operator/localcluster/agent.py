@@ -124,6 +124,22 @@ def expand_references(text: str, env: dict[str, str]) -> str:
     return _REFERENCE.sub(replace, text)
 
 
+def rewrite_mount_paths(text: str, mounts: dict[str, str]) -> str:
+    """Replace volume mount paths in ``text`` by their local folders, in one pass.
+
+    Only whole path prefixes match (``/tmp`` matches ``/tmp/x`` but not ``/tmpfs``), the
+    longest mount wins, and replaced text is never rewritten again (a hostPath mounted at
+    its own path under another mount stays as it is).
+    """
+    if not mounts:
+        return text
+    paths = sorted(mounts, key=len, reverse=True)
+    pattern = re.compile(
+        r"(?<![\w./-])(" + "|".join(re.escape(p) for p in paths) + r")(?=/|$|[^\w.-])"
+    )
+    return pattern.sub(lambda m: mounts[m.group(1)], text)
+
+
 def _resolve_port(port: Any, containers: list[dict[str, Any]]) -> int:
     if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
         return int(port)
@@ -184,9 +200,7 @@ class PodWorker:
         return mounts
 
     def _rewrite(self, text: str, mounts: dict[str, str]) -> str:
-        for mount_path in sorted(mounts, key=len, reverse=True):
-            text = text.replace(mount_path, mounts[mount_path])
-        return text
+        return rewrite_mount_paths(text, mounts)
 
     def _field(self, path: str) -> str:
         meta = self.pod["metadata"]
