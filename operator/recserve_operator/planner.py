@@ -113,10 +113,15 @@ def best_option(
     """The largest batch of ``variant`` on ``pool`` that meets the p99 target, if any."""
     points = variant.profiles.get(pool.name, [])
     target_us = objectives.p99_target_ms * 1000.0
+    # A call never scores less than one request's candidates, so smaller profiled batches
+    # say nothing about serving (unless no profiled batch is that large).
+    largest = max((p.batch_size for p in points), default=0)
+    floor = min(objectives.candidates_per_request, largest)
     candidates = [
         p
         for p in points
-        if objectives.min_batch_size <= p.batch_size <= objectives.max_batch_size
+        if p.batch_size >= floor
+        and objectives.min_batch_size <= p.batch_size <= objectives.max_batch_size
         and QUEUEING_FACTOR * p.p99_us <= target_us
         and p.samples_per_second > 0
     ]
@@ -181,7 +186,9 @@ def plan(variants: list[VariantProfile], pools: list[PoolCapacity], objectives: 
                 "NoFeasiblePlacement",
                 (
                     f"no pool runs a variant within budget at p99 <= {objectives.p99_target_ms} ms "
-                    "(with queueing) and has replicas to spare"
+                    f"(with queueing) with batches of {objectives.candidates_per_request} "
+                    f"candidates within [{objectives.min_batch_size}, "
+                    f"{objectives.max_batch_size}] rows, and has replicas to spare"
                 ),
             )
         return Plan([], 0.0, objectives.required_rps, 0, False, reason, why)

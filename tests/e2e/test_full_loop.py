@@ -128,7 +128,7 @@ def test_examples_become_a_served_model(
     # a policy no pool can meet: re-planned (no rebuild), Ready=False with the reason
     custom.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, "optimizationpolicies", "latency-first",
-        {"spec": {"objectives": {"p99LatencyTargetMilliseconds": 1}}},
+        {"spec": {"autoscaling": {"minBatchSize": 1, "maxBatchSize": 1}}},
     )  # fmt: skip
 
     def infeasible() -> dict[str, Any] | None:
@@ -139,7 +139,7 @@ def test_examples_become_a_served_model(
         return cond if cond and cond["reason"] == "NoFeasiblePlacement" else None
 
     cond = eventually(infeasible, timeout=120, interval=2)
-    assert cond["status"] == "False" and "p99 <= 1 ms" in cond["message"]
+    assert cond["status"] == "False" and "within [1, 1] rows" in cond["message"]
     jobs = client.BatchV1Api(k8s).list_namespaced_job(
         namespace, label_selector="app.kubernetes.io/component=build"
     )

@@ -101,6 +101,7 @@ def test_infeasible_policy_explains_why() -> None:
     assert not none_within.feasible and none_within.reason == "NoVariantWithinBudget"
     too_strict = plan(variants(), [CPU, GPU], objectives(p99_target_ms=0))
     assert not too_strict.feasible and too_strict.reason == "NoFeasiblePlacement"
+    assert "within [1, 65536] rows" in too_strict.message
     short = plan(
         variants(),
         [PoolCapacity("cpu-pool", "cpu", ("int8",), 1, 4000)],
@@ -108,3 +109,11 @@ def test_infeasible_policy_explains_why() -> None:
     )
     assert not short.feasible and short.reason == "InsufficientCapacity"
     assert short.placements and "required" in short.message
+
+
+def test_batches_smaller_than_one_request_are_not_planned() -> None:
+    option = best_option(variants()[2], CPU, objectives(candidates_per_request=64))
+    assert option is not None and option.batch_size >= 64
+    tiny = VariantProfile("t", "fp32", 0, 1, {"cpu-pool": points(1)[:2]})  # batches 1 and 8
+    fallback = best_option(tiny, CPU, objectives(candidates_per_request=64))
+    assert fallback is not None and fallback.batch_size == 8

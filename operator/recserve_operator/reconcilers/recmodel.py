@@ -226,13 +226,12 @@ def reconcile_recmodel(model: dict[str, Any], kube: Kube, config: OperatorConfig
         f"{p.status['replicas']} ready replicas on {len(ready_pools)}/{len(placements)} pools; "
         f"router {'ready' if router_ready else 'not ready'}",
     )
-    ready = serving and decision.feasible
-    p.cond(
-        "Ready",
-        ready,
-        c.READY if ready else c.NOT_READY,
-        "serving within the plan" if ready else "see Placed and Serving",
-    )
+    if not decision.feasible:
+        p.cond("Ready", False, decision.reason, decision.message)
+    elif not serving:
+        p.cond("Ready", False, c.WAITING_FOR_REPLICAS, "placed; waiting for ready replicas")
+    else:
+        p.cond("Ready", True, c.READY, "serving within the plan")
     return p.finish()
 
 
