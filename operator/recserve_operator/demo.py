@@ -158,6 +158,11 @@ def run(args: argparse.Namespace) -> int:
     print(cluster.kubectl("get", "pods", "-n", "default", "-o", "wide"))
     status = model["status"]
     _say(f"plan: {status.get('plan')}")
+    for placement in status.get("placements", []):
+        _say(
+            f"  pool {placement['pool']}: {placement['replicas']} x {placement['variant']}, "
+            f"batch {placement['batchSize']}"
+        )
     ip = _router_ip(api)
     variant = status["placements"][0]["variant"]
     from kubernetes import client
@@ -177,8 +182,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if cluster.state.prometheus_url:
         time.sleep(6)
+        p99 = (
+            "histogram_quantile(0.99, sum by (le, pod) "
+            "(rate(recserve_request_duration_seconds_bucket[30s]))) * 1000"
+        )
         for name, query in (
             ("requests/s by pod (Prometheus)", "sum by (pod) (rate(recserve_requests_total[30s]))"),
+            ("server p99 ms by pod (Prometheus)", p99),
         ):
             for series in _prometheus(cluster.state.prometheus_url, query):
                 _say(f"  {name}: {series['metric'].get('pod')} = {float(series['value'][1]):.1f}")

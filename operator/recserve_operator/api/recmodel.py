@@ -156,6 +156,12 @@ class RecModelStatus(ApiModel):
         "built from; a change triggers a rebuild.",
     )
     replicas: Int | None = Field(default=None, description="Ready replicas over all pools.")
+    plan: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="The last placement decision, explained (also posted as an Event when it "
+        "changes).",
+    )
     placements: list[PoolPlacement] = Field(
         default_factory=list, max_length=16, description="Placement per pool."
     )
