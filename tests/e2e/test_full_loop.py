@@ -63,9 +63,25 @@ def test_examples_become_a_served_model(
     custom.create_namespaced_custom_object(
         GROUP, VERSION, namespace, "optimizationpolicies", policy
     )
+    # a child that already exists with our name (not ours yet) is adopted, not an error
+    core.create_namespaced_service_account(
+        namespace, {"metadata": {"name": "movielens-dlrm-router", "labels": {"team": "x"}}}
+    )
     model = example("movielens-dlrm")
     model["metadata"]["namespace"] = namespace
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", model)
+
+    def building() -> bool:
+        obj = custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "recmodels", "movielens-dlrm"
+        )
+        cond = _conditions(obj).get("VariantsBuilt")
+        return bool(cond and cond["reason"] == "Building")
+
+    # restart the operator mid-build: it resumes from what it finds, creating nothing twice
+    eventually(building, timeout=60)
+    for pod in core.list_namespaced_pod("recserve-e2e").items:
+        core.delete_namespaced_pod(pod.metadata.name, "recserve-e2e")
 
     def ready() -> dict[str, Any] | None:
         obj = custom.get_namespaced_custom_object(
@@ -137,6 +153,9 @@ def test_examples_become_a_served_model(
         )
         cond = _conditions(obj).get("Ready")
         return cond if cond and cond["reason"] == "NoFeasiblePlacement" else None
+
+    adopted = core.read_namespaced_service_account("movielens-dlrm-router", namespace)
+    assert adopted.metadata.owner_references[0].name == "movielens-dlrm"
 
     cond = eventually(infeasible, timeout=120, interval=2)
     assert cond["status"] == "False" and "within [1, 1] rows" in cond["message"]

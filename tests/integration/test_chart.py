@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from typing import Any
 
@@ -59,3 +60,29 @@ def test_helm_install_creates_the_operator_objects(
         assert "STATUS: deployed" in status
     finally:
         _helm(local_cluster, "uninstall", release, "-n", namespace)
+
+
+def test_documented_crd_upgrade_replaces_an_older_schema(
+    local_cluster: Any, k8s: client.ApiClient, crds: list[str], tmp_path: Any
+) -> None:
+    """Helm never upgrades crds/: the README's explicit step must replace an older schema
+    installed by another manager (helm install uses plain create/update)."""
+    import yaml
+
+    current = REPO / "crds" / "recserve.io_recmodels.yaml"
+    older = yaml.safe_load(current.read_text())
+    status = older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    del status["properties"]["plan"]
+    old_file = tmp_path / "old.yaml"
+    old_file.write_text(yaml.safe_dump(older))
+    local_cluster.kubectl("replace", "-f", str(old_file))  # as an older install left it
+
+    def has_plan() -> bool:
+        crd = json.loads(local_cluster.kubectl("get", "crd", "recmodels.recserve.io", "-o", "json"))
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        return "plan" in schema["properties"]["status"]["properties"]
+
+    assert not has_plan()
+    # the README's upgrade step, verbatim
+    local_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    assert has_plan()

@@ -88,6 +88,54 @@ def _pid(pod: client.V1Pod) -> int:
     return int(pod.status.container_statuses[0].container_id.removeprefix("local://"))
 
 
+def recserve_serve_deployment(name: str, variant: Path) -> dict[str, Any]:
+    """`recserve serve` of a real ONNX variant, from a hostPath folder, on the agent's GPU node."""
+    dep = server_deployment(name, hardware="gpu")
+    pod = dep["spec"]["template"]["spec"]
+    dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] = "8000"
+    pod["volumes"] = [{"name": "variant", "hostPath": {"path": str(variant)}}]
+    pod["containers"][0].update(
+        command=["recserve"],
+        args=["serve", "--variant=/models/v", "--host=$(POD_IP)", "--port=8000", "--hardware=gpu"],
+        volumeMounts=[{"name": "variant", "mountPath": "/models/v", "readOnly": True}],
+        readinessProbe={"httpGet": {"path": "/v2/health/ready", "port": 8000}, "periodSeconds": 1},
+    )
+    return dep
+
+
+def test_recserve_serve_deployment_is_ready_answers_and_is_scraped(
+    k8s: client.ApiClient, local_cluster: Any, namespace: str, tmp_path: Path
+) -> None:
+    from recserve_runtime.server.testmodel import write_variant
+
+    variant = write_variant(tmp_path / "store")
+    client.AppsV1Api(k8s).create_namespaced_deployment(
+        namespace, recserve_serve_deployment("served", variant)
+    )
+    core = client.CoreV1Api(k8s)
+    pods = eventually(
+        lambda: (
+            len(_ready_pods(core, namespace, "served")) == 2
+            and _ready_pods(core, namespace, "served")
+        ),
+        timeout=90,
+    )
+    assert {p.spec.node_name for p in pods} == {"local-gpu"}
+    for pod in pods:
+        with urllib.request.urlopen(f"http://{pod.status.pod_ip}:8000/v2/health/ready") as resp:
+            assert resp.status == 200
+    query = urllib.parse.quote(f'recserve_variant_info{{namespace="{namespace}"}}')
+    url = f"{local_cluster.state.prometheus_url}/api/v1/query?query={query}"
+
+    def scraped() -> list[dict[str, Any]]:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return list(json.load(resp)["data"]["result"])
+
+    series = eventually(lambda: len(scraped()) == 2 and scraped(), timeout=60, interval=1)
+    assert {s["metric"]["pod"] for s in series} == {p.metadata.name for p in pods}
+    assert all(s["metric"]["hardware"] == "gpu" for s in series)
+
+
 def test_deployment_runs_real_processes_that_prometheus_scrapes(
     k8s: client.ApiClient, local_cluster: Any, namespace: str
 ) -> None:
