@@ -94,10 +94,16 @@ class RunResult:
         }
 
 
+# Servers close idle keep-alive connections (uvicorn after 5 s); like HTTP client
+# libraries, never reuse one idle for longer than this, or a request races the close.
+MAX_IDLE_S = 3.0
+
+
 class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.idle_since = time.monotonic()
 
     async def request(self, raw: bytes) -> int:
         self.writer.write(raw)
@@ -122,8 +128,11 @@ class _Pool:
         self.waiters: asyncio.Queue[_Conn] = asyncio.Queue()
 
     async def get(self) -> _Conn:
-        if self.idle:
-            return self.idle.pop()
+        while self.idle:
+            conn = self.idle.pop()
+            if time.monotonic() - conn.idle_since < MAX_IDLE_S:
+                return conn
+            self.drop(conn)
         if self.total < self.max:
             self.total += 1
             try:
@@ -135,6 +144,7 @@ class _Pool:
         return await self.waiters.get()
 
     def put(self, conn: _Conn) -> None:
+        conn.idle_since = time.monotonic()
         if self.waiters._getters:  # type: ignore[attr-defined]  # hand over to a waiter
             self.waiters.put_nowait(conn)
         else:
