@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -27,3 +28,15 @@ def eventually(check: Callable[[], T], timeout: float = 60, interval: float = 0.
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout}s; last: {last!r}")
         time.sleep(interval)
+
+
+def helm(local_cluster: Any, *args: str) -> str:
+    """Run the cached helm against the test cluster; fails the test on a non-zero exit."""
+    result = subprocess.run(
+        [str(local_cluster.tools.helm), f"--kubeconfig={local_cluster.admin_kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout

@@ -47,12 +47,9 @@ PEER_ENVS = {
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `recserve bench serving` (sharing the `bench` group with other benches)."""
-    existing = sub.choices.get("bench")
-    if existing is None:
-        bench = sub.add_parser("bench", help="benchmarks that print ratios against baselines")
-        bsub = bench.add_subparsers(dest="bench", metavar="BENCH")
-    else:  # another module registered `bench` first: add to its sub-commands
-        bsub = next(a for a in existing._actions if isinstance(a, argparse._SubParsersAction))
+    from recserve_runtime.cli import bench_group
+
+    bsub = bench_group(sub)
     p = bsub.add_parser(
         "serving",
         help="recserve server/router vs naive, Ray Serve, BentoML, engine limit",

@@ -271,12 +271,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `recserve bench variants` (under a `bench` group other benches may share)."""
-    existing = sub.choices.get("bench")
-    if existing is None:
-        bench = sub.add_parser("bench", help="benchmarks that print ratios against baselines")
-        group = bench.add_subparsers(dest="bench", metavar="BENCH")
-    else:  # another module registered `bench` first: add to its sub-commands
-        group = next(a for a in existing._actions if isinstance(a, argparse._SubParsersAction))
+    from recserve_runtime.cli import bench_group
+
+    group = bench_group(sub)
     p = group.add_parser(
         "variants",
         help="compression ratios vs FP32 PyTorch eager",

@@ -13,6 +13,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from recserve_runtime import __version__
 
@@ -77,6 +78,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     for error in bad:
         print(f"invalid: {error}", file=sys.stderr)
     return 1 if bad else 0
+
+
+def bench_group(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Any:
+    """The sub-commands of `recserve bench`, created by whichever benchmark registers first."""
+    existing = sub.choices.get("bench")
+    if existing is None:
+        bench = sub.add_parser("bench", help="benchmarks that print ratios against baselines")
+        return bench.add_subparsers(dest="bench", metavar="BENCH")
+    return next(a for a in existing._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,6 @@ on every pool, placed, served by real processes."""
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.helpers import eventually
+from tests.helpers import eventually, helm
 from tests.manifests import REPO, example
 
 GROUP, VERSION = "recserve.io", "v1alpha1"
@@ -29,18 +28,15 @@ def installed(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Path]:
     store = tmp_path_factory.mktemp("e2e-store")
-    subprocess.run(
-        [
-            str(local_cluster.tools.helm), f"--kubeconfig={local_cluster.admin_kubeconfig}",
-            "install", "recserve-e2e", str(REPO / "charts" / "recserve"),
-            "-n", "recserve-e2e", "--create-namespace",
-            "--set", f"artifactStore.uri={store}",
-            "--set", "extraEnv[0].name=RECSERVE_RECONCILE_INTERVAL_SECONDS",
-            "--set-string", "extraEnv[0].value=3",
-            "--set", "extraEnv[1].name=RECSERVE_OPTIMIZE_ARGS",
-            "--set-string", "extraEnv[1].value=--quick",
-        ],
-        check=True, capture_output=True, timeout=120,
+    helm(
+        local_cluster,
+        "install", "recserve-e2e", str(REPO / "charts" / "recserve"),
+        "-n", "recserve-e2e", "--create-namespace",
+        "--set", f"artifactStore.uri={store}",
+        "--set", "extraEnv[0].name=RECSERVE_RECONCILE_INTERVAL_SECONDS",
+        "--set-string", "extraEnv[0].value=3",
+        "--set", "extraEnv[1].name=RECSERVE_OPTIMIZE_ARGS",
+        "--set-string", "extraEnv[1].value=--quick",
     )  # fmt: skip
     custom = client.CustomObjectsApi(k8s)
     for name in POOLS:

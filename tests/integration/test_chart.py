@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 from kubernetes import client
 
+from tests.helpers import helm
 from tests.manifests import REPO
 
 CHART = REPO / "charts" / "recserve"
 
 
-def _helm(local_cluster: Any, *args: str) -> str:
-    result = subprocess.run(
-        [str(local_cluster.tools.helm), f"--kubeconfig={local_cluster.admin_kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 def test_chart_lints(local_cluster: Any) -> None:
-    out = _helm(local_cluster, "lint", str(CHART), "--strict")
+    out = helm(local_cluster, "lint", str(CHART), "--strict")
     assert "0 chart(s) failed" in out
 
 
 def test_rendered_chart_passes_server_side_dry_run(local_cluster: Any, namespace: str) -> None:
-    rendered = _helm(local_cluster, "template", "recserve", str(CHART), "-n", namespace)
+    rendered = helm(local_cluster, "template", "recserve", str(CHART), "-n", namespace)
     out = local_cluster.kubectl(
         "apply", "--dry-run=server", "-n", namespace, "-f", "-", input_text=rendered
     )
@@ -42,7 +31,7 @@ def test_helm_install_creates_the_operator_objects(
     local_cluster: Any, k8s: client.ApiClient, namespace: str
 ) -> None:
     release = f"rs-{namespace}"
-    _helm(local_cluster, "install", release, str(CHART), "-n", namespace, "--wait=false")
+    helm(local_cluster, "install", release, str(CHART), "-n", namespace, "--wait=false")
     try:
         deployment = client.AppsV1Api(k8s).read_namespaced_deployment(
             f"{release}-recserve", namespace
@@ -56,10 +45,10 @@ def test_helm_install_creates_the_operator_objects(
         assert container.capabilities.drop == ["ALL"]
         ext = client.ApiextensionsV1Api(k8s)
         assert ext.read_custom_resource_definition("recmodels.recserve.io")
-        status = _helm(local_cluster, "status", release, "-n", namespace)
+        status = helm(local_cluster, "status", release, "-n", namespace)
         assert "STATUS: deployed" in status
     finally:
-        _helm(local_cluster, "uninstall", release, "-n", namespace)
+        helm(local_cluster, "uninstall", release, "-n", namespace)
 
 
 def test_documented_crd_upgrade_replaces_an_older_schema(

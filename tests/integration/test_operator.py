@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,22 +10,11 @@ import pytest
 from kubernetes import client
 
 from recserve_operator.localcluster.cluster import ClusterError
-from tests.helpers import eventually
+from tests.helpers import eventually, helm
 from tests.manifests import REPO, example
 
 CHART = REPO / "charts" / "recserve"
 GROUP, VERSION = "recserve.io", "v1alpha1"
-
-
-def helm(local_cluster: Any, *args: str) -> str:
-    result = subprocess.run(
-        [str(local_cluster.tools.helm), f"--kubeconfig={local_cluster.admin_kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 @pytest.fixture(scope="module")

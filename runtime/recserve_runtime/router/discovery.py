@@ -77,36 +77,10 @@ def endpoints_from_pods(pods: list[Any], port_name: str | None, default_port: in
     return sorted(set(out))
 
 
-class PodSource:
-    """Lists Ready pods matching a label selector (polled; the client is sync)."""
+class _LabelSource:
+    """Polls the objects a label selector matches (the client is sync: call in a thread)."""
 
-    def __init__(
-        self,
-        namespace: str,
-        selector: str,
-        port_name: str | None = None,
-        default_port: int = 8080,
-        api_factory: Callable[[], Any] | None = None,
-    ) -> None:
-        self.namespace = namespace
-        self.selector = selector
-        self.port_name = port_name
-        self.default_port = default_port
-        self._api_factory = api_factory
-        self._api: Any = None
-
-    def list(self) -> list[Addr]:
-        """Current ready backends (blocking; call in a thread)."""
-        if self._api is None:
-            self._api = _kube_client(self._api_factory, "CoreV1Api")
-        resp = self._api.list_namespaced_pod(
-            self.namespace, label_selector=self.selector, _request_timeout=10
-        )
-        return endpoints_from_pods(resp.items, self.port_name, self.default_port)
-
-
-class EndpointSliceSource:
-    """Lists EndpointSlices matching a label selector (polled; the client is sync)."""
+    api = "CoreV1Api"
 
     def __init__(
         self,
@@ -125,20 +99,30 @@ class EndpointSliceSource:
 
     def _client(self) -> Any:
         if self._api is None:
-            if self._api_factory is not None:
-                self._api = self._api_factory()
-            else:
-                from kubernetes import client, config
-
-                try:
-                    config.load_incluster_config()
-                except config.ConfigException:
-                    config.load_kube_config()
-                self._api = client.DiscoveryV1Api()
+            self._api = _kube_client(self._api_factory, self.api)
         return self._api
 
     def list(self) -> list[Addr]:
-        """Current ready backends (blocking; call in a thread)."""
+        """Current ready backends (blocking)."""
+        raise NotImplementedError
+
+
+class PodSource(_LabelSource):
+    """Ready pods matching a label selector."""
+
+    def list(self) -> list[Addr]:
+        resp = self._client().list_namespaced_pod(
+            self.namespace, label_selector=self.selector, _request_timeout=10
+        )
+        return endpoints_from_pods(resp.items, self.port_name, self.default_port)
+
+
+class EndpointSliceSource(_LabelSource):
+    """Ready endpoints of the EndpointSlices matching a label selector."""
+
+    api = "DiscoveryV1Api"
+
+    def list(self) -> list[Addr]:
         resp = self._client().list_namespaced_endpoint_slice(
             self.namespace, label_selector=self.selector, _request_timeout=10
         )
