@@ -20,6 +20,8 @@ HELM_VERSION=${HELM_VERSION:-v3.18.6}
 # Prometheus 3.7.3 (its Go module is tagged v0.307.3). Debian's package cannot be used:
 # it is built without kubernetes_sd_configs.
 PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.307.3}
+_p=${PROMETHEUS_VERSION#v0.}  # v0.307.3 -> Prometheus 3.7.3
+PROMETHEUS_APP_VERSION="${_p:0:1}.$((10#${_p:1:2})).${_p#*.}"
 CACHE=${RECSERVE_TOOLS_CACHE:-$HOME/.cache/recserve}
 CHECK_ONLY=0
 [ "${1:-}" = "--check" ] && CHECK_ONLY=1
@@ -80,27 +82,18 @@ build_k8s() {
   rm -rf "$work"
 }
 
-build_etcd() {
-  local out=$1 work
+# build_wrapped OUT MODULE VERSION PACKAGE BINARY [LDFLAGS]: modules whose own go.mod has
+# replace/exclude directives refuse `go install`; a throwaway wrapper module requires
+# them instead (their directives are then ignored) and builds one binary.
+build_wrapped() {
+  local out=$1 module=$2 version=$3 package=$4 binary=$5 ldflags=${6:-} work
   work=$(mktemp -d)
-  printf 'module recserve.local/etcd-tools\n\ngo 1.24\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" >"$work/go.mod"
+  printf 'module recserve.local/%s-tools\n\ngo 1.24\n\nrequire %s %s\n' "$binary" "$module" "$version" >"$work/go.mod"
   echo 'package tools' >"$work/doc.go"
-  log "building etcd $ETCD_VERSION"
-  (cd "$work" && with_retries go get go.etcd.io/etcd/server/v3@$ETCD_VERSION \
+  log "building $binary $version"
+  (cd "$work" && with_retries go get "$package@$version" \
     && mkdir -p "$out.tmp" \
-    && go build -mod=mod -trimpath -ldflags "-s -w" -o "$out.tmp/etcd" go.etcd.io/etcd/server/v3)
-  rm -rf "$work"
-}
-
-build_prometheus() {
-  local out=$1 work
-  work=$(mktemp -d)
-  printf 'module recserve.local/prom-tools\n\ngo 1.24\n\nrequire github.com/prometheus/prometheus %s\n' "$PROMETHEUS_VERSION" >"$work/go.mod"
-  echo 'package tools' >"$work/doc.go"
-  log "building prometheus $PROMETHEUS_VERSION (cold: ~5 min)"
-  (cd "$work" && with_retries go get github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION \
-    && mkdir -p "$out.tmp" \
-    && go build -mod=mod -trimpath -ldflags "-s -w -X github.com/prometheus/common/version.Version=3.${PROMETHEUS_VERSION#v0.3}" -o "$out.tmp/prometheus" github.com/prometheus/prometheus/cmd/prometheus)
+    && go build -mod=mod -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp/$binary" "$package")
   rm -rf "$work"
 }
 
@@ -138,9 +131,12 @@ K8S_DIR=$CACHE/k8s-$K8S_VERSION/bin
   ensure kube-controller-manager RECSERVE_KUBE_CONTROLLER_MANAGER "$K8S_DIR" build_k8s "$K8S_DIR"
   ensure kube-scheduler RECSERVE_KUBE_SCHEDULER "$K8S_DIR" build_k8s "$K8S_DIR"
   ensure kubectl RECSERVE_KUBECTL "$K8S_DIR" build_k8s "$K8S_DIR"
-  ensure etcd RECSERVE_ETCD "$CACHE/etcd-$ETCD_VERSION/bin" build_etcd "$CACHE/etcd-$ETCD_VERSION/bin"
+  ensure etcd RECSERVE_ETCD "$CACHE/etcd-$ETCD_VERSION/bin" build_wrapped "$CACHE/etcd-$ETCD_VERSION/bin" \
+    go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3 etcd
   ensure kwok RECSERVE_KWOK "$CACHE/kwok-$KWOK_VERSION/bin" build_goinstall "$CACHE/kwok-$KWOK_VERSION/bin" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-  ensure prometheus RECSERVE_PROMETHEUS "$CACHE/prometheus-$PROMETHEUS_VERSION/bin" build_prometheus "$CACHE/prometheus-$PROMETHEUS_VERSION/bin"
+  ensure prometheus RECSERVE_PROMETHEUS "$CACHE/prometheus-$PROMETHEUS_VERSION/bin" build_wrapped "$CACHE/prometheus-$PROMETHEUS_VERSION/bin" \
+    github.com/prometheus/prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus prometheus \
+    "-X github.com/prometheus/common/version.Version=$PROMETHEUS_APP_VERSION"
   ensure helm RECSERVE_HELM "$CACHE/helm-$HELM_VERSION/bin" build_goinstall "$CACHE/helm-$HELM_VERSION/bin" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$HELM_LDFLAGS"
 } >"${TOOLS_ENV_OUT:-/dev/stdout}"
 exit $MISSING

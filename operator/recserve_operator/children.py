@@ -88,6 +88,22 @@ def _pod_ip_env() -> list[dict[str, Any]]:
     ]
 
 
+def _health_probes(port: int) -> dict[str, Any]:
+    """Readiness and liveness on the OIP v2 health endpoints (server and router alike)."""
+    return {
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": port},
+            "periodSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": port},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+        },
+    }
+
+
 def _volumes(config: OperatorConfig) -> list[dict[str, Any]]:
     return [config.store.volume, {"name": "cache", "emptyDir": {}}]
 
@@ -257,16 +273,7 @@ def server_deployment(
         "resources": resources(pool),
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": _mounts(read_only_store=True),
-        "readinessProbe": {
-            "httpGet": {"path": "/v2/health/ready", "port": SERVER_PORT},
-            "periodSeconds": 2,
-            "failureThreshold": 3,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": SERVER_PORT},
-            "initialDelaySeconds": 10,
-            "periodSeconds": 10,
-        },
+        **_health_probes(SERVER_PORT),
     }
     return _deployment(
         name,
@@ -308,15 +315,7 @@ def router_deployment(model: dict[str, Any], config: OperatorConfig) -> dict[str
         },
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "cache", "mountPath": CACHE_MOUNT}],
-        "readinessProbe": {
-            "httpGet": {"path": "/v2/health/ready", "port": ROUTER_PORT},
-            "periodSeconds": 2,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": ROUTER_PORT},
-            "initialDelaySeconds": 10,
-            "periodSeconds": 10,
-        },
+        **_health_probes(ROUTER_PORT),
     }
     return _deployment(
         dns_name(model_name, "router"),

@@ -84,6 +84,30 @@ def _ready_pods(core: client.CoreV1Api, namespace: str, app: str) -> list[client
     ]
 
 
+def _wait_ready(
+    core: client.CoreV1Api, namespace: str, app: str, count: int, timeout: float
+) -> list[client.V1Pod]:
+    """Wait until exactly ``count`` pods of ``app`` are Ready; return them."""
+
+    def ready() -> list[client.V1Pod] | None:
+        pods = _ready_pods(core, namespace, app)
+        return pods if len(pods) == count else None
+
+    return eventually(ready, timeout=timeout)
+
+
+def _scraped(local_cluster: Any, query: str, count: int) -> list[dict[str, Any]]:
+    """Wait until the PromQL ``query`` returns ``count`` series; return them."""
+    url = f"{local_cluster.state.prometheus_url}/api/v1/query?query={urllib.parse.quote(query)}"
+
+    def series() -> list[dict[str, Any]] | None:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            found = list(json.load(resp)["data"]["result"])
+        return found if len(found) == count else None
+
+    return eventually(series, timeout=60, interval=1)
+
+
 def _pid(pod: client.V1Pod) -> int:
     return int(pod.status.container_statuses[0].container_id.removeprefix("local://"))
 
@@ -113,25 +137,12 @@ def test_recserve_serve_deployment_is_ready_answers_and_is_scraped(
         namespace, recserve_serve_deployment("served", variant)
     )
     core = client.CoreV1Api(k8s)
-    pods = eventually(
-        lambda: (
-            len(_ready_pods(core, namespace, "served")) == 2
-            and _ready_pods(core, namespace, "served")
-        ),
-        timeout=90,
-    )
+    pods = _wait_ready(core, namespace, "served", 2, timeout=90)
     assert {p.spec.node_name for p in pods} == {"local-gpu"}
     for pod in pods:
         with urllib.request.urlopen(f"http://{pod.status.pod_ip}:8000/v2/health/ready") as resp:
             assert resp.status == 200
-    query = urllib.parse.quote(f'recserve_variant_info{{namespace="{namespace}"}}')
-    url = f"{local_cluster.state.prometheus_url}/api/v1/query?query={query}"
-
-    def scraped() -> list[dict[str, Any]]:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return list(json.load(resp)["data"]["result"])
-
-    series = eventually(lambda: len(scraped()) == 2 and scraped(), timeout=60, interval=1)
+    series = _scraped(local_cluster, f'recserve_variant_info{{namespace="{namespace}"}}', 2)
     assert {s["metric"]["pod"] for s in series} == {p.metadata.name for p in pods}
     assert all(s["metric"]["hardware"] == "gpu" for s in series)
 
@@ -143,13 +154,7 @@ def test_deployment_runs_real_processes_that_prometheus_scrapes(
         namespace, server_deployment("metrics", hardware="gpu")
     )
     core = client.CoreV1Api(k8s)
-    pods = eventually(
-        lambda: (
-            len(_ready_pods(core, namespace, "metrics")) == 2
-            and _ready_pods(core, namespace, "metrics")
-        ),
-        timeout=60,
-    )
+    pods = _wait_ready(core, namespace, "metrics", 2, timeout=60)
     ips = {p.status.pod_ip for p in pods}
     assert len(ips) == 2 and all(ip.startswith("127.") for ip in ips)
     assert {p.spec.node_name for p in pods} == {"local-gpu"}
@@ -159,14 +164,7 @@ def test_deployment_runs_real_processes_that_prometheus_scrapes(
     for pod in pods:
         assert Path(f"/proc/{_pid(pod)}").exists()
 
-    query = urllib.parse.quote(f'recserve_agent_probe_total{{namespace="{namespace}"}}')
-    url = f"{local_cluster.state.prometheus_url}/api/v1/query?query={query}"
-
-    def scraped() -> list[dict[str, Any]]:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return list(json.load(resp)["data"]["result"])
-
-    series = eventually(lambda: len(scraped()) == 2 and scraped(), timeout=60, interval=1)
+    series = _scraped(local_cluster, f'recserve_agent_probe_total{{namespace="{namespace}"}}', 2)
     assert {s["metric"]["pod"] for s in series} == {p.metadata.name for p in pods}
     assert all(s["value"][1] == "3" for s in series)
 
@@ -176,13 +174,7 @@ def test_deleting_the_owner_stops_children_and_processes(
 ) -> None:
     apps, core = client.AppsV1Api(k8s), client.CoreV1Api(k8s)
     apps.create_namespaced_deployment(namespace, server_deployment("owned"))
-    pods = eventually(
-        lambda: (
-            len(_ready_pods(core, namespace, "owned")) == 2
-            and _ready_pods(core, namespace, "owned")
-        ),
-        timeout=60,
-    )
+    pods = _wait_ready(core, namespace, "owned", 2, timeout=60)
     pids = [_pid(p) for p in pods]
     assert apps.list_namespaced_replica_set(namespace, label_selector="app=owned").items
     apps.delete_namespaced_deployment("owned", namespace, propagation_policy="Background")

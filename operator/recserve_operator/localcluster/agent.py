@@ -140,6 +140,24 @@ def rewrite_mount_paths(text: str, mounts: dict[str, str]) -> str:
     return pattern.sub(lambda m: mounts[m.group(1)], text)
 
 
+def remove_pod(api: client.CoreV1Api, pod: dict[str, Any]) -> None:
+    """Delete a pod object whose processes are gone (the kubelet's final delete)."""
+    meta = pod["metadata"]
+    try:
+        api.delete_namespaced_pod(
+            meta["name"],
+            meta["namespace"],
+            grace_period_seconds=0,
+            body=client.V1DeleteOptions(
+                grace_period_seconds=0, preconditions=client.V1Preconditions(uid=meta["uid"])
+            ),
+        )
+    except ApiException as exc:
+        if exc.status not in (404, 409):
+            raise
+    log.info("pod removed pod=%s/%s", meta["namespace"], meta["name"])
+
+
 def _resolve_port(port: Any, containers: list[dict[str, Any]]) -> int:
     if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
         return int(port)
@@ -500,20 +518,7 @@ class PodWorker:
             self._kill(c, grace)
 
     def _remove_object(self) -> None:
-        uid = self.pod["metadata"]["uid"]
-        try:
-            self.api.delete_namespaced_pod(
-                self.name,
-                self.ns,
-                grace_period_seconds=0,
-                body=client.V1DeleteOptions(
-                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
-                ),
-            )
-        except ApiException as exc:
-            if exc.status not in (404, 409):
-                raise
-        log.info("pod removed pod=%s/%s", self.ns, self.name)
+        remove_pod(self.api, self.pod)
 
     # -- status --------------------------------------------------------------------------
     def _container_status(self, c: Container) -> dict[str, Any]:
@@ -666,7 +671,7 @@ class NodeAgent:
                         known[0].deleting = True
                         known[0].stop_event.set()
                     else:
-                        self._force_remove(raw)
+                        remove_pod(self.api, raw)
                     continue
                 if known is None and raw["status"].get("phase") not in ("Succeeded", "Failed"):
                     self._start(raw)
@@ -686,10 +691,6 @@ class NodeAgent:
         thread = threading.Thread(target=worker.run, name=f"pod-{meta['name']}", daemon=True)
         self.workers[meta["uid"]] = (worker, thread)
         thread.start()
-
-    def _force_remove(self, pod: dict[str, Any]) -> None:
-        worker = PodWorker(self.api, pod, "", 0, self.state_dir)
-        worker._remove_object()
 
     def run(self) -> None:
         """Sync until SIGTERM/SIGINT, then stop every pod's processes."""
