@@ -1,16 +1,35 @@
 # Developer entry points. `make demo` and `make test` work on a fresh machine: each
-# installs what it needs first (pip packages; later Go-built cluster tools, cached).
-PYTHON ?= python3
-PIP ?= $(PYTHON) -m pip
+# installs what it needs first, into the project's virtual environment (never into the
+# system interpreter: PEP 668 distributions refuse that, and a package installed by hand
+# there could hide a missing dependency), then the Go-built cluster tools (cached).
+#
+#   VENV=DIR   the virtual environment to use (default .venv, created when missing);
+#              .ci/run passes a brand-new one on every run.
+BOOTSTRAP_PYTHON ?= python3
+VENV ?= .venv
+PYTHON := $(abspath $(VENV))/bin/python
+UV := $(abspath $(VENV))/bin/uv
 PYTEST_ARGS ?=
+# Entry points (recserve, recserve-operator) that the local cluster's pods run come from
+# the environment's bin/, so it leads PATH for every recipe.
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: help install crds crds-check lint typecheck test test-unit test-integration bench demo tools cluster-up cluster-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install:  ## install recserve (editable) with the dev and build extras (torch: several GB, once)
-	$(PIP) install --quiet --disable-pip-version-check -e '.[dev,build]'
+$(PYTHON):
+	$(BOOTSTRAP_PYTHON) -m venv $(VENV)
+
+# uv (from PyPI, into the venv itself) resolves and links from its cache: a new venv with
+# torch is seconds once the cache is warm.
+$(UV): | $(PYTHON)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check 'uv>=0.4'
+
+install: $(UV)  ## create/refresh $(VENV) with recserve (editable) and the dev and build extras (torch: several GB, once)
+	$(UV) pip install --quiet --python $(PYTHON) -e '.[dev,build]'
 
 crds:  ## regenerate crds/, the chart's CRDs and docs/api-reference.md from the API types
 	$(PYTHON) -m recserve_runtime.cli crds
@@ -43,7 +62,7 @@ test-integration: install tools  ## integration tests on a fresh local control p
 	$(call run_pytest,-m integration)
 
 bench: install tools  ## benchmarks (print ratios against in-run baselines)
-	$(PIP) install --quiet --disable-pip-version-check -e '.[dev,build,bench]'
+	$(UV) pip install --quiet --python $(PYTHON) -e '.[dev,build,bench]'
 	$(call run_pytest,-m bench -s)
 
 demo: install tools  ## the main job: build, measure, place, serve and load the MovieLens model locally

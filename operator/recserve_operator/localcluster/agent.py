@@ -33,6 +33,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -289,6 +290,10 @@ class PodWorker:
     def _env(self, spec: dict[str, Any], mounts: dict[str, str]) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("KUBECONFIG", None)
+        # Programs come from this machine: the agent's own environment (a venv that is not
+        # activated, say) provides `recserve` and friends, ahead of anything else on PATH.
+        bindir = os.path.dirname(sys.executable)
+        env["PATH"] = os.pathsep.join([bindir, env.get("PATH", os.defpath)])
         env.update({"POD_IP": self.ip, "HOSTNAME": self.name, "POD_NAMESPACE": self.ns})
         # Lets `cluster down` find pod processes even if the agent itself was killed.
         env[POD_MARKER] = str(self.workdir.parent)
