@@ -28,8 +28,10 @@ $(PYTHON):
 $(UV): | $(PYTHON)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check 'uv>=0.4'
 
-install: $(UV)  ## create/refresh $(VENV) with recserve (editable) and the dev and build extras (torch: several GB, once)
-	$(UV) pip install --quiet --python $(PYTHON) -e '.[dev,build]'
+# The dev kit (devkit/: local control plane, demo, test models, benchmarks) is its own
+# distribution, recserve-dev; it is never in the product's images.
+install: $(UV)  ## create/refresh $(VENV) with recserve and its dev kit (editable), dev and build extras (torch: several GB, once)
+	$(UV) pip install --quiet --python $(PYTHON) -e '.[dev,build]' -e ./devkit
 
 crds:  ## regenerate crds/, the chart's CRDs and docs/api-reference.md from the API types
 	$(PYTHON) -m recserve_runtime.cli crds
@@ -62,7 +64,7 @@ test-integration: install tools  ## integration tests on a fresh local control p
 	$(call run_pytest,-m integration)
 
 bench: install tools  ## benchmarks (print ratios against in-run baselines)
-	$(UV) pip install --quiet --python $(PYTHON) -e '.[dev,build,bench]'
+	$(UV) pip install --quiet --python $(PYTHON) -e '.[dev,build,bench]' -e ./devkit
 	$(call run_pytest,-m bench -s)
 
 demo: install tools  ## the main job: build, measure, place, serve and load the MovieLens model locally

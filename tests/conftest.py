@@ -9,6 +9,7 @@ recserve local cluster.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +20,16 @@ import pytest
 from tests.helpers import eventually
 from tests.manifests import REPO
 
+# The console scripts under test (recserve, recserve-operator) are the ones installed
+# beside this interpreter, even when its venv is not activated (`.venv/bin/python -m
+# pytest`): tests and the pods they start find them first on PATH.
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
+
 
 @pytest.fixture(scope="session")
 def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from recserve_operator.localcluster.cluster import LocalCluster
-    from recserve_operator.localcluster.tools import find_tools
+    from recserve_dev.localcluster.cluster import LocalCluster
+    from recserve_dev.localcluster.tools import find_tools
 
     existing = os.environ.get("RECSERVE_TEST_CLUSTER_ROOT")
     if existing:
@@ -42,7 +48,7 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 @pytest.fixture(scope="session")
 def k8s(local_cluster: object) -> object:
     """An ApiClient for the test cluster, after the guard has checked it is one."""
-    from recserve_operator.localcluster.access import api_client, assert_test_cluster
+    from recserve_dev.localcluster.access import api_client, assert_test_cluster
 
     api = api_client(local_cluster.admin_kubeconfig)  # type: ignore[attr-defined]
     expected = local_cluster.state.cluster_id  # type: ignore[attr-defined]

@@ -5,15 +5,23 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-def eventually(check: Callable[[], T], timeout: float = 60, interval: float = 0.25) -> T:
+def eventually(
+    check: Callable[[], T],
+    timeout: float = 60,
+    interval: float = 0.25,
+    what: str = "condition",
+    state: Callable[[], object] | None = None,
+) -> T:
     """Call ``check`` until it returns a truthy value without raising; return that value.
 
-    On timeout, fails with the last exception or the last falsy value.
+    On timeout, fails naming ``what`` was awaited, with the last exception or the last
+    falsy value and, when given, ``state()`` (e.g. the object's status) at that moment.
     """
     deadline = time.monotonic() + timeout
     last: object = None
@@ -26,7 +34,13 @@ def eventually(check: Callable[[], T], timeout: float = 60, interval: float = 0.
         except Exception as exc:
             last = exc
         if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last: {last!r}")
+            message = f"{what} not met within {timeout:g}s; last: {last!r}"
+            if state is not None:
+                try:
+                    message += f"; state: {state()!r}"
+                except Exception as exc:
+                    message += f"; state unavailable: {exc!r}"
+            raise AssertionError(message)
         time.sleep(interval)
 
 
@@ -40,3 +54,52 @@ def helm(local_cluster: Any, *args: str) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+OPERATOR_PODS = "app.kubernetes.io/component=operator"
+
+
+def restart_operator(core: Any, namespace: str, timeout: float = 90) -> Any:
+    """Delete the operator's pods; wait until they are gone and one new pod is Ready.
+
+    The node agent removes a deleted pod only once its processes have exited, so when
+    this returns the old operator can no longer act: whatever changes afterwards was done
+    by the returned pod (a ``V1Pod`` with another uid).
+    """
+    old = core.list_namespaced_pod(namespace, label_selector=OPERATOR_PODS).items
+    assert old, f"no operator pod ({OPERATOR_PODS}) in {namespace} to restart"
+    old_uids = {pod.metadata.uid for pod in old}
+    for pod in old:
+        core.delete_namespaced_pod(pod.metadata.name, namespace)
+
+    def pods() -> list[Any]:
+        return list(core.list_namespaced_pod(namespace, label_selector=OPERATOR_PODS).items)
+
+    def replaced() -> Any:
+        current = pods()
+        if len(current) != 1 or current[0].metadata.uid in old_uids:
+            return None
+        conditions = current[0].status.conditions or []
+        ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+        return current[0] if ready else None
+
+    new: Any = eventually(
+        replaced,
+        timeout=timeout,
+        interval=0.5,
+        what=f"old operator pods gone and one new operator pod Ready in {namespace}",
+        state=lambda: [
+            (p.metadata.name, p.metadata.uid in old_uids, p.status.phase) for p in pods()
+        ],
+    )
+    return new
+
+
+def pod_log(local_cluster: Any, pod: Any) -> str:
+    """All container output of a pod run by the node agent (README: the local control
+    plane, `.cluster/pods/<ns>_<pod>_<uid>/<container>.log`)."""
+    meta = pod.metadata
+    folder = Path(local_cluster.root) / "pods" / f"{meta.namespace}_{meta.name}_{meta.uid[:8]}"
+    logs = sorted(folder.glob("*.log"))
+    assert logs, f"no container log under {folder}"
+    return "".join(path.read_text(errors="replace") for path in logs)

@@ -1,14 +1,25 @@
 """The objects a RecModel owns, rendered from spec and plan: deterministic names,
-owner references, restricted pod security, probes and scrape annotations."""
+owner references, restricted pod security, probes and scrape annotations.
+
+Every builder takes the validated API types (never raw dicts), so defaults come from
+the types alone.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+from pathlib import PurePosixPath
 from typing import Any
 
+from recserve_operator.api.common import ObjectRef, Resource
+from recserve_operator.api.hardwarepool import HardwarePool
+from recserve_operator.api.modelvariant import Artifact, ModelVariant, ModelVariantSpec, Recipe
+from recserve_operator.api.optimizationpolicy import Compression, OptimizationPolicy
+from recserve_operator.api.recmodel import RecModel, RecModelSpec
 from recserve_operator.config import STORE_MOUNT, OperatorConfig
+from recserve_runtime.artifacts import StoreLayout
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "recserve-operator"}
 MODEL_LABEL = "recserve.io/model"
@@ -30,38 +41,39 @@ def dns_name(*parts: str, limit: int = 63) -> str:
     return f"{name[: limit - 9].rstrip('-')}-{digest}"
 
 
-def content_hash(spec: dict[str, Any], compression: dict[str, Any]) -> str:
+def content_hash(spec: RecModelSpec, compression: Compression) -> str:
     """What the variants depend on: model source, architecture, data and compressions.
 
     Traffic, pools and objectives are not part of it: changing them re-plans without a
-    rebuild.
+    rebuild. Hashed in the wire form the API server holds (camelCase, defaults filled,
+    unset optional fields absent), so the hash of an unchanged spec never moves.
     """
     relevant = {
-        "source": spec.get("source"),
-        "architecture": spec.get("architecture"),
-        "evalDataset": spec.get("evalDataset"),
-        "compression": compression,
+        "source": spec.source.to_wire(),
+        "architecture": spec.architecture.value,
+        "evalDataset": spec.eval_dataset.to_wire(),
+        "compression": compression.to_wire(),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+def owner_reference(owner: Resource) -> dict[str, Any]:
     """A controller owner reference to ``owner`` (garbage collection deletes children)."""
     return {
-        "apiVersion": owner["apiVersion"],
-        "kind": owner["kind"],
-        "name": owner["metadata"]["name"],
-        "uid": owner["metadata"]["uid"],
+        "apiVersion": owner.api_version,
+        "kind": owner.kind,
+        "name": owner.name,
+        "uid": owner.metadata["uid"],
         "controller": True,
         "blockOwnerDeletion": True,
     }
 
 
-def _meta(name: str, model: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+def _meta(name: str, model: RecModel, labels: dict[str, str]) -> dict[str, Any]:
     return {
         "name": name,
-        "namespace": model["metadata"]["namespace"],
-        "labels": {**MANAGED_BY, MODEL_LABEL: model["metadata"]["name"], **labels},
+        "namespace": model.namespace,
+        "labels": {**MANAGED_BY, MODEL_LABEL: model.name, **labels},
         "ownerReferences": [owner_reference(model)],
     }
 
@@ -115,76 +127,79 @@ def _mounts(read_only_store: bool) -> list[dict[str, Any]]:
     ]
 
 
-def placement(pool: dict[str, Any]) -> dict[str, Any]:
+def placement(pool: HardwarePool) -> dict[str, Any]:
     """nodeSelector and tolerations that pin a pod to a HardwarePool's nodes."""
-    spec = pool["spec"]
     return {
-        "nodeSelector": dict(spec["nodeSelector"]),
+        "nodeSelector": dict(pool.spec.node_selector),
         "tolerations": [
-            {k: v for k, v in t.items() if v not in (None, "")} for t in spec.get("tolerations", [])
+            {k: v for k, v in t.to_wire().items() if v not in (None, "")}
+            for t in pool.spec.tolerations
         ],
     }
 
 
-def resources(pool: dict[str, Any]) -> dict[str, Any]:
+def resources(pool: HardwarePool) -> dict[str, Any]:
     """Requests = limits for CPU, memory and the pool's accelerator."""
-    spec = pool["spec"]
-    res = spec.get("resources", {})
+    spec = pool.spec
     amounts = {
-        "cpu": f"{res.get('cpuMillis', 1000)}m",
-        "memory": f"{res.get('memoryMebibytes', 1024)}Mi",
+        "cpu": f"{spec.resources.cpu_millis}m",
+        "memory": f"{spec.resources.memory_mebibytes}Mi",
     }
-    accelerator = spec.get("accelerator")
-    if accelerator:
-        amounts[accelerator["name"]] = str(accelerator.get("amountPerReplica", 1))
+    if spec.accelerator is not None:
+        amounts[spec.accelerator.name] = str(spec.accelerator.amount_per_replica)
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
+def pod_layout(model: RecModel, digest: str, config: OperatorConfig) -> StoreLayout[PurePosixPath]:
+    """The build of ``model`` at ``digest`` as Jobs and servers see it."""
+    return config.store.pod_build(str(model.namespace), model.name, digest)
+
+
 def build_job(
-    model: dict[str, Any], digest: str, policy: dict[str, Any], config: OperatorConfig
+    model: RecModel, digest: str, policy: OptimizationPolicy, config: OperatorConfig
 ) -> dict[str, Any]:
     """The Job that runs `recserve optimize` and writes variants to the store."""
-    name = model["metadata"]["name"]
-    out = config.store.pod_path(model["metadata"]["namespace"], name, digest)
-    objectives = policy["spec"].get("objectives", {})
-    compression = policy["spec"].get("compression", {})
-    source = model["spec"]["source"]
+    layout = pod_layout(model, digest, config)
+    objectives, compression = policy.spec.objectives, policy.spec.compression
+    distillation = compression.distillation
+    ratios = compression.pruning_ratios_basis_points
     args = [
         "recserve",
         "optimize",
-        f"--model={source['uri']}",
-        f"--dataset={model['spec'].get('evalDataset', {}).get('name', 'movielens-100k')}",
-        f"--out={out}/variants",
-        f"--json={out}/report.json",
-        f"--accuracy-budget-bp={objectives.get('accuracyBudgetBasisPoints', 100)}",
-        f"--p99-target-ms={objectives.get('p99LatencyTargetMilliseconds', 25)}",
-        *config.optimize_args,
+        f"--model={model.spec.source.uri}",
+        f"--dataset={model.spec.eval_dataset.name}",
+        f"--holdout-bp={model.spec.eval_dataset.holdout_basis_points}",
+        f"--out={layout.variants}",
+        f"--json={layout.report}",
+        f"--accuracy-budget-bp={objectives.accuracy_budget_basis_points}",
+        f"--p99-target-ms={objectives.p99_latency_target_milliseconds}",
+        f"--precisions={','.join(p.value for p in compression.precisions)}",
+        "--static-quantization" if compression.static_quantization else "--no-static-quantization",
+        f"--prune-bp={','.join(str(r) for r in ratios)}" if ratios else "--no-pruning",
+        f"--max-students={distillation.max_students}",
+        *([] if distillation.enabled else ["--no-distillation"]),
+        *config.optimize_args,  # last: the deployment's extra flags (e.g. --quick) win
     ]
-    ratios = compression.get("pruningRatiosBasisPoints") or []
-    if ratios:
-        args.append(f"--prune-bp={max(ratios)}")
-    return _job(dns_name(name, "build", digest[:8]), model, args, {}, config, "build")
+    return _job(dns_name(model.name, "build", digest[:8]), model, args, {}, config, "build")
 
 
 def profile_job(
-    model: dict[str, Any], digest: str, pool: dict[str, Any], config: OperatorConfig
+    model: RecModel, digest: str, pool: HardwarePool, config: OperatorConfig
 ) -> dict[str, Any]:
     """The Job that profiles every variant on one pool's hardware."""
-    name = model["metadata"]["name"]
-    pool_name = pool["metadata"]["name"]
-    out = config.store.pod_path(model["metadata"]["namespace"], name, digest)
+    layout = pod_layout(model, digest, config)
     args = [
         "recserve",
         "profile",
-        f"--variants={out}/variants",
-        f"--hardware={pool['spec']['hardwareType']}",
-        f"--json={out}/profile-{pool_name}.json",
+        f"--variants={layout.variants}",
+        f"--hardware={pool.spec.hardware_type.value}",
+        f"--json={layout.profile(pool.name)}",
     ]
     job = _job(
-        dns_name(name, "profile", pool_name, digest[:8]),
+        dns_name(model.name, "profile", pool.name, digest[:8]),
         model,
         args,
-        {POOL_LABEL: pool_name},
+        {POOL_LABEL: pool.name},
         config,
         "profile",
     )
@@ -196,7 +211,7 @@ def profile_job(
 
 def _job(
     name: str,
-    model: dict[str, Any],
+    model: RecModel,
     args: list[str],
     labels: dict[str, str],
     config: OperatorConfig,
@@ -211,9 +226,7 @@ def _job(
             "backoffLimit": 1,
             "ttlSecondsAfterFinished": 86400,
             "template": {
-                "metadata": {
-                    "labels": {**MANAGED_BY, MODEL_LABEL: model["metadata"]["name"], **all_labels}
-                },
+                "metadata": {"labels": {**MANAGED_BY, MODEL_LABEL: model.name, **all_labels}},
                 "spec": {
                     "restartPolicy": "Never",
                     "securityContext": POD_SECURITY,
@@ -240,8 +253,8 @@ def _job(
 
 
 def server_deployment(
-    model: dict[str, Any],
-    pool: dict[str, Any],
+    model: RecModel,
+    pool: HardwarePool,
     variant_dir: str,
     variant_name: str,
     replicas: int,
@@ -250,16 +263,16 @@ def server_deployment(
     config: OperatorConfig,
 ) -> dict[str, Any]:
     """One Deployment of `recserve serve` per (model, pool)."""
-    pool_name = pool["metadata"]["name"]
-    name = dns_name(model["metadata"]["name"], pool_name)
+    pool_name = pool.name
+    name = dns_name(model.name, pool_name)
     labels = {COMPONENT_LABEL: "server", POOL_LABEL: pool_name}
-    selector = {MODEL_LABEL: model["metadata"]["name"], POOL_LABEL: pool_name}
+    selector = {MODEL_LABEL: model.name, POOL_LABEL: pool_name}
     args = [
         "serve",
         f"--variant={variant_dir}",
         "--host=$(POD_IP)",
         f"--port={SERVER_PORT}",
-        f"--hardware={pool['spec']['hardwareType']}",
+        f"--hardware={pool.spec.hardware_type.value}",
         f"--slo-p99-ms={p99_target_ms}",
         f"--max-batch-rows={max(batch_size, 1)}",
     ]
@@ -288,9 +301,9 @@ def server_deployment(
     )
 
 
-def router_deployment(model: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
+def router_deployment(model: RecModel, config: OperatorConfig) -> dict[str, Any]:
     """The RecModel's single entry point: `recserve route` over its server pods."""
-    model_name = model["metadata"]["name"]
+    model_name = model.name
     selector = {MODEL_LABEL: model_name, COMPONENT_LABEL: "router"}
     container = {
         "name": "router",
@@ -303,7 +316,7 @@ def router_deployment(model: dict[str, Any], config: OperatorConfig) -> dict[str
             # the local control plane, whose loopback pod IPs EndpointSlices refuse.
             "--source=pods",
             "--port-name=http",
-            f"--namespace={model['metadata']['namespace']}",
+            f"--namespace={model.namespace}",
             "--host=$(POD_IP)",
             f"--port={ROUTER_PORT}",
         ],
@@ -332,7 +345,7 @@ def router_deployment(model: dict[str, Any], config: OperatorConfig) -> dict[str
 
 def _deployment(
     name: str,
-    model: dict[str, Any],
+    model: RecModel,
     labels: dict[str, str],
     selector: dict[str, str],
     replicas: int,
@@ -346,7 +359,7 @@ def _deployment(
 ) -> dict[str, Any]:
     pod_labels = {
         **MANAGED_BY,
-        MODEL_LABEL: model["metadata"]["name"],
+        MODEL_LABEL: model.name,
         **labels,
         **(extra_pod_labels or {}),
     }
@@ -381,7 +394,7 @@ def _deployment(
     }
 
 
-def service(deployment: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+def service(deployment: dict[str, Any], model: RecModel) -> dict[str, Any]:
     """A ClusterIP Service in front of a Deployment we own."""
     port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
     return {
@@ -399,10 +412,10 @@ def service(deployment: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def router_rbac(model: dict[str, Any]) -> list[dict[str, Any]]:
+def router_rbac(model: RecModel) -> list[dict[str, Any]]:
     """The router's ServiceAccount, allowed to read endpoints of its namespace only."""
-    name = dns_name(model["metadata"]["name"], "router")
-    ns = model["metadata"]["namespace"]
+    name = dns_name(model.name, "router")
+    ns = model.namespace
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, model, {})},
         {
@@ -426,3 +439,14 @@ def router_rbac(model: dict[str, Any]) -> list[dict[str, Any]]:
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
         },
     ]
+
+
+def model_variant(model: RecModel, name: str, recipe: Recipe, artifact: Artifact) -> dict[str, Any]:
+    """The ModelVariant object of one built variant (its status is written separately)."""
+    variant = ModelVariant(
+        metadata=_meta(name, model, {}),
+        spec=ModelVariantSpec(
+            model_ref=ObjectRef(name=model.name), recipe=recipe, artifact=artifact
+        ),
+    )
+    return variant.to_wire()

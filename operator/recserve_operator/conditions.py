@@ -7,6 +7,8 @@ from typing import Any
 
 # Reasons are named constants (CamelCase), as the API conventions ask.
 REFERENCE_NOT_FOUND = "ReferenceNotFound"
+INVALID_SPEC = "InvalidSpec"  # the object's spec is refused by its type (field path in message)
+INVALID_REFERENCE = "InvalidReference"  # a referenced policy or pool is refused by its type
 BUILDING = "Building"
 BUILD_FAILED = "BuildFailed"
 BUILT = "Built"
@@ -22,6 +24,7 @@ PAUSED = "Paused"
 NODES_MATCHED = "NodesMatched"
 NO_MATCHING_NODES = "NoMatchingNodes"
 NO_READY_NODES = "NoReadyNodes"
+READY_TYPE = "Ready"
 
 
 def now() -> str:
@@ -49,6 +52,26 @@ def set_condition(
         "lastTransitionTime": stamp,
     }
     return [c for c in conditions if c.get("type") != type_] + [new]
+
+
+def rejected(raw: dict[str, Any], problems: str) -> dict[str, Any]:
+    """The status of an object whose type refuses its body (e.g. one written under an
+    older schema): what it had, with Ready=False, reason InvalidSpec, the bad fields named.
+    """
+    status = dict(raw.get("status") or {})
+    generation = (raw.get("metadata") or {}).get("generation")
+    conditions = list(status.get("conditions") or [])
+    message = f"invalid: {problems}"
+    status["conditions"] = set_condition(
+        conditions, READY_TYPE, False, INVALID_SPEC, message, generation
+    )
+    status["observedGeneration"] = generation
+    return status
+
+
+def find(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    """The condition of ``type_``, if set."""
+    return next((cond for cond in conditions if cond.get("type") == type_), None)
 
 
 def is_true(conditions: list[dict[str, Any]], type_: str) -> bool:

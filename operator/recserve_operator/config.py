@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+from recserve_runtime.artifacts import StoreLayout
 
 STORE_MOUNT = "/artifacts"
 
@@ -38,11 +40,21 @@ class ArtifactStore:
 
     def pod_path(self, *parts: str) -> str:
         """A path inside the store as Jobs and servers see it."""
-        return "/".join([STORE_MOUNT, *parts])
+        return str(PurePosixPath(STORE_MOUNT).joinpath(*parts))
 
     def local_path(self, *parts: str) -> Path:
         """The same path as the operator sees it."""
         return self.local_root.joinpath(*parts)
+
+    def local_build(self, namespace: str, model: str, content_hash: str) -> StoreLayout[Path]:
+        """One build's files as the operator sees them (to read what Jobs wrote)."""
+        return StoreLayout.of(self.local_root, namespace, model, content_hash)
+
+    def pod_build(
+        self, namespace: str, model: str, content_hash: str
+    ) -> StoreLayout[PurePosixPath]:
+        """The same build's files as Jobs and servers see them (mounted at STORE_MOUNT)."""
+        return StoreLayout.of(PurePosixPath(STORE_MOUNT), namespace, model, content_hash)
 
 
 @dataclass(frozen=True)

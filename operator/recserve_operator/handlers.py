@@ -2,6 +2,12 @@
 
 Each kind has one idempotent reconcile, run on create/update/resume and on a timer (so
 that missed events and drift in the cluster are repaired without a watch event).
+
+This is the typed boundary: a body is validated into its API type here, once, and the
+reconcilers only ever see the types. A body the types refuse (e.g. one written under an
+older schema) is reported in status (Ready=False, reason InvalidSpec, each bad field
+path) and logged; the handler then returns normally, so kopf does not retry it in a
+loop. The next spec change, or the timer, looks again.
 """
 
 from __future__ import annotations
@@ -16,13 +22,16 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from recserve_operator.api.common import GROUP, VERSION
+from recserve_operator.api.hardwarepool import HardwarePool
+from recserve_operator.api.recmodel import RecModel
+from recserve_operator.api.validation import ManifestError, parse_object
 from recserve_operator.config import OperatorConfig
 from recserve_operator.kube import Kube
-from recserve_operator.reconcilers.hardwarepool import reconcile_hardwarepool
-from recserve_operator.reconcilers.recmodel import reconcile_recmodel
+from recserve_operator.reconcilers.hardwarepool import reconcile_hardwarepool, reject_hardwarepool
+from recserve_operator.reconcilers.recmodel import Outcome, reconcile_recmodel, rejected
 from recserve_operator.settings import configure
 
-GROUP, VERSION = "recserve.io", "v1alpha1"
 # Timers repair what events missed; at scale every pass costs API calls, so the
 # interval is a setting (the chart's extraEnv), read once at import by the decorators.
 INTERVAL = float(os.environ.get("RECSERVE_RECONCILE_INTERVAL_SECONDS", "30"))
@@ -70,8 +79,15 @@ def api_reachable(**_: Any) -> str:
 @kopf.timer(GROUP, VERSION, "hardwarepools", interval=max(INTERVAL, 15), initial_delay=1)
 def hardwarepool(body: kopf.Body, **_: Any) -> None:
     """Count the pool's nodes and accelerators."""
+    raw = _plain(body)
     with api_errors_typed():
-        reconcile_hardwarepool(_plain(body), _kube())
+        try:
+            pool = parse_object(HardwarePool, raw)
+        except ManifestError as exc:
+            log.warning("%s", exc)
+            reject_hardwarepool(raw, exc, _kube())
+            return
+        reconcile_hardwarepool(pool, _kube())
 
 
 @kopf.on.resume(GROUP, VERSION, "recmodels")
@@ -109,17 +125,30 @@ def child_changed(body: kopf.Body, **_: Any) -> None:
 _last_pass: dict[str, float] = {}
 
 
-def _pass(model: dict[str, Any], event_target: Any) -> None:
-    meta = model["metadata"]
+def _pass(raw: dict[str, Any], event_target: Any) -> None:
+    meta = raw["metadata"]
     _last_pass[f"{meta['namespace']}/{meta['name']}"] = time.monotonic()
     with api_errors_typed():
-        outcome = reconcile_recmodel(model, _kube(), _config())
-    if outcome.status != (model.get("status") or {}):
-        _kube().patch_status(
-            "recmodels", model["metadata"]["name"], model["metadata"]["namespace"], outcome.status
-        )
-    for type_, reason, message in outcome.events:
-        kopf.event(event_target, type=type_, reason=reason, message=message)
+        outcome = recmodel_pass(raw, _kube(), _config())
+        if outcome.status != (raw.get("status") or {}):
+            _kube().patch_status("recmodels", meta["name"], meta["namespace"], outcome.status)
+    post_events(event_target, outcome.events)
+
+
+def recmodel_pass(raw: dict[str, Any], kube: Kube, config: OperatorConfig) -> Outcome:
+    """Validate a RecModel body into its type and reconcile it, or say why it is refused."""
+    try:
+        model = parse_object(RecModel, raw)
+    except ManifestError as exc:
+        log.warning("%s", exc)
+        return rejected(raw, exc)
+    return reconcile_recmodel(model, kube, config)
+
+
+def post_events(target: Any, events: list[tuple[str, str, str]]) -> None:
+    """Post a pass's Events on the object (kopf batches and rate-limits them)."""
+    for type_, reason, message in events:
+        kopf.event(target, type=type_, reason=reason, message=message)
 
 
 @contextlib.contextmanager

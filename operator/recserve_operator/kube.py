@@ -16,11 +16,12 @@ from typing import Any
 from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
+from recserve_operator.api.common import GROUP, VERSION
+
 FIELD_MANAGER = "recserve-operator"
 # Hash of the body we last applied, kept on the object: a pass that would apply the same
 # body again reads instead of writing, so steady-state reconciles cost only reads.
 APPLIED_HASH = "recserve.io/applied-hash"
-GROUP, VERSION = "recserve.io", "v1alpha1"
 log = logging.getLogger("recserve.kube")
 
 

@@ -14,7 +14,13 @@ measured throughput at that batch (headroom for bursts and the batcher's queuein
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from recserve_operator.api.hardwarepool import HardwarePool
+from recserve_operator.api.optimizationpolicy import OptimizationPolicySpec
+from recserve_operator.api.recmodel import Traffic
+from recserve_runtime.artifacts import Manifest, ProfilePoint, ProfileReport
 
 UTILIZATION = 0.7
 QUEUEING_FACTOR = 2.0
@@ -29,6 +35,10 @@ class Point:
     p99_us: float
     samples_per_second: float
 
+    @classmethod
+    def of(cls, point: ProfilePoint) -> Point:
+        return cls(point.batch_size, point.p50_us, point.p99_us, point.samples_per_second)
+
 
 @dataclass(frozen=True)
 class VariantProfile:
@@ -39,6 +49,23 @@ class VariantProfile:
     accuracy_drop_bp: int
     size_bytes: int
     profiles: dict[str, list[Point]] = field(default_factory=dict)  # pool -> points
+
+    @classmethod
+    def of(
+        cls, key: str, manifest: Manifest, profiles: Mapping[str, ProfileReport]
+    ) -> VariantProfile:
+        """A built variant (folder ``key``) with its profile on every pool that has one."""
+        return cls(
+            name=manifest.name,
+            precision=manifest.recipe.precision,
+            accuracy_drop_bp=manifest.accuracy_drop_basis_points,
+            size_bytes=manifest.artifact.size_bytes,
+            profiles={
+                pool: [Point.of(pt) for pt in report.variants[key].points]
+                for pool, report in profiles.items()
+                if key in report.variants
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -52,6 +79,25 @@ class PoolCapacity:
     cost_per_replica_hour_millicents: int
     # replicas the pool's free accelerators allow (None: not limited by accelerators)
     accelerator_replicas: int | None = None
+    # why the pool's profile ran on another execution provider than its hardware's, if so
+    fallback_reason: str | None = None
+
+    @classmethod
+    def of(cls, pool: HardwarePool, profile: ProfileReport | None = None) -> PoolCapacity:
+        """A HardwarePool as observed (status.allocatable) and as profiled."""
+        spec, status = pool.spec, pool.status
+        accelerator_replicas = None
+        if spec.accelerator is not None and status is not None and status.allocatable is not None:
+            accelerator_replicas = status.allocatable // spec.accelerator.amount_per_replica
+        return cls(
+            name=pool.name,
+            hardware=spec.hardware_type.value,
+            precisions=tuple(p.value for p in spec.supported_precisions),
+            max_replicas=spec.max_replicas,
+            cost_per_replica_hour_millicents=spec.cost_per_replica_hour_millicents,
+            accelerator_replicas=accelerator_replicas,
+            fallback_reason=profile.fallback_reason if profile is not None else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -62,11 +108,29 @@ class Objectives:
     accuracy_budget_bp: int
     required_rps: float
     candidates_per_request: int
-    cost_weight_percent: int = 50
-    min_replicas: int = 1
-    max_replicas: int = 8
-    min_batch_size: int = 1
-    max_batch_size: int = 65536
+    cost_weight_percent: int
+    min_replicas: int
+    max_replicas: int
+    min_batch_size: int
+    max_batch_size: int
+
+    @classmethod
+    def of(cls, policy: OptimizationPolicySpec, traffic: Traffic) -> Objectives:
+        """An OptimizationPolicy's objectives and bounds for a RecModel's traffic: the
+        plan carries the peak (expected x peakFactorPercent), or the policy's floor."""
+        objectives, scaling = policy.objectives, policy.autoscaling
+        peak = traffic.expected_requests_per_second * traffic.peak_factor_percent / 100
+        return cls(
+            p99_target_ms=objectives.p99_latency_target_milliseconds,
+            accuracy_budget_bp=objectives.accuracy_budget_basis_points,
+            required_rps=max(float(peak), float(objectives.throughput_floor_requests_per_second)),
+            candidates_per_request=traffic.candidates_per_request,
+            cost_weight_percent=objectives.cost_weight_percent,
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
+            min_batch_size=scaling.min_batch_size,
+            max_batch_size=scaling.max_batch_size,
+        )
 
 
 @dataclass(frozen=True)
@@ -170,8 +234,23 @@ def plan(variants: list[VariantProfile], pools: list[PoolCapacity], objectives: 
     """Choose a variant per pool and the fewest, cheapest replicas that carry the load.
 
     Pools are filled in order of a score mixing cost per request and latency, weighted
-    by the policy's costWeightPercent; each pool used gets at least minReplicas.
+    by the policy's costWeightPercent; each pool used gets at least minReplicas. Pools
+    profiled with a fallback execution provider are named in the message.
     """
+    decision = _plan(variants, pools, objectives)
+    fallbacks = [p for p in pools if p.fallback_reason]
+    if not fallbacks:
+        return decision
+    notes = "; ".join(
+        f"{p.name} was profiled on a fallback execution provider: {p.fallback_reason}"
+        for p in fallbacks
+    )
+    return replace(decision, message=f"{decision.message}; {notes}")
+
+
+def _plan(
+    variants: list[VariantProfile], pools: list[PoolCapacity], objectives: Objectives
+) -> Plan:
     choices = {p.name: pool_choice(variants, p, objectives) for p in pools}
     usable = [(p, o) for p in pools if (o := choices[p.name]) is not None and _limit(p, objectives)]
     if not usable:

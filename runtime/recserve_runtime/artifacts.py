@@ -1,29 +1,91 @@
-"""The variant artifact contract shared by the builder, the profiler and the server.
+"""The artifact contract shared by the builder, the profiler, the server and the operator.
+
+Everything a build or profile Job writes and something else reads is defined here, once:
+the store layout (:class:`StoreLayout`), the variant manifest (:class:`Manifest`), the
+build report (:class:`BuildReport`) and the per-pool profile report
+(:class:`ProfileReport`). Writers and readers both go through these types. The module
+is pure pydantic (no torch, no onnxruntime, no server), so the operator imports it too.
 
 A variant is a folder named by the first 16 hex digits of its ONNX file's sha256
 (content-addressed), holding ``model.onnx`` and ``manifest.json``::
 
-    <store>/<sha256[:16]>/model.onnx
-    <store>/<sha256[:16]>/manifest.json
+    <variants>/<sha256[:16]>/model.onnx
+    <variants>/<sha256[:16]>/manifest.json
 
 The manifest is written last, so a folder without one is an unfinished build and is
 never loaded. Stores are local paths or any fsspec URI.
+
+The operator's artifact store holds one build per RecModel and content hash::
+
+    <store>/<namespace>/<model>/<contentHash>/report.json          BuildReport (last)
+    <store>/<namespace>/<model>/<contentHash>/variants/<key>/      variant folders
+    <store>/<namespace>/<model>/<contentHash>/profile-<pool>.json  ProfileReport per pool
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, Generic, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
+REPORT_FILE = "report.json"
+VARIANTS_DIR = "variants"
 SCHEMA_VERSION = 1
+# Hex digits of a model file's sha256 that name its variant folder.
+VARIANT_KEY_LENGTH = 16
+# The p99 latency target of one ranking request when nobody sets one: the
+# OptimizationPolicy's default, and that of the runtime's command lines.
+P99_TARGET_MS_DEFAULT = 25
+
+P = TypeVar("P", bound=PurePath)
+
+
+def variant_key(sha256: str) -> str:
+    """The folder name of a variant whose model file has this sha256."""
+    return sha256[:VARIANT_KEY_LENGTH]
+
+
+@dataclass(frozen=True)
+class StoreLayout(Generic[P]):
+    """Every path of one build in the artifact store (see the module docstring).
+
+    Generic in the path type: the operator uses a local :class:`~pathlib.Path` to read
+    what Jobs wrote, and a :class:`~pathlib.PurePosixPath` under the pods' mount point
+    to tell Jobs and servers where to write and read.
+    """
+
+    root: P
+
+    @staticmethod
+    def of(store: P, namespace: str, model: str, content_hash: str) -> StoreLayout[P]:
+        """The build of ``model`` (in ``namespace``) at ``content_hash`` under ``store``."""
+        return StoreLayout(store / namespace / model / content_hash)
+
+    @property
+    def variants(self) -> P:
+        """The folder of variant folders (`recserve optimize --out`)."""
+        return self.root / VARIANTS_DIR
+
+    @property
+    def report(self) -> P:
+        """The build report, written last by the build Job (`recserve optimize --json`)."""
+        return self.root / REPORT_FILE
+
+    def variant(self, key: str) -> P:
+        """One variant's folder (``key``: see :func:`variant_key`)."""
+        return self.variants / key
+
+    def profile(self, pool: str) -> P:
+        """The profile report of every variant on one HardwarePool."""
+        return self.root / f"profile-{pool}.json"
 
 
 class _Wire(BaseModel):
@@ -100,6 +162,99 @@ class Profile(_Wire):
     points: list[ProfilePoint] = Field(default_factory=list)
 
 
+def _write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to a hidden temp file beside ``path``, then rename it into place:
+    readers see either no file or the whole file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+class _Report(_Wire):
+    """A JSON report file: read and written whole, through its type."""
+
+    @classmethod
+    def read(cls, path: Path) -> Self:
+        """Parse the file (pydantic ``ValidationError`` names the bad field)."""
+        return cls.model_validate_json(path.read_text())
+
+    def write(self, path: Path) -> Path:
+        """Write the file atomically (its presence means it is complete)."""
+        return _write_atomic(path, self.model_dump_json(by_alias=True, indent=2))
+
+
+class ProfiledVariant(Profile):
+    """One variant's profile in a :class:`ProfileReport`."""
+
+    name: str = Field(description="Variant name (the manifest's).")
+
+
+class ProfileReport(_Report):
+    """``profile-<pool>.json``: `recserve profile` over every variant of a build, on one
+    pool's node (written by the pool's profile Job, read by the operator)."""
+
+    hardware: str
+    execution_provider: str | None = Field(
+        default=None, description="onnxruntime provider used (the last variant's)."
+    )
+    fallback_reason: str | None = Field(
+        default=None, description="Why the hardware's wanted provider was not used, if so."
+    )
+    threads: int = 0
+    variants: dict[str, ProfiledVariant] = Field(
+        default_factory=dict, description="Profile per variant folder name."
+    )
+
+
+class BuiltVariant(_Wire):
+    """One variant's row in the build report."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    location: str
+    recipe: Recipe
+    size_bytes: int
+    metrics: dict[str, float] = Field(default_factory=dict)
+    accepted: bool
+    pareto: bool
+    profile: Profile | None = None
+    p99_us_at_slo_batch: float | None = None
+
+
+class SkippedVariant(_Wire):
+    """A variant the build could not make, and why."""
+
+    name: str
+    reason: str
+
+
+class BuildReport(_Report):
+    """``report.json``: the outcome of `recserve optimize` (written last by the build Job,
+    so its presence means the build finished; read by the operator).
+
+    Fields beyond these are kept (``extra="allow"``): the report also carries free-form
+    facts for people (student search, options), which readers do not depend on.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    model: dict[str, Any] = Field(default_factory=dict, description="Source model facts.")
+    hardware: str
+    threads: int
+    teacher: dict[str, Any] = Field(default_factory=dict)
+    policy: dict[str, Any] = Field(default_factory=dict)
+    variants: list[BuiltVariant] = Field(default_factory=list)
+    pareto_front: list[str] = Field(default_factory=list)
+    selected: str | None = None
+    selection_reason: str = ""
+    student_search: list[dict[str, Any]] = Field(default_factory=list)
+    skipped: list[SkippedVariant] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
 class Manifest(_Wire):
     """manifest.json of one variant."""
 
@@ -118,6 +273,12 @@ class Manifest(_Wire):
         default_factory=dict, description="auc, logLoss, aucDropRelPct ... on held-out data"
     )
     profile: Profile | None = None
+
+    @property
+    def accuracy_drop_basis_points(self) -> int:
+        """Relative AUC drop versus the source model in basis points (never negative);
+        ``metrics.aucDropRelPct`` is in percent."""
+        return max(round(self.metrics.get("aucDropRelPct", 0.0) * 100), 0)
 
 
 class IntegrityError(RuntimeError):
@@ -157,8 +318,5 @@ def verify(variant_dir: Path, manifest: Manifest | None = None) -> Path:
 
 def write_manifest(variant_dir: Path, manifest: Manifest) -> Path:
     """Write manifest.json atomically (temp file + rename): it marks the variant complete."""
-    target = variant_dir / MANIFEST
-    tmp = variant_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest.model_dump(by_alias=True, mode="json"), indent=2))
-    tmp.replace(target)
-    return target
+    text = json.dumps(manifest.model_dump(by_alias=True, mode="json"), indent=2)
+    return _write_atomic(variant_dir / MANIFEST, text)

@@ -4,12 +4,18 @@ Subcommands that need heavy extras (torch, onnxruntime) live in their own module
 listed in ``PLUGINS``: each exposes ``register(subparsers)``, which adds its parser and
 sets ``handler``; it must import its heavy dependencies inside the handler, so that
 `recserve --help` stays fast and works without the extras.
+
+The developer tools (`recserve cluster`, `demo`, `bench`) live in the separate dev kit
+(distribution ``recserve-dev``, package ``recserve_dev``, never in the product's images):
+they are registered from ``recserve_dev.PLUGINS`` when it is installed; otherwise each
+answers with a one-line pointer to install it and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,14 +29,42 @@ Handler = Callable[[argparse.Namespace], int]
 PLUGINS: list[str] = [
     "recserve_runtime.train",
     "recserve_runtime.optimize",
-    "recserve_runtime.bench_variants",
-    "recserve_operator.localcluster.cli",
     "recserve_runtime.profile_cmd",
-    "recserve_operator.demo",
     "recserve_runtime.server.cli",
     "recserve_runtime.router.cli",
-    "recserve_runtime.bench_serving",
 ]
+
+# The dev kit's package, and the subcommands it adds (each with its one-line help).
+DEVKIT = "recserve_dev"
+DEVKIT_COMMANDS: dict[str, str] = {
+    "cluster": "start/stop the local control plane",
+    "demo": "the whole loop on the local control plane",
+    "bench": "benchmarks that print ratios against baselines",
+}
+DEVKIT_MISSING = (
+    "error: `recserve {command}` needs the recserve dev kit, which is not installed: "
+    "run `make install` or `pip install -e ./devkit` in a recserve checkout"
+)
+
+
+def devkit_plugins() -> list[str] | None:
+    """The dev kit's subcommand modules, or None when the dev kit is not installed."""
+    if importlib.util.find_spec(DEVKIT) is None:
+        return None
+    plugins: list[str] = importlib.import_module(DEVKIT).PLUGINS
+    return plugins
+
+
+def _devkit_missing(command: str) -> int:
+    print(DEVKIT_MISSING.format(command=command), file=sys.stderr)
+    return 2
+
+
+def _add_devkit_stubs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Stand-ins for the dev kit's subcommands, so `recserve --help` lists them."""
+    for command, summary in DEVKIT_COMMANDS.items():
+        stub = sub.add_parser(command, help=f"{summary} (needs the dev kit)", add_help=False)
+        stub.set_defaults(handler=lambda args: _devkit_missing(args.command))
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
@@ -122,11 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in PLUGINS:
         importlib.import_module(name).register(sub)
+    dev = devkit_plugins()
+    if dev is None:
+        _add_devkit_stubs(sub)
+    else:
+        for name in dev:
+            importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `recserve` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # A dev-kit command without the dev kit: one line whatever its arguments (--help too).
+    if argv and argv[0] in DEVKIT_COMMANDS and devkit_plugins() is None:
+        return _devkit_missing(argv[0])
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)

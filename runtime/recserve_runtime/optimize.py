@@ -4,6 +4,14 @@ Checks every input before any work (model file, feature spec, dataset, output
 locations), shows progress on the long steps, prints the variant table, writes every
 variant content-addressed to ``--out``, the JSON report to ``--json`` and the Pareto
 plot next to it (``.png``).
+
+What is built follows the compression options (an OptimizationPolicy's
+``spec.compression``, passed by the operator's build Job as these flags): --precisions,
+--[no-]static-quantization, --prune-bp / --no-pruning, --max-students / --no-distillation;
+accuracy is measured on --holdout-bp of each user's latest interactions (the RecModel's
+``spec.evalDataset.holdoutBasisPoints``). ``builder.plan.plan_variants`` is the rule.
+--quick shortens the run: fewer students (3 unless --max-students says otherwise),
+shorter fine-tuning and profiles.
 """
 
 from __future__ import annotations
@@ -15,6 +23,27 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+
+def build_options(args: argparse.Namespace) -> Any:
+    """The validated BuildOptions of the parsed flags; BuildError on bad values."""
+    from recserve_runtime.builder.plan import (
+        BuildOptions,
+        check_holdout,
+        check_max_students,
+        parse_precisions,
+        parse_pruning,
+    )
+
+    return BuildOptions(
+        precisions=parse_precisions(args.precisions),
+        static_quantization=args.static_quantization,
+        pruning_ratios_bp=parse_pruning(args.prune_bp, args.no_pruning),
+        distillation=args.distillation,
+        max_students=check_max_students(args.max_students),
+        quick=args.quick,
+        holdout_bp=check_holdout(args.holdout_bp),
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -36,6 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from recserve_runtime.train import set_threads, stderr_progress
 
     start = time.monotonic()
+    options = build_options(args)
     threads = set_threads(args.threads or cpu_threads())
     json_path = Path(args.json) if args.json else None
     plot_path = (
@@ -46,25 +76,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if path is not None:
             check_writable_file(path)
     try:
-        data = load_dataset(args.dataset)
+        data = load_dataset(args.dataset, holdout_bp=options.holdout_bp)
         if args.max_train_rows and args.max_train_rows < len(data.train):
             data = replace(data, train=data.train.sample(args.max_train_rows, args.seed))
     except DatasetNotFoundError as exc:
         raise BuildError(str(exc)) from exc
     spec_path = Path(args.feature_spec) if args.feature_spec else None
-    source = load_source(args.model, spec_path, args.dataset, args.seed)
+    source = load_source(args.model, spec_path, args.dataset, args.seed, options.holdout_bp)
     check_data(source.spec, data)
     policy = Policy(
         accuracy_budget_basis_points=args.accuracy_budget_bp,
         p99_latency_target_ms=args.p99_target_ms,
         slo_batch_size=args.slo_batch,
-        pruning_ratio_basis_points=args.prune_bp,
     )
     progress = stderr_progress
     with tempfile.TemporaryDirectory(prefix="recserve-build-") as tmp:
-        ctx = BuildContext(source, data, Path(tmp), policy, threads, args.seed, progress)
+        ctx = BuildContext(source, data, Path(tmp), policy, threads, args.seed, progress, options)
         if args.quick:
-            ctx.shapes = [(8, [64]), (16, [256]), (16, [64, 64, 64])]
             ctx.student_epochs = 3
             ctx.finetune_epochs = 2
         if args.student_shape:
@@ -102,6 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "model": facts,
             "hardware": args.hardware,
             "threads": threads,
+            "profileThreads": ctx.profile_threads,
+            "heldOutRows": len(data.test),
             "teacher": {
                 "auc": teacher_auc,
                 "lrAuc": meta.get("lrAuc"),
@@ -111,7 +141,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "accuracyBudgetBasisPoints": policy.accuracy_budget_basis_points,
                 "p99LatencyTargetMs": policy.p99_latency_target_ms,
                 "sloBatchSize": slo,
-                "pruningRatioBasisPoints": policy.pruning_ratio_basis_points,
+                **options.summary(),
             },
             "variants": [variant_row(v, slo) for v in variants],
             "paretoFront": [v.name for v in variants if v.pareto],
@@ -192,10 +222,60 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--p99-target-ms", type=float, default=25.0)
     p.add_argument("--slo-batch", type=int, default=256, choices=[1, 8, 64, 256, 1024])
-    p.add_argument("--prune-bp", type=int, default=5000, help="MLP neurons removed (5000=50%%)")
+    p.add_argument(
+        "--precisions",
+        default="fp32,fp16,int8,int4",
+        help="comma list of precisions to build, from fp32, fp16, int8, int4 (default: all). "
+        "fp32 is the reference every variant is measured against and is always built; "
+        "fp16 applies to the original model; int8 is dynamic INT8 of every model; int4 "
+        "stores embedding tables row-wise in INT4 (MLP in INT8 too when int8 is listed)",
+    )
+    p.add_argument(
+        "--static-quantization",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also build INT8 static QDQ with activations calibrated on training rows "
+        "(needs int8 in --precisions; default: on)",
+    )
+    p.add_argument(
+        "--prune-bp",
+        default=None,
+        metavar="BP[,BP...]",
+        help="structured pruning ratios, basis points of MLP neurons removed (5000 = 50%%; "
+        "each 100..9500); every ratio gives its own pruned variants of the original and "
+        "of the student (default: 5000)",
+    )
+    p.add_argument(
+        "--no-pruning", action="store_true", help="build no pruned variant (not with --prune-bp)"
+    )
+    p.add_argument(
+        "--max-students",
+        type=int,
+        default=None,
+        help="student shapes the distillation search tries, 1..16 (default: 6; 3 with "
+        "--quick; an explicit value wins over --quick and cuts --student-shape lists)",
+    )
+    p.add_argument(
+        "--distillation",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="search and build distilled students (--no-distillation: none; default: on)",
+    )
+    p.add_argument(
+        "--holdout-bp",
+        type=int,
+        default=2000,
+        help="share of each user's latest interactions held out for evaluation, basis "
+        "points, 100..5000 (default 2000 = 20%%); the demo teacher is trained without them",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="default: CPUs available")
-    p.add_argument("--quick", action="store_true", help="fewer students, shorter profiles")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="shorter run: 3 student shapes unless --max-students is given, shorter "
+        "fine-tuning and profiles",
+    )
     p.add_argument(
         "--student-shape",
         action="append",

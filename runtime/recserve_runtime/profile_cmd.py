@@ -7,14 +7,22 @@ pool's numbers come from its own hardware and execution provider.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from recserve_runtime.threads import SERVER_INTRA_OP_THREADS
+
 
 def _handler(args: argparse.Namespace) -> int:
-    from recserve_runtime.artifacts import IntegrityError, load_manifest, verify
+    from recserve_runtime.artifacts import (
+        MANIFEST,
+        IntegrityError,
+        ProfiledVariant,
+        ProfileReport,
+        load_manifest,
+        verify,
+    )
     from recserve_runtime.profiler import profile
 
     root = Path(args.variants)
@@ -22,10 +30,10 @@ def _handler(args: argparse.Namespace) -> int:
         print(f"error: {root} is not a folder of variants", file=sys.stderr)
         return 2
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    results: dict[str, Any] = {}
+    results: dict[str, ProfiledVariant] = {}
     provider = reason = None
-    threads = 0
-    dirs = sorted(d for d in root.iterdir() if (d / "manifest.json").exists())
+    threads = args.threads
+    dirs = sorted(d for d in root.iterdir() if (d / MANIFEST).exists())
     if not dirs:
         print(f"error: no variant (folder with manifest.json) in {root}", file=sys.stderr)
         return 2
@@ -38,25 +46,24 @@ def _handler(args: argparse.Namespace) -> int:
             return 1
         print(f"[{n}/{len(dirs)}] profiling {manifest.name} on {args.hardware}", flush=True)
         prof = profile(
-            path, manifest.feature_spec, args.hardware, batch_sizes, seconds=args.seconds
+            path,
+            manifest.feature_spec,
+            args.hardware,
+            batch_sizes,
+            threads=args.threads,
+            seconds=args.seconds,
         )
         provider, reason, threads = prof.execution_provider, prof.fallback_reason, prof.threads
-        results[folder.name] = {
-            "name": manifest.name,
-            **prof.model_dump(by_alias=True, mode="json"),
-        }
-    report = {
-        "hardware": args.hardware,
-        "executionProvider": provider,
-        "fallbackReason": reason,
-        "threads": threads,
-        "variants": results,
-    }
+        results[folder.name] = ProfiledVariant(name=manifest.name, **prof.model_dump())
+    report = ProfileReport(
+        hardware=args.hardware,
+        execution_provider=provider,
+        fallback_reason=reason,
+        threads=threads,
+        variants=results,
+    )
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out)  # written last and atomically: its presence means the profile is done
+    report.write(out)  # written last and atomically: its presence means the profile is done
     print(f"wrote {out}")
     return 0
 
@@ -75,4 +82,12 @@ def register(sub: Any) -> None:
     p.add_argument("--json", required=True, help="report file to write")
     p.add_argument("--batch-sizes", default="1,8,64,256,1024", help="comma-separated")
     p.add_argument("--seconds", type=float, default=0.3, help="timed seconds per batch size")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=SERVER_INTRA_OP_THREADS,
+        help="onnxruntime intra-op threads per call (default: what a server replica uses, "
+        f"{SERVER_INTRA_OP_THREADS}, so the profile is one replica's capacity; recorded in "
+        "the report as `threads`)",
+    )
     p.set_defaults(handler=_handler)

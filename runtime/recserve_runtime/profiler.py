@@ -2,7 +2,8 @@
 
 The execution provider follows the hardware type (cpu: CPU; gpu: TensorRT, then CUDA;
 fpga: Vitis AI); when the wanted one is not available the CPU provider is used and the
-profile says so in ``fallbackReason``. Threads default to the CPUs this process may use.
+profile says so in ``fallbackReason``. Threads default to SERVER_INTRA_OP_THREADS, what
+one server replica runs each call with, so a profile is one replica's capacity.
 Each point: warm-up, then timed calls until both ``min_calls`` and ``seconds`` are
 reached; p50/p99 of the per-call latency, throughput = samples / total timed seconds.
 """
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from recserve_runtime.artifacts import FeatureSpec, Profile, ProfilePoint
+from recserve_runtime.threads import SERVER_INTRA_OP_THREADS
 
 BATCH_SIZES = (1, 8, 64, 256, 1024)
 WANTED = {
@@ -112,11 +114,11 @@ def profile(
     spec: FeatureSpec,
     hardware: str = "cpu",
     batch_sizes: tuple[int, ...] = BATCH_SIZES,
-    threads: int | None = None,
+    threads: int = SERVER_INTRA_OP_THREADS,
     seconds: float = 0.5,
 ) -> Profile:
-    """Latency and throughput of one variant at each batch size."""
-    threads = threads or cpu_threads()
+    """Latency and throughput of one variant at each batch size, on ``threads``
+    onnxruntime threads (default: the server's)."""
     provider, reason = choose_provider(hardware)
     sess = make_session(path, threads, provider)
     points = [profile_batch(path, spec, b, threads, seconds, sess) for b in batch_sizes]

@@ -181,14 +181,16 @@ def train_teacher(
     arch: str = "dlrm",
     seed: int = 0,
     progress: Progress | None = stderr_progress,
+    holdout_bp: int = 2000,
 ) -> tuple[RecNet, dict[str, Any]]:
-    """Train the demo teacher; returns (model, metrics incl. the LR baseline)."""
+    """Train the demo teacher on the split that holds out ``holdout_bp`` of each user's
+    latest interactions; returns (model, metrics incl. the LR baseline)."""
     import torch
 
     from recserve_runtime.data import load_dataset
     from recserve_runtime.zoo.models import build_model
 
-    data = load_dataset(dataset)
+    data = load_dataset(dataset, holdout_bp=holdout_bp)
     torch.manual_seed(seed)
     model = build_model(demo_config(arch, data.vocab_sizes, data.n_dense))
     start = time.monotonic()
@@ -207,11 +209,15 @@ def train_teacher(
     return model, metrics
 
 
-def demo_path(dataset: str = "movielens-100k", arch: str = "dlrm", seed: int = 0) -> Path:
-    """Where the cached demo teacher lives."""
+def demo_path(
+    dataset: str = "movielens-100k", arch: str = "dlrm", seed: int = 0, holdout_bp: int = 2000
+) -> Path:
+    """Where the cached demo teacher lives (one per held-out share: a teacher must not
+    have trained on the rows it is evaluated on)."""
     from recserve_runtime.zoo.checkpoint import models_dir
 
-    return models_dir() / f"{dataset}-{arch}-seed{seed}.pt"
+    held = "" if holdout_bp == 2000 else f"-holdout{holdout_bp}"
+    return models_dir() / f"{dataset}-{arch}-seed{seed}{held}.pt"
 
 
 def ensure_teacher(
@@ -220,15 +226,16 @@ def ensure_teacher(
     seed: int = 0,
     retrain: bool = False,
     progress: Progress | None = stderr_progress,
+    holdout_bp: int = 2000,
 ) -> Path:
     """The cached teacher's path, training it first when missing."""
     from recserve_runtime.data import load_dataset
     from recserve_runtime.zoo.checkpoint import save_checkpoint
 
-    path = demo_path(dataset, arch, seed)
+    path = demo_path(dataset, arch, seed, holdout_bp)
     if path.exists() and not retrain:
         return path
-    model, metrics = train_teacher(dataset, arch, seed, progress)
+    model, metrics = train_teacher(dataset, arch, seed, progress, holdout_bp)
     if metrics["auc"] <= metrics["lrAuc"]:
         print(
             f"warning: teacher AUC {metrics['auc']:.4f} does not beat logistic regression "
@@ -236,7 +243,8 @@ def ensure_teacher(
             file=sys.stderr,
         )
     spec = load_dataset(dataset).spec
-    save_checkpoint(path, model, spec, {"dataset": dataset, "arch": arch, "metrics": metrics})
+    meta = {"dataset": dataset, "arch": arch, "holdoutBasisPoints": holdout_bp, "metrics": metrics}
+    save_checkpoint(path, model, spec, meta)
     return path
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from kubernetes import client
 
+from recserve_dev.localcluster.scale import SCALE_LABEL, _node
 from recserve_operator.children import content_hash
-from recserve_operator.localcluster.scale import SCALE_LABEL, _node
 from tests.manifests import example
 
 pytestmark = pytest.mark.bench
@@ -32,7 +32,7 @@ MODELS, NODES = 200, 1000
 
 
 def _prepare_variant(root: Path) -> tuple[Path, dict[str, Any]]:
-    from recserve_runtime.server.testmodel import write_variant
+    from recserve_dev.testmodel import write_variant
 
     variants = root / "template" / "variants"
     folder = write_variant(variants)

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from recserve_operator.localcluster.access import (
+from recserve_dev.localcluster.access import (
     api_client,
     assert_test_cluster,
     service_account_kubeconfig,
 )
-from recserve_operator.localcluster.cluster import ClusterError
+from recserve_dev.localcluster.cluster import ClusterError
 
 
 def test_service_account_kubeconfig_is_bound_by_rbac(

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
+import yaml
 from kubernetes import client
 
 from tests.helpers import helm
 from tests.manifests import REPO
 
 CHART = REPO / "charts" / "recserve"
+DRY_RUN_LINE = re.compile(
+    r"^(?P<kind>[a-z0-9]+)(?:\.[a-z0-9.-]+)?/(?P<name>\S+) (?P<action>\w+) \(server dry run\)$"
+)
 
 
 def test_chart_lints(local_cluster: Any) -> None:
@@ -23,8 +28,22 @@ def test_rendered_chart_passes_server_side_dry_run(local_cluster: Any, namespace
     out = local_cluster.kubectl(
         "apply", "--dry-run=server", "-n", namespace, "-f", "-", input_text=rendered
     )
+    # kubectl prints one line per object: `deployment.apps/NAME created (server dry run)`
+    applied: dict[tuple[str, str], str] = {}
+    for line in out.splitlines():
+        match = DRY_RUN_LINE.match(line.strip())
+        assert match, f"unexpected kubectl output line {line!r} in:\n{out}"
+        applied[(match["kind"], match["name"])] = match["action"]
+    rendered_objects = {
+        (doc["kind"].lower(), doc["metadata"]["name"])
+        for doc in yaml.safe_load_all(rendered)
+        if doc
+    }
+    assert set(applied) == rendered_objects, out
+    kinds = {kind for kind, _ in applied}
     for kind in ("serviceaccount", "clusterrole", "clusterrolebinding", "deployment"):
-        assert f"{kind}.", out
+        assert kind in kinds, f"no {kind} accepted by the API server:\n{out}"
+    assert set(applied.values()) <= {"created", "configured", "unchanged"}, out
 
 
 def test_helm_install_creates_the_operator_objects(
@@ -56,8 +75,6 @@ def test_documented_crd_upgrade_replaces_an_older_schema(
 ) -> None:
     """Helm never upgrades crds/: the README's explicit step must replace an older schema
     installed by another manager (helm install uses plain create/update)."""
-    import yaml
-
     current = REPO / "crds" / "recserve.io_recmodels.yaml"
     older = yaml.safe_load(current.read_text())
     status = older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]

@@ -130,7 +130,7 @@ def recserve_serve_deployment(name: str, variant: Path) -> dict[str, Any]:
 def test_recserve_serve_deployment_is_ready_answers_and_is_scraped(
     k8s: client.ApiClient, local_cluster: Any, namespace: str, tmp_path: Path
 ) -> None:
-    from recserve_runtime.server.testmodel import write_variant
+    from recserve_dev.testmodel import write_variant
 
     variant = write_variant(tmp_path / "store")
     client.AppsV1Api(k8s).create_namespaced_deployment(

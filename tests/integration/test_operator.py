@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from recserve_operator.localcluster.cluster import ClusterError
-from tests.helpers import eventually, helm
+from recserve_dev.localcluster.cluster import ClusterError
+from tests.helpers import OPERATOR_PODS, eventually, helm, pod_log, restart_operator
 from tests.manifests import REPO, example
 
 CHART = REPO / "charts" / "recserve"
@@ -150,15 +151,64 @@ def test_missing_reference_then_failed_build_are_reported_without_duplicates(
             lambda: (r := ready_reason()) and r.startswith("BuildFailed") and r, timeout=180
         )
         assert "build Job movielens-dlrm-build-" in reason
+        batch = client.BatchV1Api(k8s)
+        (job_before,) = batch.list_namespaced_job(namespace).items
+
         # restart the operator: it resumes from the cluster's state, creating nothing twice
         core = client.CoreV1Api(k8s)
-        for pod in core.list_namespaced_pod(operator["namespace"]).items:
-            core.delete_namespaced_pod(pod.metadata.name, operator["namespace"])
-        eventually(lambda: ready_reason() is not None, timeout=30)
-        jobs = client.BatchV1Api(k8s).list_namespaced_job(namespace).items
-        assert len(jobs) == 1
+        new_pod = restart_operator(core, operator["namespace"])
+        # the old operator is gone: only the new one can act on a change made now. Traffic
+        # is not part of the build's content hash: re-reconciled, not rebuilt.
+        edited = api.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "recmodels", "movielens-dlrm",
+            {"spec": {"traffic": {"expectedRequestsPerSecond": 201}}},
+        )  # fmt: skip
+        generation = edited["metadata"]["generation"]
+        edited_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+        def observed() -> dict[str, Any] | None:
+            obj = api.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "recmodels", "movielens-dlrm"
+            )
+            cond = _condition(obj, "Ready")
+            current = cond and cond["observedGeneration"] == generation
+            return cond if current and obj["status"]["observedGeneration"] == generation else None
+
+        cond = eventually(
+            observed,
+            timeout=60,
+            what=f"the new operator observing generation {generation}",
+            state=lambda: api.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "recmodels", "movielens-dlrm"
+            ).get("status"),
+        )
+        assert cond["reason"] == "BuildFailed", cond
+        jobs = batch.list_namespaced_job(namespace).items
+        assert [j.metadata.uid for j in jobs] == [job_before.metadata.uid], "no second build Job"
         assert jobs[0].metadata.owner_references[0].name == "movielens-dlrm"
-        events = core.list_namespaced_event(namespace, field_selector="reason=BuildFailed").items
-        assert events, "a Warning Event explains the failure"
+
+        def new_build_failed_events() -> list[Any]:
+            events = core.list_namespaced_event(namespace, field_selector="reason=BuildFailed")
+            return [
+                e
+                for e in events.items
+                if (e.last_timestamp or e.event_time or e.first_timestamp) >= edited_at
+            ]
+
+        eventually(
+            new_build_failed_events,
+            timeout=30,
+            what="a BuildFailed Warning Event posted after the restart",
+        )
+        # and the new pod's own output says it handled the edit
+        handled = f"[{namespace}/movielens-dlrm] Handler 'recmodel/spec' succeeded"
+        eventually(
+            lambda: handled in pod_log(local_cluster, new_pod),
+            timeout=30,
+            what=f"{handled!r} in the log of the new operator pod {new_pod.metadata.name}",
+            state=lambda: pod_log(local_cluster, new_pod)[-2000:],
+        )
+        pods = core.list_namespaced_pod(operator["namespace"], label_selector=OPERATOR_PODS)
+        assert [p.metadata.uid for p in pods.items] == [new_pod.metadata.uid]
     finally:
         api.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", "cpu-only")

@@ -1,7 +1,7 @@
 """`recserve serve` as a real process on 127.0.0.1, driven by real clients.
 
 No Kubernetes needed. Each server picks a free port; the model is the synthetic DLRM
-fixture (``recserve_runtime.server.testmodel``) in the real artifact format.
+fixture (``recserve_dev.testmodel``) in the real artifact format.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import onnxruntime as ort
 import orjson
 import pytest
 
+from recserve_dev import testmodel as tm
+from recserve_dev.loadgen import Target, closed_loop, open_loop
+from recserve_dev.servertesting import Running, http, run_server
 from recserve_runtime import artifacts
-from recserve_runtime.loadgen import Target, closed_loop, open_loop
-from recserve_runtime.server import testmodel as tm
-from recserve_runtime.server.testing import Running, http, run_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

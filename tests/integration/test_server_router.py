@@ -13,10 +13,10 @@ import numpy as np
 import orjson
 import pytest
 
+from recserve_dev import testmodel as tm
+from recserve_dev.loadgen import Target, open_loop
+from recserve_dev.servertesting import Running, http, run_router, run_server
 from recserve_runtime import artifacts
-from recserve_runtime.loadgen import Target, open_loop
-from recserve_runtime.server import testmodel as tm
-from recserve_runtime.server.testing import Running, http, run_router, run_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -135,7 +135,7 @@ def test_router_forwards_oip_binary_infer(variant: Path, tmp_path: Path) -> None
 
 
 def test_router_without_healthy_backends_is_not_ready(tmp_path: Path) -> None:
-    from recserve_runtime.server.testing import free_port
+    from recserve_dev.servertesting import free_port
 
     nobody = f"127.0.0.1:{free_port()}"
     with run_router([nobody], tmp_path, "--health-interval-s", "0.2", wait_ready=False) as router:

@@ -8,17 +8,28 @@ from typing import Any
 import pytest
 
 from recserve_operator import children
+from recserve_operator.api import HardwarePool, OptimizationPolicy, RecModel
 from recserve_operator.config import ArtifactStore, OperatorConfig
-from recserve_operator.reconcilers.hardwarepool import pool_status
 from tests.manifests import example
 
 pytestmark = pytest.mark.unit
 
 
-def model() -> dict[str, Any]:
+def model(**spec: Any) -> RecModel:
     doc = example("movielens-dlrm")
     doc["metadata"].update(uid="1234", namespace="ns1")
-    return doc
+    doc["spec"].update(spec)
+    return RecModel.model_validate(doc)
+
+
+def pool(name: str) -> HardwarePool:
+    return HardwarePool.model_validate(example(name))
+
+
+def policy(**compression: Any) -> OptimizationPolicy:
+    doc = example("latency-first")
+    doc["spec"]["compression"].update(compression)
+    return OptimizationPolicy.model_validate(doc)
 
 
 CONFIG = OperatorConfig(store=ArtifactStore.from_uri("/tmp/store"))
@@ -32,18 +43,96 @@ def test_names_are_deterministic_dns_labels() -> None:
 
 
 def test_content_hash_ignores_traffic_but_not_compression() -> None:
-    spec = model()["spec"]
-    base = children.content_hash(spec, {"precisions": ["int8"]})
-    spec2 = {**spec, "traffic": {"expectedRequestsPerSecond": 1}}
-    assert children.content_hash(spec2, {"precisions": ["int8"]}) == base
-    assert children.content_hash(spec, {"precisions": ["fp32"]}) != base
-    spec3 = {**spec, "source": {"uri": "s3://other", "format": "torchscript"}}
-    assert children.content_hash(spec3, {"precisions": ["int8"]}) != base
+    spec = model().spec
+    base = children.content_hash(spec, policy(precisions=["int8"]).spec.compression)
+    busier = model(traffic={"expectedRequestsPerSecond": 1}).spec
+    assert children.content_hash(busier, policy(precisions=["int8"]).spec.compression) == base
+    assert children.content_hash(spec, policy(precisions=["fp32"]).spec.compression) != base
+    other = model(source={"uri": "s3://other", "format": "torchscript"}).spec
+    assert children.content_hash(other, policy(precisions=["int8"]).spec.compression) != base
+
+
+def test_content_hash_is_that_of_the_wire_form_the_api_server_holds() -> None:
+    """Stable across the move to typed objects: the same camelCase dict, defaults filled."""
+    import hashlib
+    import json
+
+    spec = model().spec
+    compression = policy().spec.compression
+    held = {
+        "source": {"uri": "demo", "format": "demo"},
+        "architecture": "dlrm",
+        "evalDataset": {"name": "movielens-100k", "holdoutBasisPoints": 2000},
+        "compression": {
+            "precisions": ["fp32", "fp16", "int8", "int4"],
+            "staticQuantization": True,
+            "pruningRatiosBasisPoints": [3000, 5000],
+            "distillation": {"enabled": True, "maxStudents": 4},
+        },
+    }
+    expected = hashlib.sha256(json.dumps(held, sort_keys=True).encode()).hexdigest()[:16]
+    assert children.content_hash(spec, compression) == expected
+
+
+def build_args(m: RecModel | None = None, p: OptimizationPolicy | None = None) -> list[str]:
+    job = children.build_job(m or model(), "abcdef0123456789", p or policy(), CONFIG)
+    args: list[str] = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def test_build_job_passes_the_precisions() -> None:
+    assert "--precisions=fp32,fp16,int8,int4" in build_args()
+    assert "--precisions=fp32,int8" in build_args(p=policy(precisions=["fp32", "int8"]))
+
+
+def test_build_job_passes_static_quantization() -> None:
+    assert "--static-quantization" in build_args()
+    args = build_args(p=policy(staticQuantization=False))
+    assert "--no-static-quantization" in args and "--static-quantization" not in args
+
+
+def test_build_job_passes_every_pruning_ratio_or_none() -> None:
+    assert "--prune-bp=3000,5000" in build_args()
+    assert "--prune-bp=7000" in build_args(p=policy(pruningRatiosBasisPoints=[7000]))
+    args = build_args(p=policy(pruningRatiosBasisPoints=[]))
+    assert "--no-pruning" in args and not any(a.startswith("--prune-bp") for a in args)
+
+
+def test_build_job_passes_the_student_count() -> None:
+    assert "--max-students=4" in build_args()
+    assert "--max-students=2" in build_args(
+        p=policy(distillation={"enabled": True, "maxStudents": 2})
+    )
+
+
+def test_build_job_passes_distillation_off() -> None:
+    assert "--no-distillation" not in build_args()
+    assert "--no-distillation" in build_args(
+        p=policy(distillation={"enabled": False, "maxStudents": 4})
+    )
+
+
+def test_build_job_passes_the_holdout_share() -> None:
+    assert "--holdout-bp=2000" in build_args()
+    held_out = model(evalDataset={"name": "movielens-100k", "holdoutBasisPoints": 3000})
+    assert "--holdout-bp=3000" in build_args(m=held_out)
+
+
+def test_build_job_writes_into_the_store_layout_and_lets_config_flags_win() -> None:
+    config = OperatorConfig(store=ArtifactStore.from_uri("/tmp/store"), optimize_args=("--quick",))
+    job = children.build_job(model(), "abcdef0123456789", policy(), config)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--out=/artifacts/ns1/movielens-dlrm/abcdef0123456789/variants" in args
+    assert "--json=/artifacts/ns1/movielens-dlrm/abcdef0123456789/report.json" in args
+    assert "--p99-target-ms=25" in args and "--accuracy-budget-bp=100" in args
+    assert args[-1] == "--quick"
+    assert job["metadata"]["name"] == "movielens-dlrm-build-abcdef01"
 
 
 def test_server_pods_are_restricted_pinned_probed_and_scraped() -> None:
-    pool = example("gpu-pool")
-    dep = children.server_deployment(model(), pool, "/artifacts/x", "int8", 3, 256, 25, CONFIG)
+    dep = children.server_deployment(
+        model(), pool("gpu-pool"), "/artifacts/x", "int8", 3, 256, 25, CONFIG
+    )
     assert dep["metadata"]["ownerReferences"][0]["uid"] == "1234"
     assert dep["spec"]["replicas"] == 3
     pod = dep["spec"]["template"]["spec"]
@@ -65,12 +154,16 @@ def test_server_pods_are_restricted_pinned_probed_and_scraped() -> None:
 
 
 def test_profile_job_runs_on_the_pool_it_profiles() -> None:
-    job = children.profile_job(model(), "abcdef0123456789", example("fpga-pool"), CONFIG)
+    job = children.profile_job(model(), "abcdef0123456789", pool("fpga-pool"), CONFIG)
     pod = job["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"recserve.io/hardware": "fpga"}
     assert pod["containers"][0]["resources"]["limits"]["xilinx.com/fpga"] == "1"
     assert "--hardware=fpga" in pod["containers"][0]["args"]
     assert job["metadata"]["name"] == "movielens-dlrm-profile-fpga-pool-abcdef01"
+    assert (
+        "--json=/artifacts/ns1/movielens-dlrm/abcdef0123456789/profile-fpga-pool.json"
+        in pod["containers"][0]["args"]
+    )
 
 
 def test_local_store_is_a_host_path_and_pvc_store_a_claim(tmp_path: Path) -> None:
@@ -80,47 +173,3 @@ def test_local_store_is_a_host_path_and_pvc_store_a_claim(tmp_path: Path) -> Non
     pvc = ArtifactStore.from_uri("pvc://recserve-artifacts/")
     assert pvc.volume["persistentVolumeClaim"]["claimName"] == "recserve-artifacts"
     assert pvc.pod_path("ns", "m") == "/artifacts/ns/m"
-
-
-def _node(name: str, hw: str, ready: bool, gpus: int) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "labels": {"recserve.io/hardware": hw}},
-        "status": {
-            "allocatable": {"nvidia.com/gpu": str(gpus), "cpu": "4"},
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-        },
-    }
-
-
-def test_pool_status_counts_nodes_and_accelerators() -> None:
-    pool = example("gpu-pool")
-    pool["metadata"]["generation"] = 2
-    nodes = [_node("a", "gpu", True, 8), _node("b", "gpu", False, 8), _node("c", "cpu", True, 0)]
-    pods = [
-        {
-            "spec": {
-                "nodeName": "a",
-                "containers": [{"resources": {"limits": {"nvidia.com/gpu": "3"}}}],
-            },
-            "status": {"phase": "Running"},
-        },
-        {
-            "spec": {
-                "nodeName": "a",
-                "containers": [{"resources": {"requests": {"nvidia.com/gpu": "1"}}}],
-            },
-            "status": {"phase": "Succeeded"},
-        },
-    ]
-    status = pool_status(pool, nodes, pods)
-    assert (status["nodeCount"], status["readyNodeCount"]) == (2, 1)
-    assert (status["allocatable"], status["used"]) == (8, 3)
-    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    assert ready["status"] == "True" and ready["observedGeneration"] == 2
-
-
-def test_pool_without_nodes_says_so() -> None:
-    status = pool_status(example("fpga-pool"), [_node("a", "gpu", True, 8)], [])
-    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    assert (ready["status"], ready["reason"]) == ("False", "NoMatchingNodes")
-    assert status["nodeCount"] == 0

@@ -49,3 +49,39 @@ def test_validate_accepts_examples_and_rejects_bad_file(tmp_path: object) -> Non
 def test_crds_check_passes_on_the_repository() -> None:
     result = _run("recserve", "crds", "--check")
     assert result.returncode == 0, result.stderr
+
+
+# `recserve` with the dev kit hidden, as in the product's images (sys.modules[name] = None
+# makes its import fail and importlib.util.find_spec answer None).
+_WITHOUT_DEVKIT = (
+    "import sys; sys.modules['recserve_dev'] = None; "
+    "from recserve_runtime.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize(
+    "argv", [["demo"], ["demo", "--help"], ["cluster", "up", "--root", "x"], ["bench", "serving"]]
+)
+def test_devkit_commands_without_devkit_say_how_to_install_it(argv: list[str]) -> None:
+    result = _run(sys.executable, "-c", _WITHOUT_DEVKIT, *argv)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert f"`recserve {argv[0]}` needs the recserve dev kit" in lines[0]
+    assert "pip install -e ./devkit" in lines[0] and "make install" in lines[0]
+
+
+def test_help_without_devkit_lists_its_commands() -> None:
+    result = _run(sys.executable, "-c", _WITHOUT_DEVKIT, "--help")
+    assert result.returncode == 0, result.stderr
+    for command in ("demo", "cluster", "bench", "serve", "optimize"):
+        assert f"    {command} " in result.stdout
+    assert "needs the dev kit" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["demo", "cluster", "bench"])
+def test_devkit_commands_answer_when_installed(command: str) -> None:
+    result = _run("recserve", command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert f"usage: recserve {command}" in result.stdout

@@ -8,8 +8,8 @@ import fsspec
 import numpy as np
 import pytest
 
-from recserve_runtime.server import testmodel as tm
-from recserve_runtime.server.model import ModelLoadError, load, localize
+from recserve_dev import testmodel as tm
+from recserve_runtime.server.model import PROVIDERS, ModelLoadError, load, localize
 
 pytestmark = pytest.mark.unit
 
@@ -32,11 +32,38 @@ def test_fsspec_uri_is_fetched_once_into_the_cache(tmp_path: Path) -> None:
     assert model.fallback_reason is None and model.providers[0] == "CPUExecutionProvider"
 
 
-def test_gpu_hardware_falls_back_to_cpu_with_a_reason(tmp_path: Path) -> None:
+def test_gpu_hardware_falls_back_to_cpu_with_a_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback path, forced: an onnxruntime that offers only the CPU (as on a host
+    without CUDA), whatever this host's onnxruntime really offers."""
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     variant = tm.write_variant(tmp_path, SPEC, keep_weights=False)
     model = load(str(variant), hardware="gpu")
-    assert model.providers[0] == "CPUExecutionProvider"
-    assert model.fallback_reason is not None and "CUDA" in model.fallback_reason
+    assert model.providers == ["CPUExecutionProvider"]
+    assert model.fallback_reason is not None
+    assert "CUDAExecutionProvider" in model.fallback_reason
+    assert "has CPUExecutionProvider" in model.fallback_reason
+
+
+def test_gpu_hardware_uses_what_this_onnxruntime_offers(tmp_path: Path) -> None:
+    """Unpatched: on a CUDA host the session runs on a GPU provider with no fallback; on
+    any other host it falls back to the CPU and says why. Correct on both."""
+    import onnxruntime
+
+    offered = [p for p in PROVIDERS["gpu"] if p in onnxruntime.get_available_providers()]
+    variant = tm.write_variant(tmp_path, SPEC, keep_weights=False)
+    model = load(str(variant), hardware="gpu")
+    sparse, dense = tm.random_batch(SPEC, 2)
+    assert model.run(sparse, dense).shape == (2,)
+    if offered:
+        assert model.fallback_reason is None, model.fallback_reason
+        assert model.providers[0] in offered, f"offered {offered}, session got {model.providers}"
+    else:
+        assert model.providers == ["CPUExecutionProvider"]
+        assert model.fallback_reason is not None and "CUDA" in model.fallback_reason
 
 
 def test_bit_flip_is_refused_before_load(tmp_path: Path) -> None:

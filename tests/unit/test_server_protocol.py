@@ -9,8 +9,8 @@ import numpy as np
 import orjson
 import pytest
 
+from recserve_dev import testmodel as tm
 from recserve_runtime import artifacts
-from recserve_runtime.server import testmodel as tm
 from recserve_runtime.server.protocol import BadInput, Validator
 
 pytestmark = pytest.mark.unit

@@ -5,6 +5,7 @@ these types by :mod:`recserve_operator.api.crdgen`.
 """
 
 from recserve_operator.api.common import (
+    API_VERSION,
     GROUP,
     VERSION,
     Condition,
@@ -24,6 +25,7 @@ from recserve_operator.api.recmodel import RecModel, RecModelSpec, RecModelStatu
 from recserve_operator.api.registry import KINDS, CrdKind, kind_for
 
 __all__ = [
+    "API_VERSION",
     "GROUP",
     "KINDS",
     "VERSION",
@@ -51,8 +53,9 @@ __all__ = [
 from recserve_operator.api.validation import (
     FieldError,
     ManifestError,
+    parse_object,
     validate_files,
     validate_manifest,
 )
 
-__all__ += ["FieldError", "ManifestError", "validate_files", "validate_manifest"]
+__all__ += ["FieldError", "ManifestError", "parse_object", "validate_files", "validate_manifest"]

@@ -149,6 +149,23 @@ class Resource(ApiModel):
     kind: str = Field(description="Kind of the object.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
 
+    @property
+    def name(self) -> str:
+        """metadata.name."""
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def namespace(self) -> str | None:
+        """metadata.namespace (None for cluster-scoped kinds)."""
+        value = self.metadata.get("namespace")
+        return None if value is None else str(value)
+
+    @property
+    def generation(self) -> int | None:
+        """metadata.generation (None before the API server has stored the object)."""
+        value = self.metadata.get("generation")
+        return None if value is None else int(value)
+
     @field_validator("api_version")
     @classmethod
     def _known_api_version(cls, value: str) -> str:

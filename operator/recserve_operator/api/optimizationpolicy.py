@@ -16,6 +16,7 @@ from recserve_operator.api.common import (
     conditions_field,
     nested,
 )
+from recserve_runtime.artifacts import P99_TARGET_MS_DEFAULT
 
 # A structured-pruning ratio in basis points: 1% .. 95% of MLP neurons removed.
 PruningRatio = Annotated[int, Strict(), Field(ge=100, le=9500)]
@@ -33,7 +34,7 @@ class Objectives(ApiModel):
     """What the placement must achieve."""
 
     p99_latency_target_milliseconds: Int = Field(
-        default=25,
+        default=P99_TARGET_MS_DEFAULT,
         ge=1,
         le=60000,
         description="p99 end-to-end latency of one ranking request that replicas must meet.",
@@ -64,12 +65,17 @@ class Objectives(ApiModel):
 class Distillation(ApiModel):
     """Knowledge distillation into smaller student models."""
 
-    enabled: bool = Field(default=True, description="Train distilled students.")
+    enabled: bool = Field(
+        default=True,
+        description="Search and build distilled students (false: no student variants, "
+        "`recserve optimize --no-distillation`).",
+    )
     max_students: Int = Field(
         default=4,
         ge=1,
         le=16,
-        description="Student shapes tried by the hardware-aware search.",
+        description="Student shapes the hardware-aware search tries, taken in order from "
+        "the builder's built-in list (`recserve optimize --max-students`).",
     )
 
 
@@ -80,18 +86,25 @@ class Compression(ApiModel):
         default_factory=lambda: [Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT4],
         min_length=1,
         max_length=4,
-        description="Precisions to build (int4 applies to embedding tables, row-wise).",
+        description="Precisions to build variants in (`recserve optimize --precisions`). "
+        "fp32 is the reference every variant's accuracy drop is measured against and is "
+        "always built, listed or not. fp16 applies to the original model; int8 is dynamic "
+        "INT8 of every model built (original, pruned, student); int4 stores embedding "
+        "tables row-wise in INT4 (with the MLP in INT8 too when int8 is listed).",
         json_schema_extra={"default": ["fp32", "fp16", "int8", "int4"]},
     )
     static_quantization: bool = Field(
         default=True,
-        description="Also build INT8 with static QDQ calibrated on training data.",
+        description="Also build INT8 with static QDQ calibrated on training data (needs "
+        "int8 in precisions; `recserve optimize --[no-]static-quantization`).",
     )
     pruning_ratios_basis_points: list[PruningRatio] = Field(
         default_factory=lambda: [5000],
         max_length=8,
-        description="Structured pruning ratios of MLP neurons to try (5000 = 50%); empty: "
-        "no pruning.",
+        description="Structured pruning ratios of MLP neurons to try (5000 = 50%). Each "
+        "ratio gives its own fine-tuned pruned variants of the original model and of the "
+        "distilled student, in the int8/int4 precisions listed; empty: no pruning "
+        "(`recserve optimize --prune-bp` / `--no-pruning`).",
         json_schema_extra={"default": [5000]},
     )
     distillation: Distillation = nested(Distillation, "Distillation settings.")
@@ -111,13 +124,25 @@ class Autoscaling(ApiModel):
         default=1024, ge=1, le=65536, description="Largest batch the server's batcher may use."
     )
     interval_seconds: Int = Field(
-        default=15, ge=1, le=3600, description="How often live metrics are read and acted on."
+        default=15,
+        ge=1,
+        le=3600,
+        description="How often live metrics are read and acted on."
+        " Not acted on yet: wired by the autoscaling issue.",
     )
     scale_up_cooldown_seconds: Int = Field(
-        default=30, ge=0, le=86400, description="Least time between two scale-ups."
+        default=30,
+        ge=0,
+        le=86400,
+        description="Least time between two scale-ups."
+        " Not acted on yet: wired by the autoscaling issue.",
     )
     scale_down_cooldown_seconds: Int = Field(
-        default=300, ge=0, le=86400, description="Least time after any change before a scale-down."
+        default=300,
+        ge=0,
+        le=86400,
+        description="Least time after any change before a scale-down."
+        " Not acted on yet: wired by the autoscaling issue.",
     )
 
     model_config = ConfigDict(
@@ -156,19 +181,27 @@ class Drift(ApiModel):
         ge=100,
         le=100000,
         description="Re-profile when observed p99 exceeds the profiled p99 by this much "
-        "(2000 = 20%).",
+        "(2000 = 20%). Not acted on yet: wired by the drift issue.",
     )
     check_interval_seconds: Int = Field(
-        default=60, ge=5, le=86400, description="How often drift is checked."
+        default=60,
+        ge=5,
+        le=86400,
+        description="How often drift is checked. Not acted on yet: wired by the drift issue.",
     )
     sustained_seconds: Int = Field(
         default=120,
         ge=0,
         le=86400,
-        description="Drift must persist this long before acting (ignores short spikes).",
+        description="Drift must persist this long before acting (ignores short spikes)."
+        " Not acted on yet: wired by the drift issue.",
     )
     cooldown_seconds: Int = Field(
-        default=900, ge=0, le=604800, description="Least time between two re-optimizations."
+        default=900,
+        ge=0,
+        le=604800,
+        description="Least time between two re-optimizations."
+        " Not acted on yet: wired by the drift issue.",
     )
 
 

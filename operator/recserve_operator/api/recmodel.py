@@ -92,7 +92,8 @@ class EvalDataset(ApiModel):
         ge=100,
         le=5000,
         description="Share of each user's latest interactions held out for evaluation "
-        "(2000 = 20%).",
+        "(2000 = 20%; `recserve optimize --holdout-bp`). The demo model is trained without "
+        "them.",
     )
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
 
 from recserve_operator.api.common import API_VERSION, Resource
 from recserve_operator.api.registry import kind_for
+
+R = TypeVar("R", bound=Resource)
+log = logging.getLogger("recserve.api")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,11 @@ class ManifestError(ValueError):
     def paths(self) -> list[str]:
         return [e.path for e in self.errors]
 
+    @property
+    def summary(self) -> str:
+        """Every problem on one line, e.g. for a condition message."""
+        return "; ".join(str(e) for e in self.errors)
+
 
 def _path(loc: Iterable[int | str]) -> str:
     out = ""
@@ -55,6 +64,29 @@ def _describe(doc: Any) -> str:
     return f"{doc.get('kind', '<no kind>')}/{name}"
 
 
+def field_errors(exc: ValidationError) -> list[FieldError]:
+    """The problems of a pydantic error, each with its camelCase field path."""
+    return [FieldError(_path(err["loc"]), err["msg"]) for err in exc.errors()]
+
+
+def parse_object(model: type[R], doc: Any) -> R:
+    """Validate an object read from the API server (a kopf body, a fetched reference)
+    into its type, or raise :class:`ManifestError` naming every bad field.
+
+    Only spec and metadata decide: a status the types refuse (written by an older
+    operator) is logged and dropped, and the next status write replaces it.
+    """
+    name = _describe(doc)
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        errors = field_errors(exc)
+    if isinstance(doc, dict) and all(e.path.startswith("status") for e in errors):
+        log.warning("%s: ignoring a status the types refuse: %s", name, errors)
+        return parse_object(model, {**doc, "status": None})
+    raise ManifestError(name, errors)
+
+
 def validate_manifest(doc: Any) -> Resource:
     """Parse one manifest into its API type or raise :class:`ManifestError`."""
     name = _describe(doc)
@@ -70,8 +102,7 @@ def validate_manifest(doc: Any) -> Resource:
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
-        errors = [FieldError(_path(err["loc"]), err["msg"]) for err in exc.errors()]
-        raise ManifestError(name, errors) from None
+        raise ManifestError(name, field_errors(exc)) from None
 
 
 def load_documents(path: Path) -> list[Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from recserve_operator import conditions as c
+from recserve_operator.api.hardwarepool import HardwarePool
+from recserve_operator.api.validation import ManifestError
 from recserve_operator.kube import Kube
 
 
@@ -22,12 +24,19 @@ def _units(value: Any, resource: str | None) -> int:
     return int(str(value or "0"))
 
 
+def observed_status(pool: HardwarePool) -> dict[str, Any]:
+    """The pool's status as the API server holds it (the fields it has, as stored)."""
+    if pool.status is None:
+        return {}
+    return pool.status.model_dump(by_alias=True, exclude_unset=True, mode="json")
+
+
 def pool_status(
-    pool: dict[str, Any], nodes: list[dict[str, Any]], pods: list[dict[str, Any]]
+    pool: HardwarePool, nodes: list[dict[str, Any]], pods: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """Status of a pool from the nodes and the pods on them (pure, unit-tested)."""
-    spec = pool["spec"]
-    selector = spec["nodeSelector"]
+    spec = pool.spec
+    selector = spec.node_selector
     matched = [
         n
         for n in nodes
@@ -42,7 +51,7 @@ def pool_status(
         )
         and not n.get("spec", {}).get("unschedulable")
     ]
-    resource = (spec.get("accelerator") or {}).get("name")
+    resource = spec.accelerator.name if spec.accelerator is not None else None
     key = resource or "cpu"
     allocatable = sum(
         _units(n.get("status", {}).get("allocatable", {}).get(key), resource) for n in ready
@@ -59,8 +68,8 @@ def pool_status(
                 "resources", {}
             ).get("limits", {})
             used += _units(requests.get(key), resource)
-    generation = pool["metadata"].get("generation")
-    conds = list((pool.get("status") or {}).get("conditions", []))
+    generation = pool.generation
+    conds = list(observed_status(pool).get("conditions", []))
     if not matched:
         conds = c.set_condition(
             conds,
@@ -99,12 +108,21 @@ def pool_status(
     }
 
 
-def reconcile_hardwarepool(pool: dict[str, Any], kube: Kube) -> dict[str, Any]:
+def reconcile_hardwarepool(pool: HardwarePool, kube: Kube) -> dict[str, Any]:
     """Observe the pool's nodes and write its status when it changed; returns the status."""
-    selector = ",".join(f"{k}={v}" for k, v in pool["spec"]["nodeSelector"].items())
+    selector = ",".join(f"{k}={v}" for k, v in pool.spec.node_selector.items())
     nodes = kube.list("v1", "Node", None, selector)
     pods = kube.list("v1", "Pod", None) if nodes else []
     status = pool_status(pool, nodes, pods)
-    if status != (pool.get("status") or {}):
-        kube.patch_status("hardwarepools", pool["metadata"]["name"], None, status)
+    if status != observed_status(pool):
+        kube.patch_status("hardwarepools", pool.name, None, status)
+    return status
+
+
+def reject_hardwarepool(raw: dict[str, Any], error: ManifestError, kube: Kube) -> dict[str, Any]:
+    """A pool body its type refuses: Ready=False, reason InvalidSpec, every bad field
+    named (written only when that changes); returns the status."""
+    status = c.rejected(raw, error.summary)
+    if status != (raw.get("status") or {}):
+        kube.patch_status("hardwarepools", str(raw["metadata"]["name"]), None, status)
     return status

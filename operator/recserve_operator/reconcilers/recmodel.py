@@ -5,24 +5,50 @@ files in the artifact store, Deployments). It is run on every change and on a ti
 each pass moves the model as far as it can and reports where it stands in conditions
 (VariantsBuilt, Profiled, Placed, Serving, Ready). Nothing is remembered between
 passes, so an operator restart resumes where the cluster is.
+
+The pass works on validated API types (the kopf handler validates the RecModel; the
+policy and pools it references are validated here) and reads what the Jobs wrote
+through the artifact types of :mod:`recserve_runtime.artifacts`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from recserve_operator import children
 from recserve_operator import conditions as c
+from recserve_operator.api.hardwarepool import HardwarePool
+from recserve_operator.api.modelvariant import (
+    Artifact,
+    ModelVariantStatus,
+    PoolProfile,
+    ProfilePoint,
+    Recipe,
+)
+from recserve_operator.api.optimizationpolicy import OptimizationPolicy
+from recserve_operator.api.recmodel import PoolPlacement, RecModel
+from recserve_operator.api.validation import ManifestError, field_errors, parse_object
 from recserve_operator.config import OperatorConfig
 from recserve_operator.kube import Kube
-from recserve_operator.planner import Objectives, Plan, Point, PoolCapacity, VariantProfile, plan
+from recserve_operator.planner import Objectives, Plan, PoolCapacity, VariantProfile, plan
+from recserve_runtime.artifacts import (
+    MANIFEST,
+    BuildReport,
+    Manifest,
+    ProfileReport,
+    StoreLayout,
+    load_manifest,
+)
 
 log = logging.getLogger("recserve.recmodel")
 CONDITION_TYPES = ("VariantsBuilt", "Profiled", "Placed", "Serving")
+PLAN_MESSAGE_LIMIT = 4096  # status.plan's maxLength
+T = TypeVar("T", bound=BaseModel)
 
 
 @dataclass
@@ -35,34 +61,43 @@ class Outcome:
 
 @dataclass
 class Built:
-    """One variant found in the artifact store."""
+    """One variant found in the artifact store: its folder name, its manifest, and the
+    recipe and artifact its ModelVariant will show."""
 
-    folder: Path
-    manifest: dict[str, Any]
+    key: str
+    manifest: Manifest
+    recipe: Recipe
+    artifact: Artifact
 
     @property
     def name(self) -> str:
-        return str(self.manifest["name"])
+        return self.manifest.name
 
     @property
     def drop_bp(self) -> int:
-        drop = self.manifest.get("metrics", {}).get("aucDropRelPct", 0.0)
-        return max(round(float(drop) * 100), 0)
+        return self.manifest.accuracy_drop_basis_points
+
+
+def observed_status(model: RecModel) -> dict[str, Any]:
+    """The RecModel's status as the API server holds it (the fields it has, as stored)."""
+    if model.status is None:
+        return {}
+    return model.status.model_dump(by_alias=True, exclude_unset=True, mode="json")
 
 
 class Pass:
     """State of one reconcile pass over one RecModel."""
 
-    def __init__(self, model: dict[str, Any], kube: Kube, config: OperatorConfig) -> None:
+    def __init__(self, model: RecModel, kube: Kube, config: OperatorConfig) -> None:
         self.model = model
         self.kube = kube
         self.config = config
-        self.name = model["metadata"]["name"]
-        self.namespace = model["metadata"]["namespace"]
-        self.generation = model["metadata"].get("generation")
-        self.old_status = dict(model.get("status") or {})
+        self.name = model.name
+        self.namespace = str(model.namespace)
+        self.generation = model.generation
+        self.old_status = observed_status(model)
         self.conds: list[dict[str, Any]] = list(self.old_status.get("conditions", []))
-        self.status: dict[str, Any] = {k: v for k, v in self.old_status.items()}
+        self.status: dict[str, Any] = dict(self.old_status)
         self.events: list[tuple[str, str, str]] = []
 
     def cond(self, type_: str, ok: bool, reason: str, message: str) -> None:
@@ -85,37 +120,63 @@ class Pass:
         return Outcome(self.status, self.events)
 
 
-def reconcile_recmodel(model: dict[str, Any], kube: Kube, config: OperatorConfig) -> Outcome:
+def rejected(raw: dict[str, Any], error: ManifestError) -> Outcome:
+    """The outcome for a RecModel body its type refuses (e.g. written under an older
+    schema): Ready=False, reason InvalidSpec, every bad field named; a Warning Event only
+    when that message is new (the timer re-runs this every interval)."""
+    status = c.rejected(raw, error.summary)
+    old = c.find((raw.get("status") or {}).get("conditions") or [], c.READY_TYPE)
+    new = c.find(status["conditions"], c.READY_TYPE) or {}
+    if old is not None and (old.get("reason"), old.get("message")) == (
+        new.get("reason"),
+        new.get("message"),
+    ):
+        return Outcome(status)
+    return Outcome(status, [("Warning", c.INVALID_SPEC, str(new.get("message")))])
+
+
+def reconcile_recmodel(model: RecModel, kube: Kube, config: OperatorConfig) -> Outcome:
     """One pass; see the module docstring."""
     p = Pass(model, kube, config)
-    spec = model["spec"]
-    if spec.get("paused"):
+    spec = model.spec
+    if spec.paused:
         p.cond("Ready", False, c.PAUSED, "spec.paused is true: not reconciling")
         return p.finish()
 
-    # 1. references
-    policy = kube.get_custom("optimizationpolicies", spec["policyRef"]["name"], p.namespace)
-    pools = {
-        ref["name"]: kube.get_custom("hardwarepools", ref["name"])
-        for ref in spec["hardwarePoolRefs"]
+    # 1. references, validated into their types
+    policy_name = spec.policy_ref.name
+    raw_policy = kube.get_custom("optimizationpolicies", policy_name, p.namespace)
+    raw_pools = {
+        ref.name: kube.get_custom("hardwarepools", ref.name) for ref in spec.hardware_pool_refs
     }
-    missing = (
-        [f"OptimizationPolicy {p.namespace}/{spec['policyRef']['name']}"] if policy is None else []
-    )
-    missing += [f"HardwarePool {name}" for name, pool in pools.items() if pool is None]
-    if missing or policy is None:
+    missing = [f"OptimizationPolicy {p.namespace}/{policy_name}"] if raw_policy is None else []
+    missing += [f"HardwarePool {name}" for name, pool in raw_pools.items() if pool is None]
+    if missing or raw_policy is None:
         message = f"not found: {', '.join(missing)}; retrying"
         return p.stop("VariantsBuilt", c.REFERENCE_NOT_FOUND, message, warn=True)
-    found_pools = {k: v for k, v in pools.items() if v is not None}
+    invalid: list[str] = []
+    policy: OptimizationPolicy | None = None
+    try:
+        policy = parse_object(OptimizationPolicy, raw_policy)
+    except ManifestError as exc:
+        invalid.append(f"OptimizationPolicy {p.namespace}/{policy_name}: {exc.summary}")
+    pools: dict[str, HardwarePool] = {}
+    for name, raw_pool in raw_pools.items():
+        try:
+            pools[name] = parse_object(HardwarePool, raw_pool)
+        except ManifestError as exc:
+            invalid.append(f"HardwarePool {name}: {exc.summary}")
+    if invalid or policy is None:
+        message = f"invalid reference: {'; '.join(invalid)}"
+        return p.stop("VariantsBuilt", c.INVALID_REFERENCE, message, warn=True)
 
     # 2. build
-    digest = children.content_hash(spec, policy["spec"].get("compression", {}))
+    digest = children.content_hash(spec, policy.spec.compression)
     if p.status.get("contentHash") not in (None, digest):
         p.events.append(("Normal", "Rebuilding", f"model or compression changed: build {digest}"))
     p.status["contentHash"] = digest
-    root = config.store.local_path(p.namespace, p.name, digest)
-    report = root / "report.json"
-    if not report.exists():
+    layout = config.store.local_build(p.namespace, p.name, digest)
+    if not layout.report.exists():
         job = kube.create_once(children.build_job(model, digest, policy, config))
         failed = _job_failed(job)
         if failed:
@@ -129,33 +190,43 @@ def reconcile_recmodel(model: dict[str, Any], kube: Kube, config: OperatorConfig
             return p.stop(
                 "VariantsBuilt",
                 c.BUILD_FAILED,
-                f"build Job finished but wrote no {report}",
+                f"build Job finished but wrote no {layout.report}",
                 warn=True,
             )
         return p.stop(
             "VariantsBuilt", c.BUILDING, f"build Job {job['metadata']['name']} is running"
         )
-    built = _load_variants(root / "variants")
+    try:
+        report = _read(BuildReport, layout.report)
+        built = _load_variants(layout, children.pod_layout(model, digest, config))
+    except _Unreadable as exc:
+        return p.stop("VariantsBuilt", c.BUILD_FAILED, str(exc), warn=True)
     if not built:
         return p.stop(
-            "VariantsBuilt", c.BUILD_FAILED, f"no variant under {root / 'variants'}", warn=True
+            "VariantsBuilt", c.BUILD_FAILED, f"no variant under {layout.variants}", warn=True
         )
-    budget = int(policy["spec"].get("objectives", {}).get("accuracyBudgetBasisPoints", 100))
+    budget = policy.spec.objectives.accuracy_budget_basis_points
     within = sum(1 for b in built if b.drop_bp <= budget)
+    skipped = "".join(f"; skipped {s.name}: {s.reason}" for s in report.skipped)
     p.cond(
         "VariantsBuilt",
         True,
         c.BUILT,
-        f"{len(built)} variants built, {within} within the {budget} bp budget",
+        f"{len(built)} variants built, {within} within the {budget} bp budget{skipped}",
     )
 
     # 3. profile on every pool
-    profiles: dict[str, dict[str, Any]] = {}
+    profiles: dict[str, ProfileReport] = {}
     pending: list[str] = []
-    for pool_name, pool in found_pools.items():
-        path = root / f"profile-{pool_name}.json"
+    for pool_name, pool in pools.items():
+        path = layout.profile(pool_name)
         if path.exists():
-            profiles[pool_name] = json.loads(path.read_text())
+            try:
+                profiles[pool_name] = _read(ProfileReport, path)
+            except _Unreadable as exc:
+                return _variants_then_stop(
+                    p, built, budget, profiles, "Profiled", c.PROFILE_FAILED, str(exc)
+                )
             continue
         job = kube.create_once(children.profile_job(model, digest, pool, config))
         failed = _job_failed(job)
@@ -181,9 +252,7 @@ def reconcile_recmodel(model: dict[str, Any], kube: Kube, config: OperatorConfig
             f"profiling on {', '.join(pending)}",
             warn=False,
         )
-    fallbacks = [
-        f"{k}: {v['fallbackReason']}" for k, v in profiles.items() if v.get("fallbackReason")
-    ]
+    fallbacks = [f"{k}: {v.fallback_reason}" for k, v in profiles.items() if v.fallback_reason]
     p.cond(
         "Profiled",
         True,
@@ -194,27 +263,27 @@ def reconcile_recmodel(model: dict[str, Any], kube: Kube, config: OperatorConfig
 
     # 4. plan
     decision = plan(
-        [_variant_profile(b, profiles) for b in built],
-        [_pool_capacity(pool) for pool in found_pools.values()],
-        _objectives(model, policy),
+        [VariantProfile.of(b.key, b.manifest, profiles) for b in built],
+        [PoolCapacity.of(pool, profiles.get(name)) for name, pool in pools.items()],
+        Objectives.of(policy.spec, spec.traffic),
     )
     _sync_variants(p, built, budget, profiles, decision)
+    message = decision.message[:PLAN_MESSAGE_LIMIT]
     if not decision.placements:
-        return p.stop("Placed", decision.reason, decision.message, warn=True)
-    message = decision.message
+        return p.stop("Placed", decision.reason, message, warn=True)
     if p.old_status.get("plan") != message:
         p.events.append(("Normal" if decision.feasible else "Warning", decision.reason, message))
     p.status["plan"] = message
     p.cond("Placed", decision.feasible, decision.reason, message)
 
     # 5. apply serving objects
-    placements, router = _apply_serving(p, found_pools, built, decision, policy)
+    placements, router = _apply_serving(p, pools, built, decision, policy, digest)
 
     # 6. report
-    ready_pools = [pl for pl in placements if pl["readyReplicas"] > 0]
+    ready_pools = [pl for pl in placements if pl.ready_replicas > 0]
     router_ready = bool(router and (router.get("status") or {}).get("readyReplicas"))
-    p.status["placements"] = placements
-    p.status["replicas"] = sum(pl["readyReplicas"] for pl in placements)
+    p.status["placements"] = [pl.to_wire() for pl in placements]
+    p.status["replicas"] = sum(pl.ready_replicas for pl in placements)
     p.status["endpoint"] = (
         f"http://{children.dns_name(p.name, 'router')}.{p.namespace}.svc:{children.ROUTER_PORT}"
     )
@@ -227,12 +296,28 @@ def reconcile_recmodel(model: dict[str, Any], kube: Kube, config: OperatorConfig
         f"router {'ready' if router_ready else 'not ready'}",
     )
     if not decision.feasible:
-        p.cond("Ready", False, decision.reason, decision.message)
+        p.cond("Ready", False, decision.reason, message)
     elif not serving:
         p.cond("Ready", False, c.WAITING_FOR_REPLICAS, "placed; waiting for ready replicas")
     else:
         p.cond("Ready", True, c.READY, "serving within the plan")
     return p.finish()
+
+
+class _Unreadable(Exception):
+    """A file a Job wrote that its artifact type refuses (the message names the field)."""
+
+
+def _unreadable(path: Path, exc: ValidationError) -> _Unreadable:
+    return _Unreadable(f"{path} is invalid: {'; '.join(str(e) for e in field_errors(exc))}")
+
+
+def _read(kind: type[T], path: Path) -> T:
+    """A report file a Job wrote, through its artifact type."""
+    try:
+        return kind.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        raise _unreadable(path, exc) from None
 
 
 def _job_failed(job: dict[str, Any]) -> str | None:
@@ -249,90 +334,65 @@ def _job_complete(job: dict[str, Any]) -> bool:
     )
 
 
-def _load_variants(folder: Path) -> list[Built]:
-    if not folder.is_dir():
+def _load_variants(layout: StoreLayout[Path], pods: StoreLayout[PurePosixPath]) -> list[Built]:
+    """Every finished variant of the build (a folder without its manifest is unfinished).
+
+    ``layout`` is where the operator reads the build, ``pods`` where servers will.
+    """
+    if not layout.variants.is_dir():
         return []
     found = []
-    for sub in sorted(folder.iterdir()):
-        manifest = sub / "manifest.json"
-        if manifest.exists():  # written last: a folder without it is unfinished
-            found.append(Built(sub, json.loads(manifest.read_text())))
+    for sub in sorted(layout.variants.iterdir()):
+        if not (sub / MANIFEST).exists():
+            continue
+        try:
+            manifest = load_manifest(sub)
+            recipe = Recipe.model_validate(manifest.recipe.model_dump(exclude_none=True))
+            artifact = Artifact(
+                uri=str(pods.variant(sub.name)),
+                sha256=manifest.artifact.sha256,
+                size_bytes=manifest.artifact.size_bytes,
+            )
+        except ValidationError as exc:
+            raise _unreadable(sub / MANIFEST, exc) from None
+        found.append(Built(sub.name, manifest, recipe, artifact))
     return found
-
-
-def _points(raw: dict[str, Any]) -> list[Point]:
-    return [
-        Point(
-            int(pt["batchSize"]),
-            float(pt["p50Us"]),
-            float(pt["p99Us"]),
-            float(pt["samplesPerSecond"]),
-        )
-        for pt in raw.get("points", [])
-    ]
-
-
-def _variant_profile(b: Built, profiles: dict[str, dict[str, Any]]) -> VariantProfile:
-    per_pool = {
-        pool: _points(report["variants"][b.folder.name])
-        for pool, report in profiles.items()
-        if b.folder.name in report.get("variants", {})
-    }
-    return VariantProfile(
-        name=b.name,
-        precision=str(b.manifest.get("recipe", {}).get("precision", "fp32")),
-        accuracy_drop_bp=b.drop_bp,
-        size_bytes=int(b.manifest["artifact"]["sizeBytes"]),
-        profiles=per_pool,
-    )
-
-
-def _pool_capacity(pool: dict[str, Any]) -> PoolCapacity:
-    spec = pool["spec"]
-    status = pool.get("status") or {}
-    accel = spec.get("accelerator")
-    accel_replicas = None
-    if accel and status.get("allocatable") is not None:
-        accel_replicas = int(status["allocatable"]) // int(accel.get("amountPerReplica", 1))
-    return PoolCapacity(
-        name=pool["metadata"]["name"],
-        hardware=spec["hardwareType"],
-        precisions=tuple(spec.get("supportedPrecisions", ["fp32", "int8"])),
-        max_replicas=int(spec.get("maxReplicas", 16)),
-        cost_per_replica_hour_millicents=int(spec.get("costPerReplicaHourMillicents", 0)),
-        accelerator_replicas=accel_replicas,
-    )
-
-
-def _objectives(model: dict[str, Any], policy: dict[str, Any]) -> Objectives:
-    obj = policy["spec"].get("objectives", {})
-    scaling = policy["spec"].get("autoscaling", {})
-    traffic = model["spec"].get("traffic", {})
-    expected = (
-        traffic.get("expectedRequestsPerSecond", 100) * traffic.get("peakFactorPercent", 150) / 100
-    )
-    return Objectives(
-        p99_target_ms=int(obj.get("p99LatencyTargetMilliseconds", 25)),
-        accuracy_budget_bp=int(obj.get("accuracyBudgetBasisPoints", 100)),
-        required_rps=max(float(expected), float(obj.get("throughputFloorRequestsPerSecond", 0))),
-        candidates_per_request=int(traffic.get("candidatesPerRequest", 64)),
-        cost_weight_percent=int(obj.get("costWeightPercent", 50)),
-        min_replicas=int(scaling.get("minReplicas", 1)),
-        max_replicas=int(scaling.get("maxReplicas", 8)),
-        min_batch_size=int(scaling.get("minBatchSize", 1)),
-        max_batch_size=int(scaling.get("maxBatchSize", 1024)),
-    )
 
 
 def variant_object_name(model_name: str, variant_name: str) -> str:
     return children.dns_name(model_name, variant_name)
 
 
+def _pool_profiles(b: Built, profiles: dict[str, ProfileReport]) -> list[PoolProfile]:
+    out = []
+    for pool, report in sorted(profiles.items()):
+        measured = report.variants.get(b.key)
+        if measured is None:
+            continue
+        out.append(
+            PoolProfile(
+                pool=pool,
+                execution_provider=measured.execution_provider,
+                fallback_reason=measured.fallback_reason,
+                points=[
+                    ProfilePoint(
+                        batch_size=pt.batch_size,
+                        p50_microseconds=round(pt.p50_us),
+                        p99_microseconds=round(pt.p99_us),
+                        samples_per_second=round(pt.samples_per_second),
+                    )
+                    for pt in measured.points
+                ],
+            )
+        )
+    return out
+
+
 def _sync_variants(
     p: Pass,
     built: list[Built],
     budget: int,
-    profiles: dict[str, dict[str, Any]],
+    profiles: dict[str, ProfileReport],
     decision: Plan | None,
 ) -> None:
     """Create/patch one owned ModelVariant per built variant and write its status."""
@@ -347,78 +407,23 @@ def _sync_variants(
     }
     for b in built:
         name = variant_object_name(p.name, b.name)
-        recipe = b.manifest.get("recipe", {})
-        student = recipe.get("student")
-        spec_recipe: dict[str, Any] = {
-            "precision": recipe.get("precision", "fp32"),
-            "quantization": recipe.get("quantization", "none"),
-            "pruningRatioBasisPoints": int(recipe.get("pruningRatioBasisPoints", 0)),
-        }
-        if student and student.get("embeddingDim") and student.get("mlpLayers"):
-            spec_recipe["student"] = {
-                "embeddingDim": int(student["embeddingDim"]),
-                "mlpLayers": [int(x) for x in student["mlpLayers"]],
-            }
-        body = {
-            "apiVersion": "recserve.io/v1alpha1",
-            "kind": "ModelVariant",
-            "metadata": {
-                "name": name,
-                "namespace": p.namespace,
-                "labels": {children.MODEL_LABEL: p.name, **children.MANAGED_BY},
-                "ownerReferences": [children.owner_reference(p.model)],
-            },
-            "spec": {
-                "modelRef": {"name": p.name},
-                "recipe": spec_recipe,
-                "artifact": {
-                    "uri": p.config.store.pod_path(
-                        p.namespace, p.name, p.status["contentHash"], "variants", b.folder.name
-                    ),
-                    "sha256": b.manifest["artifact"]["sha256"],
-                    "sizeBytes": int(b.manifest["artifact"]["sizeBytes"]),
-                },
-            },
-        }
+        manifest = b.manifest
+        body = children.model_variant(p.model, name, b.recipe, b.artifact)
         current = p.kube.apply_if_changed(body, existing)
-        metrics = b.manifest.get("metrics", {})
-        pool_profiles = []
-        for pool, report in sorted(profiles.items()):
-            raw = report.get("variants", {}).get(b.folder.name)
-            if not raw:
-                continue
-            entry: dict[str, Any] = {
-                "pool": pool,
-                "executionProvider": str(
-                    raw.get("executionProvider", report.get("executionProvider"))
-                ),
-                "points": [
-                    {
-                        "batchSize": pt.batch_size,
-                        "p50Microseconds": round(pt.p50_us),
-                        "p99Microseconds": round(pt.p99_us),
-                        "samplesPerSecond": round(pt.samples_per_second),
-                    }
-                    for pt in _points(raw)
-                ],
-            }
-            if raw.get("fallbackReason"):
-                entry["fallbackReason"] = raw["fallbackReason"]
-            pool_profiles.append(entry)
-        status: dict[str, Any] = {
-            "observedGeneration": current["metadata"].get("generation"),
-            "accuracyDropBasisPoints": b.drop_bp,
-            "withinBudget": b.drop_bp <= budget,
-            "sizeBytes": int(b.manifest["artifact"]["sizeBytes"]),
-            "profiles": pool_profiles,
-            "selected": b.name in selected,
-            "selectedPools": sorted(selected.get(b.name, [])),
-        }
-        if "auc" in metrics:
-            status["auc"] = float(metrics["auc"])
-        if "logLoss" in metrics:
-            status["logLoss"] = float(metrics["logLoss"])
-        if status != {k: v for k, v in (current.get("status") or {}).items() if k != "conditions"}:
+        metrics = manifest.metrics
+        status = ModelVariantStatus(
+            observed_generation=(current.get("metadata") or {}).get("generation"),
+            auc=metrics.get("auc"),
+            log_loss=metrics.get("logLoss"),
+            accuracy_drop_basis_points=b.drop_bp,
+            within_budget=b.drop_bp <= budget,
+            size_bytes=manifest.artifact.size_bytes,
+            profiles=_pool_profiles(b, profiles),
+            selected=b.name in selected,
+            selected_pools=sorted(selected.get(b.name, [])),
+        ).model_dump(by_alias=True, exclude_none=True, exclude={"conditions"}, mode="json")
+        observed = {k: v for k, v in (current.get("status") or {}).items() if k != "conditions"}
+        if status != observed:
             p.kube.patch_status("modelvariants", name, p.namespace, status)
 
 
@@ -426,7 +431,7 @@ def _variants_then_stop(
     p: Pass,
     built: list[Built],
     budget: int,
-    profiles: dict[str, dict[str, Any]],
+    profiles: dict[str, ProfileReport],
     type_: str,
     reason: str,
     message: str,
@@ -438,11 +443,12 @@ def _variants_then_stop(
 
 def _apply_serving(
     p: Pass,
-    pools: dict[str, dict[str, Any]],
+    pools: dict[str, HardwarePool],
     built: list[Built],
     decision: Plan,
-    policy: dict[str, Any],
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    policy: OptimizationPolicy,
+    digest: str,
+) -> tuple[list[PoolPlacement], dict[str, Any]]:
     """Deployments + Services per placed pool, the router; stale pools are removed.
 
     Returns the placements and the router Deployment as observed after applying.
@@ -463,20 +469,13 @@ def _apply_serving(
     def apply(body: dict[str, Any]) -> dict[str, Any]:
         return p.kube.apply_if_changed(body, observed[body["kind"]])
 
-    target_ms = int(policy["spec"].get("objectives", {}).get("p99LatencyTargetMilliseconds", 25))
+    target_ms = policy.spec.objectives.p99_latency_target_milliseconds
     placements = []
     for pp in decision.placements:
-        variant_dir = p.config.store.pod_path(
-            p.namespace,
-            p.name,
-            p.status["contentHash"],
-            "variants",
-            by_name[pp.variant].folder.name,
-        )
         deployment = children.server_deployment(
             p.model,
             pools[pp.pool],
-            variant_dir,
+            by_name[pp.variant].artifact.uri,
             pp.variant,
             pp.replicas,
             pp.batch_size,
@@ -486,13 +485,13 @@ def _apply_serving(
         applied = apply(deployment)
         apply(children.service(deployment, p.model))
         placements.append(
-            {
-                "pool": pp.pool,
-                "variant": variant_object_name(p.name, pp.variant),
-                "replicas": pp.replicas,
-                "readyReplicas": int((applied.get("status") or {}).get("readyReplicas") or 0),
-                "batchSize": pp.batch_size,
-            }
+            PoolPlacement(
+                pool=pp.pool,
+                variant=variant_object_name(p.name, pp.variant),
+                replicas=pp.replicas,
+                ready_replicas=int((applied.get("status") or {}).get("readyReplicas") or 0),
+                batch_size=pp.batch_size,
+            )
         )
     placed = {pp.pool for pp in decision.placements}
     for old in observed["Deployment"].values():

@@ -16,20 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recserve_runtime.builder.plan import DEFAULT_STUDENTS, STUDENT_SHAPES, student_tag
 from recserve_runtime.data.tabular import TabularData
 
 if TYPE_CHECKING:
     from recserve_runtime.zoo.models import RecNet
 
-# (embedding dim, top MLP widths): wide+shallow and narrow+deep at similar cost
-DEFAULT_SHAPES: list[tuple[int, list[int]]] = [
-    (8, [64]),
-    (16, [256]),
-    (16, [64, 64, 64]),
-    (16, [128, 64]),
-    (16, [512]),
-    (16, [128, 128, 128, 128]),
-]
+# (embedding dim, top MLP widths) of the default search; the full ordered list, and how
+# --quick / --max-students cut it, live in builder.plan
+DEFAULT_SHAPES: list[tuple[int, list[int]]] = STUDENT_SHAPES[:DEFAULT_STUDENTS]
 
 
 @dataclass
@@ -46,7 +41,7 @@ class StudentResult:
 
     @property
     def tag(self) -> str:
-        return f"d{self.embedding_dim}-" + "x".join(map(str, self.mlp_layers))
+        return student_tag(self.embedding_dim, self.mlp_layers)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -1,19 +1,23 @@
 """The variant pipeline behind `recserve optimize`: build, evaluate, profile, gate, store.
 
-Variants (zoo models get all of them; TorchScript models the ONNX-level ones):
+What is built is decided by ``builder.plan.plan_variants`` from the build options
+(precisions, static quantization, pruning ratios, distillation); this module executes
+that plan. The full plan (zoo models get all of it; TorchScript models the ONNX-level
+variants of the original):
 
 =========================== ==================================================
-fp32                        exported ONNX, portable graph optimizations
+fp32                        exported ONNX, portable graph optimizations (always)
 fp16                        float16 weights/activations (for GPUs)
 int8-dynamic                int8 weights (Gemm + embedding tables), dynamic activations
 int8-static-qdq             int8 QDQ, activations calibrated on training rows
 int4-rowwise-emb            INT4 row-wise embedding tables, float MLP
 int4-rowwise-emb-int8       INT4 row-wise tables + dynamic INT8 MLP
-pruned-<r>                  <r>% of MLP neurons removed, fine-tuned (distilled)
+pruned-<r>                  <r>% of MLP neurons removed, fine-tuned (distilled); one per ratio
 pruned-<r>-int8             the same, dynamic INT8
 student-<shape>             distilled student chosen by the hardware-aware search
 student-<shape>-int8        the same, dynamic INT8
-student-<shape>-pruned<r>-int8          combined: distilled + pruned + INT8
+student-<shape>-int4emb-int8            the same with INT4 row-wise tables
+student-<shape>-pruned<r>-int8          combined: distilled + pruned + INT8 (per ratio)
 student-<shape>-pruned<r>-int4emb-int8  combined with INT4 row-wise tables
 =========================== ==================================================
 """
@@ -29,19 +33,38 @@ from typing import Any
 
 from recserve_runtime.artifacts import Manifest, Profile, Recipe
 from recserve_runtime.builder.errors import BuildError
+from recserve_runtime.builder.plan import (
+    FLOAT,
+    FP16,
+    INT4,
+    INT4_INT8,
+    INT8,
+    INT8_STATIC,
+    PRUNED,
+    STUDENT,
+    STUDENT_PRUNED,
+    TEACHER,
+    Base,
+    BuildOptions,
+    Planned,
+    plan_variants,
+    ratio_tag,
+    student_shapes,
+    student_tag,
+)
 from recserve_runtime.data.tabular import TabularData
+from recserve_runtime.threads import SERVER_INTRA_OP_THREADS
 
 Progress = Callable[[str], None]
 
 
 @dataclass
 class Policy:
-    """The parts of an OptimizationPolicy the builder applies."""
+    """The objectives of an OptimizationPolicy the builder applies (gate and selection)."""
 
     accuracy_budget_basis_points: int = 100
     p99_latency_target_ms: float = 25.0
     slo_batch_size: int = 256
-    pruning_ratio_basis_points: int = 5000
 
 
 @dataclass
@@ -77,10 +100,13 @@ class BuildContext:
     threads: int
     seed: int = 0
     progress: Progress | None = None
+    options: BuildOptions = field(default_factory=BuildOptions)
     students: list[Any] = field(default_factory=list)
-    shapes: list[tuple[int, list[int]]] | None = None
+    shapes: list[tuple[int, list[int]]] | None = None  # explicit --student-shape list
     student_epochs: int = 6
     finetune_epochs: int = 4
+    # onnxruntime threads for latency measurements: what a server replica runs with
+    profile_threads: int = SERVER_INTRA_OP_THREADS
 
     skipped: list[dict[str, str]] = field(default_factory=list)
 
@@ -94,75 +120,6 @@ class BuildContext:
         self.say(f"[skip] {name}: {reason}")
 
 
-def _recipe(
-    precision: str = "fp32",
-    quant: str = "none",
-    prune_bp: int = 0,
-    student: dict[str, Any] | None = None,
-) -> Recipe:
-    return Recipe(
-        precision=precision,
-        quantization=quant,
-        pruning_ratio_basis_points=prune_bp,
-        student=student,
-    )
-
-
-def onnx_variants(
-    ctx: BuildContext, base: Path, prefix: str, recipe: Recipe, full: bool
-) -> list[Variant]:
-    """The ONNX-level variants of one float model (all of them when ``full``)."""
-    from recserve_runtime.builder.int4 import int4_embeddings
-    from recserve_runtime.builder.quantize import int8_dynamic, int8_static_qdq, to_fp16
-
-    w, out = ctx.work, []
-    name = prefix.rstrip("-") or "fp32"
-
-    def add(suffix: str, build: Callable[[], Path], **changes: Any) -> bool:
-        """Build one variant; a converter failure skips it (with the reason), not the run."""
-        full_name = f"{prefix}{suffix}" if prefix else suffix
-        ctx.say(f"[build] {full_name}")
-        try:
-            path = build()
-        except Exception as exc:
-            ctx.skip(full_name, f"build failed: {str(exc).splitlines()[0][:300]}")
-            return False
-        out.append(Variant(full_name, recipe.model_copy(update=changes), path))
-        return True
-
-    out.append(Variant(name, recipe, base))
-    int8_name = "int8-dynamic" if full else "int8"
-    add(
-        int8_name,
-        lambda: int8_dynamic(base, w / f"{prefix}int8.onnx"),
-        precision="int8",
-        quantization="dynamic",
-    )
-    if full:
-        add("fp16", lambda: to_fp16(base, w / "fp16.onnx"), precision="fp16")
-        calib = ctx.data.train.sample(2048, ctx.seed)
-        add(
-            "int8-static-qdq",
-            lambda: int8_static_qdq(base, w / "qdq.onnx", ctx.source.spec, calib),
-            precision="int8",
-            quantization="static",
-        )
-    if full or prefix.startswith("student"):
-        int4 = w / f"{prefix}int4.onnx"
-        if int4_embeddings(base, int4) == 0:
-            ctx.skip(f"{prefix}int4", "no float embedding table with an even dim to quantize")
-            return out
-        if full:
-            add("int4-rowwise-emb", lambda: int4, precision="int4", quantization="rowwise")
-        add(
-            "int4emb-int8" if prefix else "int4-rowwise-emb-int8",
-            lambda: int8_dynamic(int4, w / f"{prefix}int4-int8.onnx", ["Gemm", "MatMul"]),
-            precision="int4",
-            quantization="rowwise",
-        )
-    return out
-
-
 def export_float(ctx: BuildContext, model: Any, stem: str) -> Path:
     """Export to ONNX and apply the portable FP32 optimizations."""
     from recserve_runtime.builder.export import export_onnx, optimize_portable
@@ -171,19 +128,19 @@ def export_float(ctx: BuildContext, model: Any, stem: str) -> Path:
     return optimize_portable(raw, ctx.work / f"{stem}.onnx")
 
 
-def pruned_variants(ctx: BuildContext, model: Any, logits: Any, prefix: str) -> list[Variant]:
-    """Prune ``model``'s MLPs, fine-tune with distillation, export float + INT8."""
+def prune_and_finetune(
+    ctx: BuildContext, model: Any, logits: Any, bp: int, label: str
+) -> tuple[Any, int]:
+    """A copy of ``model`` with ``bp`` of its MLP neurons removed, fine-tuned with
+    distillation from the teacher's ``logits``; returns (model, MLP params left)."""
     from recserve_runtime.builder.prune import count_params, prune_mlps
     from recserve_runtime.train import FitConfig, fit
 
-    bp = ctx.policy.pruning_ratio_basis_points
     pruned = copy.deepcopy(model)
     before = count_params(pruned, mlp_only=True)
     prune_mlps(pruned, bp / 10_000)
     after = count_params(pruned, mlp_only=True)
-    ctx.say(
-        f"[prune] {prefix or 'teacher-'}{bp // 100}%: MLP params {before} -> {after}; fine-tuning"
-    )
+    ctx.say(f"[prune] {label} {bp / 100:g}%: MLP params {before} -> {after}; fine-tuning")
     cfg = FitConfig(
         epochs=ctx.finetune_epochs,
         batch_size=1024,
@@ -199,28 +156,22 @@ def pruned_variants(ctx: BuildContext, model: Any, logits: Any, prefix: str) -> 
         cfg,
         logits,
         ctx.progress,
-        tag=f"finetune {prefix or 'teacher-'}pruned",
+        tag=f"finetune {label} pruned",
     )
-    pct = bp // 100
-    student = getattr(model, "_student_shape", None)
-    recipe = _recipe(prune_bp=bp, student=student)
-    stem = f"{prefix}pruned{pct}" if prefix else f"pruned-{pct}"
-    base = export_float(ctx, pruned, stem)
-    vs = onnx_variants(ctx, base, f"{stem}-", recipe, full=False)
-    vs[0].metrics["mlpParams"] = float(after)
-    return vs
+    return pruned, after
 
 
-def zoo_variants(ctx: BuildContext) -> list[Variant]:
-    """Pruning, distillation search and the combination (zoo models only)."""
-    from recserve_runtime.builder.distill import DEFAULT_SHAPES, search_students
-    from recserve_runtime.train import FitConfig, auc_logloss, predict_logits, predict_proba
+def search(ctx: BuildContext) -> Any:
+    """The hardware-aware student search (zoo models); the chosen student or None."""
+    from recserve_runtime.builder.distill import search_students
+    from recserve_runtime.train import FitConfig, auc_logloss, predict_proba
 
+    shapes = student_shapes(ctx.options, ctx.shapes)
+    if ctx.source.kind != "zoo" or not shapes:
+        return None
     teacher = ctx.source.model
-    logits = predict_logits(teacher, ctx.data.train)
-    out = pruned_variants(ctx, teacher, logits, "")
     t_valid, _ = auc_logloss(ctx.data.valid.label, predict_proba(teacher, ctx.data.valid))
-    ctx.say("[distill] hardware-aware student search")
+    ctx.say(f"[distill] hardware-aware student search over {len(shapes)} shapes")
     cfg = FitConfig(
         epochs=ctx.student_epochs,
         batch_size=1024,
@@ -233,43 +184,139 @@ def zoo_variants(ctx: BuildContext) -> list[Variant]:
         teacher,
         ctx.data,
         t_valid,
-        ctx.shapes or DEFAULT_SHAPES,
+        shapes,
         cfg,
         ctx.policy.slo_batch_size,
-        ctx.threads,
+        ctx.profile_threads,
         max_drop_rel_pct=ctx.policy.accuracy_budget_basis_points / 100 / 2,
         progress=ctx.progress,
     )
-    best = next(s for s in ctx.students if s.chosen)
-    shape = {"embeddingDim": best.embedding_dim, "mlpLayers": best.mlp_layers}
-    best.model._student_shape = shape
-    prefix = f"student-{best.tag}-"
-    base = export_float(ctx, best.model, f"student-{best.tag}")
-    out += onnx_variants(ctx, base, prefix, _recipe(student=shape), full=False)
-    combined = pruned_variants(ctx, best.model, logits, prefix)
-    out += combined[1:]  # the float pruned student is an intermediate, not a variant
-    return out
+    return next(s for s in ctx.students if s.chosen)
+
+
+class _Bases:
+    """Float ONNX exports (and INT4-table versions) of the plan's base models, each
+    made once, on first use."""
+
+    def __init__(self, ctx: BuildContext, student: Any) -> None:
+        self.ctx, self.student = ctx, student
+        self.paths: dict[Base, Path] = {}
+        self.int4: dict[Base, Path | None] = {}
+        self.mlp_params: dict[Base, int] = {}
+        self._logits: Any = None
+
+    def stem(self, base: Base) -> str:
+        tag = (
+            student_tag(self.student.embedding_dim, self.student.mlp_layers) if self.student else ""
+        )
+        return {
+            TEACHER: "fp32",
+            PRUNED: f"pruned-{ratio_tag(base.prune_bp)}",
+            STUDENT: f"student-{tag}",
+            STUDENT_PRUNED: f"student-{tag}-pruned{ratio_tag(base.prune_bp)}",
+        }[base.kind]
+
+    def logits(self) -> Any:
+        from recserve_runtime.train import predict_logits
+
+        if self._logits is None:
+            self._logits = predict_logits(self.ctx.source.model, self.ctx.data.train)
+        return self._logits
+
+    def model(self, base: Base) -> Any:
+        teacher = self.ctx.source.model
+        if base.kind == TEACHER:
+            return teacher
+        if base.kind == STUDENT:
+            return self.student.model
+        parent, label = (
+            (teacher, "teacher") if base.kind == PRUNED else (self.student.model, "student")
+        )
+        pruned, params = prune_and_finetune(self.ctx, parent, self.logits(), base.prune_bp, label)
+        self.mlp_params[base] = params
+        return pruned
+
+    def float_path(self, base: Base) -> Path:
+        if base not in self.paths:
+            if base.kind == TEACHER:
+                self.ctx.say("[build] exporting fp32 ONNX")
+            self.paths[base] = export_float(self.ctx, self.model(base), self.stem(base))
+        return self.paths[base]
+
+    def int4_path(self, base: Base) -> Path | None:
+        """The base with INT4 row-wise tables; None when no table can be quantized."""
+        from recserve_runtime.builder.int4 import int4_embeddings
+
+        if base not in self.int4:
+            path = self.ctx.work / f"{self.stem(base)}-int4tables.onnx"
+            self.int4[base] = path if int4_embeddings(self.float_path(base), path) else None
+        return self.int4[base]
+
+
+def _convert(ctx: BuildContext, bases: _Bases, item: Planned) -> Path | None:
+    """The ONNX file of one planned variant (None: skipped, reason recorded)."""
+    from recserve_runtime.builder.quantize import int8_dynamic, int8_static_qdq, to_fp16
+
+    base = bases.float_path(item.base)
+    dst = ctx.work / f"{item.name}.onnx"
+    if item.step == FLOAT:
+        return base
+    if item.step == FP16:
+        return to_fp16(base, dst)
+    if item.step == INT8:
+        return int8_dynamic(base, dst)
+    if item.step == INT8_STATIC:
+        calib = ctx.data.train.sample(2048, ctx.seed)
+        return int8_static_qdq(base, dst, ctx.source.spec, calib)
+    if item.step in (INT4, INT4_INT8):
+        int4 = bases.int4_path(item.base)
+        if int4 is None:
+            ctx.skip(item.name, "no float embedding table with an even dim to quantize")
+            return None
+        return int4 if item.step == INT4 else int8_dynamic(int4, dst, ["Gemm", "MatMul"])
+    raise ValueError(f"unknown build step {item.step!r}")
 
 
 def build_variants(ctx: BuildContext) -> list[Variant]:
-    """Every variant of the source model, unmeasured."""
+    """Every variant the build options ask for (``plan_variants``), unmeasured."""
     start = time.monotonic()
-    ctx.say("[build] exporting fp32 ONNX")
-    base = export_float(ctx, ctx.source.model, "fp32")
-    out = onnx_variants(ctx, base, "", _recipe(), full=True)
-    if ctx.source.kind == "zoo":
-        out += zoo_variants(ctx)
-    else:
+    zoo = ctx.source.kind == "zoo"
+    opts = ctx.options
+    if not zoo and (opts.pruning_ratios_bp or student_shapes(opts, ctx.shapes)):
         ctx.say(
             "[build] TorchScript model: pruning and distillation need a zoo model "
             "(architecture + state dict); building ONNX-level variants only"
         )
+    best = search(ctx) if zoo else None
+    shape = (best.embedding_dim, best.mlp_layers) if best is not None else None
+    plan = plan_variants(opts, zoo, shape)
+    ctx.say(f"[build] plan: {len(plan)} variants: {', '.join(p.name for p in plan)}")
+    bases = _Bases(ctx, best)
+    out: list[Variant] = []
+    for item in plan:
+        if item.step != FLOAT:
+            ctx.say(f"[build] {item.name}")
+        bases.float_path(item.base)  # base failures (export, fine-tuning) end the build
+        try:
+            path = _convert(ctx, bases, item)
+        except Exception as exc:  # a converter failure skips the variant, not the run
+            ctx.skip(item.name, f"build failed: {str(exc).splitlines()[0][:300]}")
+            continue
+        if path is None:
+            continue
+        v = Variant(item.name, item.recipe, path)
+        if item.base in bases.mlp_params:
+            v.metrics["mlpParams"] = float(bases.mlp_params[item.base])
+        out.append(v)
     ctx.say(f"[build] {len(out)} variants built in {time.monotonic() - start:.0f}s")
     return out
 
 
 def measure(ctx: BuildContext, variants: list[Variant], hardware: str, seconds: float) -> float:
-    """Evaluate and profile every variant; returns the teacher (fp32) AUC."""
+    """Evaluate and profile every variant; returns the teacher (fp32) AUC.
+
+    Latency is measured with ``ctx.profile_threads`` onnxruntime threads, what one server
+    replica uses, so that the gate and the selection see what a replica delivers."""
     from recserve_runtime.builder.evaluate import drop_rel_pct, evaluate_onnx
     from recserve_runtime.profiler import profile
 
@@ -289,7 +336,9 @@ def measure(ctx: BuildContext, variants: list[Variant], hardware: str, seconds: 
             teacher_auc = v.metrics["auc"]
         v.metrics["aucDropRelPct"] = drop_rel_pct(teacher_auc, v.metrics["auc"])
         v.metrics["sizeReductionPct"] = 100.0 * (1 - v.size_bytes / base_size)
-        v.profile = profile(v.path, ctx.source.spec, hardware, threads=ctx.threads, seconds=seconds)
+        v.profile = profile(
+            v.path, ctx.source.spec, hardware, threads=ctx.profile_threads, seconds=seconds
+        )
     return teacher_auc
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from recserve_runtime.artifacts import BuildReport
 from recserve_runtime.builder.pipeline import Variant
 
 
@@ -48,11 +48,10 @@ def table(variants: list[Variant], slo_batch: int, selected: str | None) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, report: dict[str, Any]) -> None:
-    """Write the report atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
+def write_json(path: Path, report: dict[str, Any] | BuildReport) -> None:
+    """Write the report atomically, through its type (what the operator reads)."""
+    typed = report if isinstance(report, BuildReport) else BuildReport.model_validate(report)
+    typed.write(path)
 
 
 def plot(path: Path, variants: list[Variant], slo_batch: int, budget_bp: int) -> None:

@@ -169,8 +169,11 @@ def fetch_model(uri: str) -> Path:
     return target
 
 
-def load_source(arg: str, feature_spec: Path | None, dataset: str, seed: int = 0) -> SourceModel:
-    """Resolve ``--model`` (``demo`` or a path) into a checked SourceModel."""
+def load_source(
+    arg: str, feature_spec: Path | None, dataset: str, seed: int = 0, holdout_bp: int = 2000
+) -> SourceModel:
+    """Resolve ``--model`` (``demo`` or a path) into a checked SourceModel. The demo
+    teacher is trained on the same split (``holdout_bp``) it is evaluated on."""
     import torch
 
     from recserve_runtime.zoo.checkpoint import FORMAT, load_checkpoint
@@ -178,7 +181,7 @@ def load_source(arg: str, feature_spec: Path | None, dataset: str, seed: int = 0
     if arg == "demo":
         from recserve_runtime.train import ensure_teacher
 
-        path = ensure_teacher(dataset, seed=seed)
+        path = ensure_teacher(dataset, seed=seed, holdout_bp=holdout_bp)
     else:
         path = fetch_model(arg)
         if not path.is_file():

@@ -1,4 +1,5 @@
-"""Content-addressed variant store: ``<store>/<sha256[:16]>/{model.onnx,manifest.json}``.
+"""Content-addressed variant store: ``<store>/<key>/{model.onnx,manifest.json}``, where
+``key`` is :func:`recserve_runtime.artifacts.variant_key` of the model file's sha256.
 
 The model file goes in first (staged in a hidden folder, then renamed), the manifest
 last via ``artifacts.write_manifest``: a folder without a manifest is an unfinished
@@ -20,6 +21,7 @@ from recserve_runtime.artifacts import (
     ArtifactFile,
     Manifest,
     sha256_file,
+    variant_key,
     write_manifest,
 )
 from recserve_runtime.builder.errors import BuildError
@@ -75,7 +77,7 @@ def put_variant(store: str, model_file: Path, manifest: Manifest) -> str:
     manifest.artifact = ArtifactFile(
         file=MODEL_FILE, sha256=digest, size_bytes=model_file.stat().st_size
     )
-    key = digest[:16]
+    key = variant_key(digest)
     if is_remote(store):
         import fsspec
 

@@ -7,10 +7,11 @@ DATASETS = ("movielens-100k",)
 __all__ = ["DATASETS", "DatasetNotFoundError", "Split", "TabularData", "load_dataset"]
 
 
-def load_dataset(name: str, cache_dir: str | None = None) -> TabularData:
-    """Load a named data set (see ``DATASETS``); raises DatasetNotFoundError."""
+def load_dataset(name: str, cache_dir: str | None = None, holdout_bp: int = 2000) -> TabularData:
+    """Load a named data set (see ``DATASETS``) with ``holdout_bp`` basis points of each
+    user's latest interactions held out for evaluation; raises DatasetNotFoundError."""
     if name == "movielens-100k":
         from recserve_runtime.data.movielens import load_movielens
 
-        return load_movielens(cache_dir)
+        return load_movielens(cache_dir, holdout_bp)
     raise DatasetNotFoundError(f"unknown dataset {name!r}: the builder knows {', '.join(DATASETS)}")

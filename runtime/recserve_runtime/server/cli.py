@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from recserve_runtime.threads import SERVER_INTRA_OP_THREADS
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `serve` subcommand."""
@@ -22,7 +24,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--slo-p99-ms", type=float, default=25.0, help="latency target (default 25)")
     p.add_argument("--model-name", help="OIP model name (default: the manifest's variant name)")
     p.add_argument("--workers", type=int, default=1, help="model threads (default 1)")
-    p.add_argument("--intra-op-threads", type=int, default=1, help="onnxruntime threads per run")
+    p.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=SERVER_INTRA_OP_THREADS,
+        help=f"onnxruntime threads per run (default {SERVER_INTRA_OP_THREADS}, the count "
+        "`recserve profile` measures with)",
+    )
     p.add_argument("--max-batch-rows", type=int, default=4096, help="hard batch ceiling (rows)")
     p.add_argument("--max-queue", type=int, default=1024, help="hard cap on queued requests")
     p.add_argument("--max-queue-delay-ms", type=float, default=0.0)

@@ -7,7 +7,7 @@ from pathlib import Path
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from recserve_operator.localcluster.cluster import (
+from recserve_dev.localcluster.cluster import (
     MARKER_NAME,
     MARKER_NAMESPACE,
     ClusterError,

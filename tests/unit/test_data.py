@@ -57,6 +57,27 @@ def test_per_user_split_holds_out_each_users_latest() -> None:
         assert ts[train].max() < ts[test & (users == u)].min()
 
 
+@pytest.mark.parametrize("holdout_bp", [100, 1000, 2000, 3333, 5000])
+def test_holdout_share_per_user(holdout_bp: int) -> None:
+    rng = np.random.default_rng(holdout_bp)
+    counts = rng.integers(1, 60, size=40)
+    users = rng.permutation(np.repeat(np.arange(40), counts))
+    ts = rng.permutation(len(users))  # distinct times, any order
+    test, valid = _split_masks(users, ts, holdout_bp)
+    assert not (test & valid).any()
+    for u, n in enumerate(counts):
+        mine = users == u
+        n_test = int(test[mine].sum())
+        assert n_test == -(-n * holdout_bp // 10_000)  # ceil(n * share), whole rows
+        assert n_test >= 1 and (ts[mine & ~test].max(initial=-1) < ts[test & mine].min())
+
+
+def test_holdout_share_reaches_the_dataset() -> None:
+    small, large = (load_dataset("movielens-100k", holdout_bp=bp) for bp in (1000, 3000))
+    assert 0.09 < len(small.test) / 100_000 < 0.12
+    assert 0.29 < len(large.test) / 100_000 < 0.32
+
+
 def test_missing_dataset_says_what_to_do(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("RECSERVE_DATA_DIR", str(tmp_path / "empty"))
     monkeypatch.setenv("RECSERVE_OFFLINE", "1")

@@ -3,7 +3,7 @@
 The same uvicorn + raw ASGI + orjson stack and the same /v1/rank decoding as the real
 server, but no batcher: each request runs its own forward pass inline in the handler.
 
-    python -m recserve_runtime.server.baselines.naive --variant DIR --port P
+    python -m recserve_dev.peers.naive --variant DIR --port P
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class NaiveServer:
     def __init__(self, variant: Path, threads: int) -> None:
         import torch
 
-        from recserve_runtime.server.testmodel import torch_model
+        from recserve_dev.testmodel import torch_model
 
         # default 1: measured, its best setting here; torch's default (one thread per core)
         # oversubscribes a 2-core machine shared with the load generator and its goodput

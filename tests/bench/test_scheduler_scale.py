@@ -7,7 +7,7 @@ import json
 import pytest
 from kubernetes import client
 
-from recserve_operator.localcluster.scale import run_scale
+from recserve_dev.localcluster.scale import run_scale
 
 pytestmark = pytest.mark.bench
 

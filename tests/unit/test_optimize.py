@@ -287,6 +287,65 @@ def test_torchscript_model_gets_onnx_level_variants(tmp_path: Path) -> None:
         verify(Path(v["location"]))
 
 
+def test_torchscript_build_follows_the_precision_options(tmp_path: Path) -> None:
+    model = script(_Good(), tmp_path / "ts.pt")
+    report = tmp_path / "r.json"
+    rc = run_optimize(
+        "--model",
+        str(model),
+        "--feature-spec",
+        str(spec_file(tmp_path)),
+        "--out",
+        str(tmp_path / "store"),
+        "--json",
+        str(report),
+        "--quick",
+        "--precisions=int8",
+        "--no-static-quantization",
+    )
+    assert rc == 0
+    data = json.loads(report.read_text())
+    assert [v["name"] for v in data["variants"]] == ["fp32", "int8-dynamic"]
+    assert data["policy"]["precisions"] == ["fp32", "int8"]
+    assert data["policy"]["staticQuantization"] is False
+    assert data["profileThreads"] == 1
+    assert all(v["profile"]["threads"] == 1 for v in data["variants"])
+
+
+def test_zoo_build_prunes_at_every_ratio_on_the_chosen_holdout(
+    tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "r.json"
+    rc = run_optimize(
+        "--model",
+        str(tiny_ckpt),
+        "--out",
+        str(tmp_path / "store"),
+        "--json",
+        str(report),
+        "--quick",
+        "--precisions=fp32",
+        "--prune-bp=3000,5000",
+        "--no-distillation",
+        "--max-train-rows",
+        "5000",
+        "--holdout-bp",
+        "1000",
+    )
+    assert rc == 0
+    data = json.loads(report.read_text())
+    by_name = {v["name"]: v for v in data["variants"]}
+    assert list(by_name) == ["fp32", "pruned-30", "pruned-50"]
+    assert by_name["pruned-30"]["recipe"]["pruningRatioBasisPoints"] == 3000
+    assert by_name["pruned-50"]["recipe"]["pruningRatioBasisPoints"] == 5000
+    assert (
+        by_name["pruned-30"]["metrics"]["mlpParams"] > by_name["pruned-50"]["metrics"]["mlpParams"]
+    )
+    assert data["studentSearch"] == [] and data["policy"]["distillation"] is False
+    assert data["policy"]["holdoutBasisPoints"] == 1000
+    assert 9_000 < data["heldOutRows"] < 12_000  # ~10% of 100k, not the default 20%
+
+
 def test_student_shape_option() -> None:
     assert optimize.parse_shape("16:256x128") == (16, [256, 128])
     with pytest.raises(SystemExit):

@@ -28,8 +28,8 @@ def _say(text: str) -> None:
 
 
 def _cluster(root: Path, build: bool) -> Any:
-    from recserve_operator.localcluster.cluster import ClusterError, LocalCluster
-    from recserve_operator.localcluster.tools import find_tools
+    from recserve_dev.localcluster.cluster import ClusterError, LocalCluster
+    from recserve_dev.localcluster.tools import find_tools
 
     tools = find_tools(build=build)
     try:
@@ -119,9 +119,9 @@ def _router_ip(api: Any) -> str:
 
 
 def _load(ip: str, manifest_dir: Path, rate: float, seconds: float) -> dict[str, Any]:
+    from recserve_dev.loadgen import Target, open_loop
+    from recserve_dev.testmodel import rank_bodies
     from recserve_runtime.artifacts import load_manifest
-    from recserve_runtime.loadgen import Target, open_loop
-    from recserve_runtime.server.testmodel import rank_bodies
 
     bodies = rank_bodies(load_manifest(manifest_dir), count=64, candidates=64)
     target = Target(ip, 8080, "/v1/rank", bodies)
@@ -136,8 +136,8 @@ def _prometheus(url: str, query: str) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recserve_operator.localcluster.access import api_client
-    from recserve_operator.localcluster.tools import repo_root
+    from recserve_dev.localcluster.access import api_client
+    from recserve_dev.localcluster.tools import repo_root
 
     repo = repo_root()
     root = Path(args.root).resolve()

@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from recserve_operator.localcluster.nodes import agent_nodes, simulated_nodes
-from recserve_operator.localcluster.tools import Tools, find_tools
+from recserve_dev.localcluster.nodes import agent_nodes, simulated_nodes
+from recserve_dev.localcluster.tools import Tools, find_tools
 
 MARKER_NAMESPACE = "kube-system"
 MARKER_NAME = "recserve-local-cluster"
@@ -388,7 +388,7 @@ class LocalCluster:
             [
                 sys.executable,
                 "-m",
-                "recserve_operator.localcluster.agent",
+                "recserve_dev.localcluster.agent",
                 f"--kubeconfig={self.admin_kubeconfig}",
                 f"--state-dir={self.root / 'pods'}",
                 *[f"--node={n['metadata']['name']}" for n in agent_nodes()],
@@ -397,7 +397,7 @@ class LocalCluster:
 
     def _start_prometheus(self, timeout: float) -> None:
         assert self.state is not None
-        from recserve_operator.localcluster.prometheus import prometheus_config
+        from recserve_dev.localcluster.prometheus import prometheus_config
 
         config = self.root / "prometheus.yml"
         config.write_text(yaml.safe_dump(prometheus_config(self.admin_kubeconfig)))
@@ -508,7 +508,7 @@ def _terminate(pid: int, name: str, root: str) -> None:
 def kill_pod_processes(state_dir: Path) -> int:
     """SIGKILL processes the agent started for pods under ``state_dir`` (stragglers left
     when the agent was killed before it could stop them); returns how many."""
-    from recserve_operator.localcluster.agent import POD_MARKER
+    from recserve_dev.localcluster.agent import POD_MARKER
 
     marker = f"{POD_MARKER}={state_dir}".encode()
     killed = 0

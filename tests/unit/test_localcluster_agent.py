@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from recserve_operator.localcluster.agent import (
+from recserve_dev.localcluster.agent import (
     IpAllocator,
     expand_references,
     rewrite_mount_paths,
 )
-from recserve_operator.localcluster.nodes import agent_nodes, simulated_nodes
-from recserve_operator.localcluster.prometheus import prometheus_config
+from recserve_dev.localcluster.nodes import agent_nodes, simulated_nodes
+from recserve_dev.localcluster.prometheus import prometheus_config
 
 pytestmark = pytest.mark.unit
 

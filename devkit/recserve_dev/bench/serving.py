@@ -28,6 +28,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.request
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recserve_runtime.server.testing import free_port, process, wait_http
+from recserve_dev.servertesting import free_port, process, wait_http
 
 CACHE = Path.home() / ".cache/recserve"
 # each peer in its own virtualenv: their opentelemetry pins conflict with each other
@@ -121,7 +122,7 @@ async def measure(
     probe_metrics: bool = False,
 ) -> SystemResult:
     """Light-load p50, then the goodput search."""
-    from recserve_runtime.loadgen import Target, closed_loop, find_goodput, open_loop
+    from recserve_dev.loadgen import Target, closed_loop, find_goodput, open_loop
 
     slo = args.slo_ms / 1000.0
     target = Target("127.0.0.1", port, path, bodies)
@@ -150,9 +151,9 @@ async def measure(
 
 def engine_limit(variant: Path, batch_rows: int, candidates: int, seconds: float = 2.0) -> float:
     """Raw onnxruntime requests/s (of ``candidates`` rows) at ``batch_rows`` per call."""
+    from recserve_dev.testmodel import random_batch
     from recserve_runtime import artifacts
     from recserve_runtime.server.model import load
-    from recserve_runtime.server.testmodel import random_batch
 
     model = load(str(variant), "cpu", 1)
     sparse, dense = random_batch(artifacts.load_manifest(variant), batch_rows)
@@ -177,8 +178,8 @@ def _serve_argv(
 
 
 async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from recserve_dev import testmodel as tm
     from recserve_runtime import artifacts
-    from recserve_runtime.server import testmodel as tm
 
     spec = (
         tm.TestModelSpec(name="synthetic-dlrm-fp32")
@@ -222,7 +223,7 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     async def run_naive() -> SystemResult:
         port = free_port()
-        argv = [sys.executable, "-m", "recserve_runtime.server.baselines.naive",
+        argv = [sys.executable, "-m", "recserve_dev.peers.naive",
                 "--variant", str(fp32), "--port", str(port)]  # fmt: skip
         with process(argv, logs / "naive.log") as p:
             wait_http(f"http://127.0.0.1:{port}{ready}", 120, p)
@@ -287,7 +288,11 @@ def peer_python(name: str, given: Path | None, install: bool) -> Path | None:
     python = given or venv / "bin" / "python"
 
     def works() -> bool:
-        probe = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True)
+        if given is None and python.exists():
+            _link_current_env(python)
+        probe = subprocess.run(
+            [str(python), "-c", f"import {module}, recserve_dev.peers"], capture_output=True
+        )
         return python.exists() and probe.returncode == 0
 
     if python.exists() and works():
@@ -307,6 +312,22 @@ def peer_python(name: str, given: Path | None, install: bool) -> Path | None:
     return python if works() else None
 
 
+def _link_current_env(peer_python: Path) -> None:
+    """Let the cached peer venv import recserve from the environment running the bench.
+
+    ``--system-site-packages`` only reaches the base interpreter's packages, not those of
+    the (project or CI) venv this bench runs in, and that venv changes between runs; a
+    ``.pth`` file rewritten on every use points the peer venv at it. The peer's own
+    packages still come first: ``.pth`` entries are appended after its site-packages.
+    """
+    purelib = subprocess.run(
+        [str(peer_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(purelib) / "recserve-current-env.pth").write_text("\n".join(sorted(ours)) + "\n")
+
+
 async def _peers(
     args: argparse.Namespace, variant: Path, bodies: list[bytes], logs: Path
 ) -> dict[str, SystemResult]:
@@ -317,7 +338,7 @@ async def _peers(
     bento_python = peer_python("bentoml", args.bento_python, not args.no_install_peers)
     if ray_python is not None:
         port = free_port()
-        argv = [str(ray_python), "-m", "recserve_runtime.server.baselines.ray_peer",
+        argv = [str(ray_python), "-m", "recserve_dev.peers.ray_peer",
                 "--variant", str(variant), "--port", str(port)]  # fmt: skip
         try:
             with process(argv, logs / "ray.log") as p:
@@ -328,7 +349,7 @@ async def _peers(
     if bento_python is not None:
         port = free_port()
         bento = bento_python.parent / "bentoml"
-        argv = [str(bento), "serve", "recserve_runtime.server.baselines.bento_peer:Ranker",
+        argv = [str(bento), "serve", "recserve_dev.peers.bento_peer:Ranker",
                 "--host", "127.0.0.1", "-p", str(port)]  # fmt: skip
         wrapped = [orjson.dumps({"requests": [orjson.loads(b)]}) for b in bodies]
         try:

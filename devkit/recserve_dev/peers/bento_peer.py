@@ -1,5 +1,5 @@
 """BentoML peer: the same ONNX variant behind BentoML adaptive batching (run with
-``bentoml serve recserve_runtime.server.baselines.bento_peer:Ranker`` from a Python that
+``bentoml serve recserve_dev.peers.bento_peer:Ranker`` from a Python that
 has bentoml; the variant folder comes from $RECSERVE_VARIANT).
 
 The batchable API takes the /v1/rank documents as a list (``{"requests": [doc]}``), so

@@ -1,7 +1,7 @@
 """Ray Serve peer: the same ONNX variant behind ``@serve.batch`` (run with a Python that has
 ``ray[serve]``; the bench uses ~/.cache/recserve/peers-venv).
 
-    python -m recserve_runtime.server.baselines.ray_peer --variant DIR --port P
+    python -m recserve_dev.peers.ray_peer --variant DIR --port P
 
 Batching settings: ``max_batch_size`` requests (default 16 = 1024 rows of 64 candidates)
 and ``batch_wait_timeout_s`` (default 0.002), i.e. Ray's documented knobs set for a

@@ -9,7 +9,7 @@ from typing import Any
 
 from kubernetes import client
 
-from recserve_operator.localcluster.nodes import SIMULATED_SHAPE, node_manifest
+from recserve_dev.localcluster.nodes import SIMULATED_SHAPE, node_manifest
 
 SCALE_LABEL = "recserve.io/scale-test"
 

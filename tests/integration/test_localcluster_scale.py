@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kubernetes import client
 
-from recserve_operator.localcluster.scale import run_scale
+from recserve_dev.localcluster.scale import run_scale
 
 
 def test_fake_nodes_and_pods_are_scheduled(k8s: client.ApiClient, namespace: str) -> None:

@@ -12,8 +12,8 @@ DEFAULT_ROOT = ".cluster"
 
 
 def _up(args: argparse.Namespace) -> int:
-    from recserve_operator.localcluster.cluster import ClusterError, LocalCluster
-    from recserve_operator.localcluster.tools import ToolsMissing, find_tools
+    from recserve_dev.localcluster.cluster import ClusterError, LocalCluster
+    from recserve_dev.localcluster.tools import ToolsMissing, find_tools
 
     root = Path(args.root)
     try:
@@ -56,7 +56,7 @@ def _print_env(cluster: Any) -> None:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from recserve_operator.localcluster.cluster import ClusterError, LocalCluster
+    from recserve_dev.localcluster.cluster import ClusterError, LocalCluster
 
     try:
         cluster = LocalCluster.attach(Path(args.root))
@@ -69,7 +69,7 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from recserve_operator.localcluster.cluster import ClusterError, LocalCluster
+    from recserve_dev.localcluster.cluster import ClusterError, LocalCluster
 
     try:
         cluster = LocalCluster.attach(Path(args.root))

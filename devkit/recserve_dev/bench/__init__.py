@@ -1,0 +1,1 @@
+"""`recserve bench ...`: benchmark harnesses that print ratios against in-run baselines."""

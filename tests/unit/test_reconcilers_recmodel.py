@@ -1,0 +1,512 @@
+"""The RecModel reconcile pass, step by step, against an in-memory Kube and a tmp store.
+
+Each test drives the real kopf handler function (the typed boundary) with a fake Kube
+facade, and plays the part of the Jobs by writing their files into a tmp_path artifact
+store through the artifact types (Manifest, BuildReport, ProfileReport).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from recserve_runtime.artifacts import (
+    MANIFEST,
+    MODEL_FILE,
+    ArtifactFile,
+    BuildReport,
+    FeatureSpec,
+    Manifest,
+    ProfiledVariant,
+    ProfilePoint,
+    ProfileReport,
+    Recipe,
+    Side,
+    SkippedVariant,
+    SparseFeature,
+    StoreLayout,
+    TensorSpec,
+    variant_key,
+    write_manifest,
+)
+
+from recserve_operator import handlers
+from recserve_operator.api import OptimizationPolicy, RecModel
+from recserve_operator.children import content_hash
+from recserve_operator.conditions import find
+from recserve_operator.config import ArtifactStore, OperatorConfig
+from tests.fakekube import FakeKube
+from tests.manifests import example
+
+pytestmark = pytest.mark.unit
+
+NS, MODEL = "ns1", "movielens-dlrm"
+POOLS = ("gpu-pool", "cpu-pool", "fpga-pool")
+HARDWARE = {"gpu-pool": "gpu", "cpu-pool": "cpu", "fpga-pool": "fpga"}
+# variant name -> (precision, quantization, relative AUC drop in %)
+VARIANTS = {
+    "fp32": ("fp32", "none", 0.0),
+    "fp16": ("fp16", "none", 0.01),
+    "int8-dynamic": ("int8", "dynamic", 0.3),
+    "student-d8-64": ("fp32", "none", 5.0),  # over the 100 bp budget
+}
+# microseconds per sample, by pool and precision (plus a fixed 80 us per call)
+SPEED = {
+    "gpu-pool": {"fp32": 1.0, "fp16": 0.6, "int8": 0.8},
+    "cpu-pool": {"fp32": 10.0, "fp16": 12.0, "int8": 4.0},
+    "fpga-pool": {"fp32": 20.0, "fp16": 20.0, "int8": 0.5},
+}
+
+
+def points(us_per_sample: float, overhead_us: float = 80.0) -> list[ProfilePoint]:
+    out = []
+    for batch in (1, 8, 64, 256, 1024):
+        p50 = overhead_us + us_per_sample * batch
+        out.append(
+            ProfilePoint(
+                batch_size=batch,
+                p50_us=p50,
+                p99_us=p50 * 1.3,
+                samples_per_second=batch / (p50 / 1e6),
+            )
+        )
+    return out
+
+
+class World:
+    """A namespace with the example RecModel, policy and pools, a store, and the handler."""
+
+    def __init__(self, store: Path) -> None:
+        self.kube = FakeKube()
+        self.config = OperatorConfig(store=ArtifactStore.from_uri(str(store)))
+        self.events: list[tuple[str, str, str]] = []
+        model = example(MODEL)
+        model["metadata"]["namespace"] = NS
+        policy = example("latency-first")
+        policy["metadata"]["namespace"] = NS
+        self.kube.add(model)
+        self.kube.add(policy)
+        for name in POOLS:
+            self.kube.add(example(name))
+
+    # -- the operator ----------------------------------------------------------------------
+    def reconcile(self) -> dict[str, Any]:
+        """One pass through the kopf handler; returns the RecModel's stored status."""
+        handlers.recmodel(body=self.kube.find("RecModel", MODEL, NS))
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        obj = self.kube.find("RecModel", MODEL, NS)
+        assert obj is not None
+        return dict(obj.get("status") or {})
+
+    def cond(self, type_: str) -> dict[str, Any]:
+        found = find(self.status().get("conditions", []), type_)
+        assert found is not None, f"no {type_} condition in {self.status()}"
+        return found
+
+    def reason(self, type_: str = "Ready") -> str:
+        return str(self.cond(type_)["reason"])
+
+    def edit(self, kind: str, name: str, spec: dict[str, Any]) -> None:
+        self.kube.set_spec(kind, name, None if kind == "HardwarePool" else NS, spec)
+
+    # -- the Jobs ------------------------------------------------------------------------
+    @property
+    def layout(self) -> StoreLayout[Path]:
+        model = RecModel.model_validate(self.kube.find("RecModel", MODEL, NS))
+        policy = OptimizationPolicy.model_validate(
+            self.kube.find("OptimizationPolicy", "latency-first", NS)
+        )
+        digest = content_hash(model.spec, policy.spec.compression)
+        return self.config.store.local_build(NS, MODEL, digest)
+
+    def job(self, component: str, pool: str | None = None) -> dict[str, Any]:
+        jobs = [
+            j
+            for j in self.kube.of_kind("Job", NS)
+            if j["metadata"]["labels"]["app.kubernetes.io/component"] == component
+            and (pool is None or j["metadata"]["labels"].get("recserve.io/pool") == pool)
+        ]
+        assert len(jobs) == 1, [j["metadata"]["name"] for j in jobs]
+        return jobs[0]
+
+    def finish_job(self, job: dict[str, Any], outcome: str, message: str = "") -> None:
+        cond = {"type": outcome, "status": "True", "reason": outcome, "message": message}
+        self.kube.set_status("Job", job["metadata"]["name"], NS, {"conditions": [cond]})
+
+    def build(self, skipped: list[SkippedVariant] | None = None) -> dict[str, str]:
+        """What the build Job writes: variants, then the report; returns name -> key."""
+        keys = {}
+        for name, (precision, quantization, drop) in VARIANTS.items():
+            data = f"onnx bytes of {name}".encode()
+            digest = hashlib.sha256(data).hexdigest()
+            folder = self.layout.variant(variant_key(digest))
+            folder.mkdir(parents=True)
+            (folder / MODEL_FILE).write_bytes(data)
+            write_manifest(
+                folder,
+                Manifest(
+                    name=name,
+                    recipe=Recipe(precision=precision, quantization=quantization),
+                    artifact=ArtifactFile(sha256=digest, size_bytes=len(data)),
+                    inputs=[TensorSpec(name="sparse_ids", dtype="int64", shape=[-1, 1])],
+                    outputs=[TensorSpec(name="score", dtype="float32", shape=[-1])],
+                    feature_spec=FeatureSpec(
+                        sparse=[SparseFeature(name="user", vocab_size=10, side=Side.USER)]
+                    ),
+                    metrics={"auc": 0.8, "logLoss": 0.45, "aucDropRelPct": drop},
+                ),
+            )
+            keys[name] = folder.name
+        BuildReport(hardware="cpu", threads=2, skipped=skipped or []).write(self.layout.report)
+        return keys
+
+    def profile(
+        self, pool: str, keys: dict[str, str], fallback: str | None = None
+    ) -> ProfileReport:
+        """What a pool's profile Job writes."""
+        variants = {
+            key: ProfiledVariant(
+                name=name,
+                hardware=HARDWARE[pool],
+                execution_provider="CPUExecutionProvider",
+                fallback_reason=fallback,
+                threads=2,
+                points=points(SPEED[pool][VARIANTS[name][0]]),
+            )
+            for name, key in keys.items()
+        }
+        report = ProfileReport(
+            hardware=HARDWARE[pool],
+            execution_provider="CPUExecutionProvider",
+            fallback_reason=fallback,
+            threads=2,
+            variants=variants,
+        )
+        report.write(self.layout.profile(pool))
+        return report
+
+    def built_and_profiled(self, fallbacks: dict[str, str] | None = None) -> dict[str, str]:
+        keys = self.build()
+        for pool in POOLS:
+            self.profile(pool, keys, (fallbacks or {}).get(pool))
+        return keys
+
+
+@pytest.fixture()
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    w = World(tmp_path / "store")
+    monkeypatch.setitem(handlers._state, "kube", w.kube)
+    monkeypatch.setitem(handlers._state, "config", w.config)
+    monkeypatch.setattr(handlers, "post_events", lambda _target, events: w.events.extend(events))
+    yield w
+
+
+def warnings(world: World) -> list[str]:
+    return [reason for type_, reason, _ in world.events if type_ == "Warning"]
+
+
+# -- references ---------------------------------------------------------------------------
+
+
+def test_paused_model_is_left_alone(world: World) -> None:
+    world.edit("RecModel", MODEL, {"paused": True})
+    world.reconcile()
+    assert world.reason() == "Paused"
+    assert world.kube.writes == [("patch_status", "RecModel", MODEL)]
+
+
+def test_missing_references_are_named(world: World) -> None:
+    world.kube.delete("", "OptimizationPolicy", "latency-first", NS)
+    world.kube.delete("", "HardwarePool", "fpga-pool", None)
+    world.reconcile()
+    ready = world.cond("Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ReferenceNotFound")
+    assert f"OptimizationPolicy {NS}/latency-first" in ready["message"]
+    assert "HardwarePool fpga-pool" in ready["message"]
+    assert world.reason("VariantsBuilt") == "ReferenceNotFound"
+    assert world.reason("Placed") == "Waiting"
+    assert warnings(world) == ["ReferenceNotFound"]
+    assert not world.kube.of_kind("Job")
+
+
+def test_invalid_referenced_policy_is_reported_with_its_field_path(world: World) -> None:
+    # e.g. written under an older schema that allowed fractional milliseconds
+    world.edit(
+        "OptimizationPolicy", "latency-first", {"objectives": {"p99LatencyTargetMilliseconds": 2.5}}
+    )
+    world.reconcile()
+    ready = world.cond("Ready")
+    assert ready["reason"] == "InvalidReference"
+    assert f"OptimizationPolicy {NS}/latency-first" in ready["message"]
+    assert "spec.objectives.p99LatencyTargetMilliseconds" in ready["message"]
+    assert not world.kube.of_kind("Job")
+
+
+def test_invalid_referenced_pool_is_reported_with_its_field_path(world: World) -> None:
+    pool = world.kube.objects[("HardwarePool", None, "gpu-pool")]
+    del pool["spec"]["accelerator"]
+    world.reconcile()
+    ready = world.cond("Ready")
+    assert ready["reason"] == "InvalidReference"
+    assert "HardwarePool gpu-pool: spec.accelerator" in ready["message"]
+
+
+# -- build ------------------------------------------------------------------------------
+
+
+def test_build_job_is_created_once_with_the_policy_and_runs(world: World) -> None:
+    world.reconcile()
+    world.reconcile()
+    assert world.kube.verbs("create", "Job") == [world.job("build")["metadata"]["name"]]
+    ready = world.cond("VariantsBuilt")
+    assert (ready["reason"], ready["status"]) == ("Building", "False")
+    args = world.job("build")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--json=/artifacts/{NS}/{MODEL}/{world.layout.root.name}/report.json" in args
+    assert "--precisions=fp32,fp16,int8,int4" in args
+    assert "--prune-bp=3000,5000" in args
+    assert world.status()["contentHash"] == world.layout.root.name
+
+
+def test_failed_build_job_is_reported(world: World) -> None:
+    world.reconcile()
+    world.finish_job(world.job("build"), "Failed", "BackoffLimitExceeded")
+    world.reconcile()
+    ready = world.cond("Ready")
+    assert ready["reason"] == "BuildFailed"
+    assert ready["message"].startswith(f"build Job {MODEL}-build-")
+    assert "BackoffLimitExceeded" in ready["message"]
+    assert "BuildFailed" in warnings(world)
+
+
+def test_build_that_completes_without_a_report_failed(world: World) -> None:
+    world.reconcile()
+    world.finish_job(world.job("build"), "Complete")
+    world.reconcile()
+    assert world.reason() == "BuildFailed"
+    assert "wrote no" in world.cond("Ready")["message"]
+
+
+def test_report_without_variants_failed(world: World) -> None:
+    BuildReport(hardware="cpu", threads=1).write(world.layout.report)
+    world.reconcile()
+    assert world.reason("VariantsBuilt") == "BuildFailed"
+    assert "no variant under" in world.cond("Ready")["message"]
+
+
+def test_unreadable_build_report_names_the_field(world: World) -> None:
+    world.build()
+    world.layout.report.write_text('{"threads": 2, "variants": []}')
+    world.reconcile()
+    ready = world.cond("Ready")
+    assert ready["reason"] == "BuildFailed"
+    assert "report.json is invalid: hardware: Field required" in ready["message"]
+
+
+def test_unreadable_manifest_names_the_field(world: World) -> None:
+    keys = world.build()
+    manifest = world.layout.variant(keys["fp16"]) / MANIFEST
+    manifest.write_text(manifest.read_text().replace('"precision": "fp16"', '"precision": 16'))
+    world.reconcile()
+    ready = world.cond("Ready")
+    assert ready["reason"] == "BuildFailed"
+    assert f"{keys['fp16']}/manifest.json is invalid: recipe.precision" in ready["message"]
+
+
+# -- variants and profiles ------------------------------------------------------------------
+
+
+def test_built_variants_become_model_variants_and_each_pool_gets_a_profile_job(
+    world: World,
+) -> None:
+    keys = world.build(skipped=[SkippedVariant(name="int4", reason="no table to quantize")])
+    world.reconcile()
+    built = world.cond("VariantsBuilt")
+    assert built["status"] == "True"
+    assert built["message"] == (
+        "4 variants built, 3 within the 100 bp budget; skipped int4: no table to quantize"
+    )
+    assert (world.reason("Profiled"), world.reason()) == ("Profiling", "Profiling")
+    for pool in POOLS:
+        job = world.job("profile", pool)
+        pod = job["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == example(pool)["spec"]["nodeSelector"]
+        assert (
+            f"--json=/artifacts/{NS}/{MODEL}/{world.layout.root.name}/profile-{pool}.json"
+            in (pod["containers"][0]["args"])
+        )
+    variants = {mv["metadata"]["name"]: mv for mv in world.kube.of_kind("ModelVariant", NS)}
+    int8 = variants[f"{MODEL}-int8-dynamic"]
+    assert int8["spec"]["recipe"] == {
+        "precision": "int8",
+        "quantization": "dynamic",
+        "pruningRatioBasisPoints": 0,
+    }
+    assert int8["spec"]["artifact"]["uri"].endswith(f"/variants/{keys['int8-dynamic']}")
+    assert int8["metadata"]["ownerReferences"][0]["name"] == MODEL
+    assert int8["status"]["accuracyDropBasisPoints"] == 30
+    assert int8["status"]["withinBudget"] is True
+    assert variants[f"{MODEL}-student-d8-64"]["status"]["withinBudget"] is False
+
+
+def test_failed_profile_job_is_reported(world: World) -> None:
+    world.build()
+    world.reconcile()
+    world.finish_job(world.job("profile", "fpga-pool"), "Failed", "DeadlineExceeded")
+    world.reconcile()
+    ready = world.cond("Ready")
+    assert ready["reason"] == "ProfileFailed"
+    assert "profile Job for pool fpga-pool: DeadlineExceeded" in ready["message"]
+    assert world.cond("VariantsBuilt")["status"] == "True"
+
+
+def test_unreadable_profile_report_names_the_field(world: World) -> None:
+    keys = world.build()
+    world.profile("cpu-pool", keys)
+    path = world.layout.profile("cpu-pool")
+    path.write_text(path.read_text().replace('"batchSize": 64', '"batchSize": "sixty-four"'))
+    world.reconcile()
+    ready = world.cond("Ready")
+    assert ready["reason"] == "ProfileFailed"
+    assert "profile-cpu-pool.json is invalid: variants." in ready["message"]
+    assert "batchSize" in ready["message"]
+
+
+# -- plan and serving --------------------------------------------------------------------
+
+
+def test_feasible_plan_is_served_then_ready_and_a_second_pass_writes_nothing(
+    world: World,
+) -> None:
+    world.built_and_profiled()
+    world.reconcile()
+    assert world.cond("Profiled")["message"] == "profiled on 3 pools"
+    placed = world.cond("Placed")
+    assert (placed["status"], placed["reason"]) == ("True", "Planned")
+    status = world.status()
+    assert status["plan"] == placed["message"]
+    pools = {pl["pool"]: pl for pl in status["placements"]}
+    deployments = {d["metadata"]["name"]: d for d in world.kube.of_kind("Deployment", NS)}
+    for pool, pl in pools.items():
+        server = deployments[f"{MODEL}-{pool}"]
+        assert server["spec"]["replicas"] == pl["replicas"]
+        args = server["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert "--slo-p99-ms=25" in args
+        assert world.kube.find("Service", f"{MODEL}-{pool}", NS) is not None
+    assert f"{MODEL}-router" in deployments
+    assert world.reason("Serving") == "WaitingForReplicas"
+    assert world.reason() == "WaitingForReplicas"
+    selected = [
+        mv["metadata"]["name"]
+        for mv in world.kube.of_kind("ModelVariant", NS)
+        if mv["status"]["selected"]
+    ]
+    assert sorted(selected) == sorted({pl["variant"] for pl in pools.values()})
+
+    for name in deployments:
+        world.kube.set_status("Deployment", name, NS, {"readyReplicas": 1})
+    world.reconcile()
+    assert world.cond("Ready")["status"] == "True"
+    assert world.status()["replicas"] == len(pools)
+    assert world.status()["endpoint"] == f"http://{MODEL}-router.{NS}.svc:8080"
+
+    before = list(world.kube.writes)
+    world.reconcile()
+    assert world.kube.writes == before, "a steady-state pass only reads"
+
+
+def test_infeasible_plan_places_nothing_and_says_why(world: World) -> None:
+    world.built_and_profiled()
+    world.edit("OptimizationPolicy", "latency-first", {"autoscaling": {"maxBatchSize": 1}})
+    world.reconcile()
+    placed = world.cond("Placed")
+    assert (placed["status"], placed["reason"]) == ("False", "NoFeasiblePlacement")
+    assert "within [1, 1] rows" in placed["message"]
+    assert world.reason() == "NoFeasiblePlacement"
+    assert world.reason("Serving") == "Waiting"
+    assert "NoFeasiblePlacement" in warnings(world)
+    assert not world.kube.of_kind("Deployment")
+    # objectives are not part of the content hash: re-planned, not rebuilt
+    assert len(world.kube.of_kind("Job")) == 0
+
+
+def test_short_capacity_places_what_fits_and_is_not_ready(world: World) -> None:
+    world.built_and_profiled()
+    world.edit("RecModel", MODEL, {"traffic": {"expectedRequestsPerSecond": 10**7}})
+    world.reconcile()
+    placed = world.cond("Placed")
+    assert (placed["status"], placed["reason"]) == ("False", "InsufficientCapacity")
+    assert world.kube.of_kind("Deployment")
+    assert world.reason() == "InsufficientCapacity"
+
+
+def test_execution_provider_fallback_is_said_in_profiled_plan_and_placed(world: World) -> None:
+    reason = "none of CUDAExecutionProvider is available; measured on CPU instead"
+    world.built_and_profiled(fallbacks={"gpu-pool": reason})
+    world.reconcile()
+    assert f"gpu-pool: {reason}" in world.cond("Profiled")["message"]
+    note = f"gpu-pool was profiled on a fallback execution provider: {reason}"
+    assert note in world.cond("Placed")["message"]
+    assert note in world.status()["plan"]
+    gpu_profiles = [
+        prof
+        for mv in world.kube.of_kind("ModelVariant", NS)
+        for prof in mv["status"]["profiles"]
+        if prof["pool"] == "gpu-pool"
+    ]
+    assert gpu_profiles and all(prof["fallbackReason"] == reason for prof in gpu_profiles)
+
+
+def test_pool_no_longer_placed_loses_its_deployment_and_service(world: World) -> None:
+    world.built_and_profiled()
+    world.edit("RecModel", MODEL, {"hardwarePoolRefs": [{"name": "cpu-pool"}]})
+    world.reconcile()
+    assert world.kube.find("Deployment", f"{MODEL}-cpu-pool", NS) is not None
+    world.edit("RecModel", MODEL, {"hardwarePoolRefs": [{"name": "gpu-pool"}]})
+    world.reconcile()
+    assert world.kube.find("Deployment", f"{MODEL}-cpu-pool", NS) is None
+    assert world.kube.find("Service", f"{MODEL}-cpu-pool", NS) is None
+    assert world.kube.find("Deployment", f"{MODEL}-gpu-pool", NS) is not None
+    assert [pl["pool"] for pl in world.status()["placements"]] == ["gpu-pool"]
+
+
+def test_compression_change_rebuilds(world: World) -> None:
+    world.built_and_profiled()
+    world.reconcile()
+    first = world.status()["contentHash"]
+    world.edit(
+        "OptimizationPolicy", "latency-first", {"compression": {"staticQuantization": False}}
+    )
+    world.reconcile()
+    assert world.status()["contentHash"] != first
+    assert world.reason("VariantsBuilt") == "Building"
+    assert ("Normal", "Rebuilding") in [(t, r) for t, r, _ in world.events]
+    args = world.job("build")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--no-static-quantization" in args
+
+
+# -- the typed boundary ------------------------------------------------------------------
+
+
+def test_invalid_spec_is_reported_with_its_path_once_without_raising(world: World) -> None:
+    world.edit("RecModel", MODEL, {"traffic": {"expectedRequestsPerSecond": 1.5}})
+    world.reconcile()
+    ready = world.cond("Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert "spec.traffic.expectedRequestsPerSecond" in ready["message"]
+    assert warnings(world) == ["InvalidSpec"]
+    assert not world.kube.of_kind("Job")
+    before = list(world.kube.writes)
+    world.reconcile()  # the timer again: no new status write, no new Event
+    assert world.kube.writes == before
+    assert warnings(world) == ["InvalidSpec"]
+
+
+def test_a_status_the_types_refuse_does_not_stop_the_pass(world: World) -> None:
+    world.kube.set_status("RecModel", MODEL, NS, {"replicas": "three"})
+    world.reconcile()
+    assert world.reason("VariantsBuilt") == "Building"
