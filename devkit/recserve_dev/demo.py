@@ -19,7 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-GROUP, VERSION = "recserve.io", "v1alpha1"
+from recserve_operator.api import GROUP, VERSION
+
 MODEL = "movielens-dlrm"
 
 

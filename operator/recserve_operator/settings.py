@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-FINALIZER = "recserve.io/finalizer"
-PROGRESS_ANNOTATION_PREFIX = "recserve.io"
+from recserve_operator.api.common import GROUP
+
+FINALIZER = f"{GROUP}/finalizer"
+PROGRESS_ANNOTATION_PREFIX = GROUP
 
 
 def _int_env(name: str, default: int) -> int:

@@ -24,6 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from recserve_runtime.artifacts import P99_TARGET_MS_DEFAULT
+
 
 def build_options(args: argparse.Namespace) -> Any:
     """The validated BuildOptions of the parsed flags; BuildError on bad values."""
@@ -220,7 +222,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=100,
         help="largest relative AUC drop accepted, basis points (100 = 1%%)",
     )
-    p.add_argument("--p99-target-ms", type=float, default=25.0)
+    p.add_argument("--p99-target-ms", type=float, default=float(P99_TARGET_MS_DEFAULT))
     p.add_argument("--slo-batch", type=int, default=256, choices=[1, 8, 64, 256, 1024])
     p.add_argument(
         "--precisions",

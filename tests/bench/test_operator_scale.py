@@ -23,15 +23,16 @@ import pytest
 from kubernetes import client
 
 from recserve_dev.localcluster.scale import SCALE_LABEL, _node
+from recserve_operator.api import GROUP, VERSION, OptimizationPolicy, RecModel
 from recserve_operator.children import content_hash
+from recserve_runtime.artifacts import BuildReport, ProfileReport, StoreLayout
 from tests.manifests import example
 
 pytestmark = pytest.mark.bench
-GROUP, VERSION = "recserve.io", "v1alpha1"
 MODELS, NODES = 200, 1000
 
 
-def _prepare_variant(root: Path) -> tuple[Path, dict[str, Any]]:
+def _prepare_variant(root: Path) -> tuple[Path, ProfileReport]:
     from recserve_dev.testmodel import write_variant
 
     variants = root / "template" / "variants"
@@ -42,7 +43,7 @@ def _prepare_variant(root: Path) -> tuple[Path, dict[str, Any]]:
          f"--json={out}", "--seconds=0.1"],
         check=True, capture_output=True,
     )  # fmt: skip
-    return folder, json.loads(out.read_text())
+    return folder, ProfileReport.read(out)
 
 
 def test_200_recmodels_on_1000_fake_nodes(
@@ -81,11 +82,14 @@ def test_200_recmodels_on_1000_fake_nodes(
         stored = custom.create_namespaced_custom_object(
             GROUP, VERSION, namespace, "recmodels", model
         )
-        digest = content_hash(stored["spec"], created_policy["spec"]["compression"])
-        target = store / namespace / name / digest
-        shutil.copytree(folder, target / "variants" / folder.name)
-        (target / "profile-scale-pool.json").write_text(json.dumps(profile))
-        (target / "report.json").write_text(json.dumps({"synthetic": True}))
+        digest = content_hash(
+            RecModel.model_validate(stored).spec,
+            OptimizationPolicy.model_validate(created_policy).spec.compression,
+        )
+        layout = StoreLayout.of(store, namespace, name, digest)
+        shutil.copytree(folder, layout.variant(folder.name))
+        profile.write(layout.profile("scale-pool"))
+        BuildReport(hardware="cpu", threads=1, model={"synthetic": True}).write(layout.report)
 
     env = {
         **os.environ,

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from recserve_operator.api import GROUP, VERSION
 from tests.helpers import OPERATOR_PODS, eventually, helm, pod_log, restart_operator
 from tests.manifests import REPO, example
 
-GROUP, VERSION = "recserve.io", "v1alpha1"
 POOLS = ("gpu-pool", "fpga-pool", "cpu-pool")
 OPERATOR_NS = "recserve-e2e"
 

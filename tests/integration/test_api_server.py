@@ -9,10 +9,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from recserve_operator.api import kind_for
+from recserve_operator.api import GROUP, VERSION, kind_for
 from tests.manifests import BAD_CASES, BadCase, example, examples
-
-GROUP, VERSION = "recserve.io", "v1alpha1"
 
 
 def _create(k8s: client.ApiClient, doc: dict[str, Any], namespace: str, dry_run: bool) -> Any:

@@ -11,11 +11,11 @@ import pytest
 from kubernetes import client
 
 from recserve_dev.localcluster.cluster import ClusterError
+from recserve_operator.api import GROUP, VERSION
 from tests.helpers import OPERATOR_PODS, eventually, helm, pod_log, restart_operator
 from tests.manifests import REPO, example
 
 CHART = REPO / "charts" / "recserve"
-GROUP, VERSION = "recserve.io", "v1alpha1"
 
 
 @pytest.fixture(scope="module")

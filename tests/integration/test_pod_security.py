@@ -14,6 +14,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from recserve_operator import children
+from recserve_operator.api import HardwarePool, OptimizationPolicy, RecModel
 from recserve_operator.config import ArtifactStore, OperatorConfig
 from tests.manifests import REPO, example
 
@@ -67,13 +68,19 @@ def _admitted(k8s: client.ApiClient, pod: dict[str, Any]) -> str | None:
     return refusal
 
 
+def _model(namespace: str) -> RecModel:
+    doc = example("movielens-dlrm")
+    doc["metadata"].update(namespace=namespace, uid="0")
+    return RecModel.model_validate(doc)
+
+
 def test_runtime_pods_pass_the_restricted_profile(k8s: client.ApiClient, restricted: str) -> None:
-    model = example("movielens-dlrm")
-    model["metadata"].update(namespace=restricted, uid="0")
-    pool = example("gpu-pool")
+    model = _model(restricted)
+    pool = HardwarePool.model_validate(example("gpu-pool"))
     server = children.server_deployment(model, pool, "/artifacts/v", "int8", 1, 64, 25, PVC_STORE)
     router = children.router_deployment(model, PVC_STORE)
-    build = children.build_job(model, "0123456789abcdef", example("latency-first"), PVC_STORE)
+    policy = OptimizationPolicy.model_validate(example("latency-first"))
+    build = children.build_job(model, "0123456789abcdef", policy, PVC_STORE)
     for obj in (server, router, build):
         template = obj["spec"]["template"]
         assert _admitted(k8s, _pod(template, restricted)) is None, obj["metadata"]["name"]
@@ -82,11 +89,10 @@ def test_runtime_pods_pass_the_restricted_profile(k8s: client.ApiClient, restric
 def test_host_path_store_is_refused_there_as_documented(
     k8s: client.ApiClient, restricted: str
 ) -> None:
-    model = example("movielens-dlrm")
-    model["metadata"].update(namespace=restricted, uid="0")
     local = OperatorConfig(store=ArtifactStore.from_uri("/var/lib/recserve-artifacts"))
+    pool = HardwarePool.model_validate(example("cpu-pool"))
     server = children.server_deployment(
-        model, example("cpu-pool"), "/artifacts/v", "int8", 1, 64, 25, local
+        _model(restricted), pool, "/artifacts/v", "int8", 1, 64, 25, local
     )
     refusal = _admitted(k8s, _pod(server["spec"]["template"], restricted))
     assert refusal is not None and "hostPath" in refusal

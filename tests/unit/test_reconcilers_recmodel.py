@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from recserve_operator import handlers
+from recserve_operator.api import OptimizationPolicy, RecModel
+from recserve_operator.children import content_hash
+from recserve_operator.conditions import find
+from recserve_operator.config import ArtifactStore, OperatorConfig
 from recserve_runtime.artifacts import (
     MANIFEST,
     MODEL_FILE,
@@ -32,12 +38,6 @@ from recserve_runtime.artifacts import (
     variant_key,
     write_manifest,
 )
-
-from recserve_operator import handlers
-from recserve_operator.api import OptimizationPolicy, RecModel
-from recserve_operator.children import content_hash
-from recserve_operator.conditions import find
-from recserve_operator.config import ArtifactStore, OperatorConfig
 from tests.fakekube import FakeKube
 from tests.manifests import example
 

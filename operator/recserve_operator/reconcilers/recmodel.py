@@ -25,6 +25,7 @@ from recserve_operator import conditions as c
 from recserve_operator.api.hardwarepool import HardwarePool
 from recserve_operator.api.modelvariant import (
     Artifact,
+    ModelVariant,
     ModelVariantStatus,
     PoolProfile,
     ProfilePoint,
@@ -422,9 +423,23 @@ def _sync_variants(
             selected=b.name in selected,
             selected_pools=sorted(selected.get(b.name, [])),
         ).model_dump(by_alias=True, exclude_none=True, exclude={"conditions"}, mode="json")
-        observed = {k: v for k, v in (current.get("status") or {}).items() if k != "conditions"}
-        if status != observed:
+        if status != _variant_status(current):
             p.kube.patch_status("modelvariants", name, p.namespace, status)
+
+
+def _variant_status(observed: dict[str, Any]) -> dict[str, Any]:
+    """An observed ModelVariant's status as stored, conditions aside (empty when its type
+    refuses it: the next write replaces it)."""
+    try:
+        variant = parse_object(ModelVariant, observed)
+    except ManifestError as exc:
+        log.warning("%s", exc)
+        return {}
+    if variant.status is None:
+        return {}
+    return variant.status.model_dump(
+        by_alias=True, exclude_unset=True, exclude={"conditions"}, mode="json"
+    )
 
 
 def _variants_then_stop(

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recserve_runtime.artifacts import Manifest, Profile, Recipe
+from recserve_runtime.artifacts import P99_TARGET_MS_DEFAULT, Manifest, Profile, Recipe
 from recserve_runtime.builder.errors import BuildError
 from recserve_runtime.builder.plan import (
     FLOAT,
@@ -63,7 +63,7 @@ class Policy:
     """The objectives of an OptimizationPolicy the builder applies (gate and selection)."""
 
     accuracy_budget_basis_points: int = 100
-    p99_latency_target_ms: float = 25.0
+    p99_latency_target_ms: float = P99_TARGET_MS_DEFAULT
     slo_batch_size: int = 256
 
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from recserve_runtime.artifacts import P99_TARGET_MS_DEFAULT
 from recserve_runtime.threads import SERVER_INTRA_OP_THREADS
 
 
@@ -21,7 +22,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--hardware", choices=["cpu", "gpu", "fpga"], default="cpu")
-    p.add_argument("--slo-p99-ms", type=float, default=25.0, help="latency target (default 25)")
+    p.add_argument(
+        "--slo-p99-ms",
+        type=float,
+        default=float(P99_TARGET_MS_DEFAULT),
+        help=f"latency target (default {P99_TARGET_MS_DEFAULT})",
+    )
     p.add_argument("--model-name", help="OIP model name (default: the manifest's variant name)")
     p.add_argument("--workers", type=int, default=1, help="model threads (default 1)")
     p.add_argument(

@@ -19,12 +19,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from recserve_runtime.artifacts import P99_TARGET_MS_DEFAULT
+
 
 @dataclass
 class Limits:
     """Run-time adjustable limits (admin endpoint / watched file)."""
 
-    slo_p99_s: float = 0.025
+    slo_p99_s: float = P99_TARGET_MS_DEFAULT / 1000
     max_batch_rows: int = 4096  # hard ceiling of the adaptive batch size
     min_batch_rows: int = 64
     max_queue: int = 1024  # hard cap on queued requests
