@@ -65,6 +65,9 @@ def _install(cluster: Any, repo: Path, store: Path, quick: bool) -> None:
         "--create-namespace",
         "--set",
         f"artifactStore.uri={store}",
+        # every pool's nodes are this machine: profile one pool at a time
+        "--set",
+        "profileJobsAtOnce=1",
         "--set",
         "extraEnv[0].name=RECSERVE_RECONCILE_INTERVAL_SECONDS",
         "--set-string",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -68,6 +69,10 @@ class OperatorConfig:
     reconcile_interval_seconds: float = 30.0
     # Extra arguments for `recserve optimize` (e.g. --quick in tests and the demo).
     optimize_args: tuple[str, ...] = field(default_factory=tuple)
+    # Most profile Jobs of one RecModel that run at once (0: one per pool, all at once).
+    # 1 where the pools share one machine (the local control plane): profiles measure
+    # the machine, and concurrent ones would measure each other.
+    profile_jobs_at_once: int = 0
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -80,4 +85,17 @@ class OperatorConfig:
             prometheus_url=env.get("RECSERVE_PROMETHEUS_URL") or None,
             reconcile_interval_seconds=float(env.get("RECSERVE_RECONCILE_INTERVAL_SECONDS", 30)),
             optimize_args=tuple(env.get("RECSERVE_OPTIMIZE_ARGS", "").split()),
+            profile_jobs_at_once=_count(env, "RECSERVE_PROFILE_JOBS_AT_ONCE"),
         )
+
+
+def _count(env: Mapping[str, str], name: str) -> int:
+    """A non-negative integer setting (unset or empty: 0)."""
+    raw = env.get(name, "").strip() or "0"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a whole number >= 0, got {raw!r}") from None
+    if value < 0:
+        raise SystemExit(f"{name} must be a whole number >= 0, got {raw!r}")
+    return value

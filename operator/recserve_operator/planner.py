@@ -3,12 +3,29 @@
 Pure functions over measured profiles, so that every decision is unit-testable and can
 be explained in status and an Event.
 
-Latency model. A replica batches requests: each call scores ``batch`` samples, and one
-request of ``C`` candidates is ``C`` samples. A request waits at most for the call in
-flight and then for its own call, so its p99 latency is bounded by ``2 x p99(call)``.
-The planner therefore picks, per (pool, variant), the largest profiled batch whose
-``2 x p99`` meets the target, and plans replicas to run at most ``UTILIZATION`` of the
-measured throughput at that batch (headroom for bursts and the batcher's queueing).
+Capacity model. A replica batches requests: one request of ``r`` candidates is ``r``
+samples, and a call with a ceiling of ``B`` rows serves up to ``B / r`` requests. Beside
+the model, every request costs the server HTTP, JSON decoding and validation, its share
+of handling the batch, and the answer:
+``overhead(r, k) = perRequest + perRow x r + perBatch / k``, measured on the pool's node
+by the profile Job's served-path calibration (``ProfileReport.serving``), for ``k``
+requests per call. The pod's CPU limit serialises both, so one request costs a replica
+
+    t(r, B) = compute(k x r) / k + overhead(r, k)     (compute(n): one call of n rows)
+
+and a replica serves ``1 / t`` requests per second. ``k`` is ``B / r``, or fewer where the
+calibration saw the saturated server batch fewer (a server whose HTTP side is slower
+than its model batches what arrived during the last call: 1.5 to 3 requests for a small
+student, whatever the ceiling). A profile without the calibration (written by an older
+`recserve profile`) counts compute only at ``k = B / r``, and the plan says so.
+
+Latency model. A replica cycles through one call plus the HTTP side of the ``k``
+requests it serves; a request waits at most for the cycle in flight and then for its
+own, so its p99 latency is bounded by ``2 x (p99(call) + k x overhead(r, k))``. The
+planner picks, per (pool, variant), the profiled batch that serves the most requests
+among those whose bound meets the target, and plans replicas to run at most
+``UTILIZATION`` of the capacity at that batch (headroom for bursts and the batcher's
+queueing).
 """
 
 from __future__ import annotations
@@ -20,7 +37,14 @@ from dataclasses import dataclass, field, replace
 from recserve_operator.api.hardwarepool import HardwarePool
 from recserve_operator.api.optimizationpolicy import OptimizationPolicySpec
 from recserve_operator.api.recmodel import Traffic
-from recserve_runtime.artifacts import Manifest, ProfilePoint, ProfileReport
+from recserve_runtime.artifacts import (
+    Manifest,
+    ProfilePoint,
+    ProfileReport,
+    ServingOverhead,
+    call_microseconds,
+    log_interpolate,
+)
 
 UTILIZATION = 0.7
 QUEUEING_FACTOR = 2.0
@@ -38,6 +62,43 @@ class Point:
     @classmethod
     def of(cls, point: ProfilePoint) -> Point:
         return cls(point.batch_size, point.p50_us, point.p99_us, point.samples_per_second)
+
+
+@dataclass(frozen=True)
+class ServingCost:
+    """A pool's served-path overhead per request:
+    ``per_request_us + per_row_us x rows + per_batch_us / requests_per_batch``."""
+
+    per_request_us: float
+    per_row_us: float
+    per_batch_us: float = 0.0
+    # requests per call the saturated server ran at some request sizes, no ceiling in the
+    # way: ((candidates, requests per call), ...), by candidates
+    batching: tuple[tuple[int, float], ...] = ()
+
+    @classmethod
+    def of(cls, serving: ServingOverhead | None) -> ServingCost | None:
+        if serving is None:
+            return None
+        sizes = sorted({p.candidates for p in serving.points})
+        return cls(
+            serving.per_request_microseconds,
+            serving.per_row_microseconds,
+            serving.per_batch_microseconds,
+            tuple((r, k) for r in sizes if (k := serving.requests_per_batch(r)) is not None),
+        )
+
+    def requests_per_batch(self, rows: int) -> float | None:
+        """Requests per call at saturation for ``rows`` candidates (see
+        :meth:`ServingOverhead.requests_per_batch`), None when not measured."""
+        return log_interpolate(self.batching, rows)
+
+    def us_per_request(self, rows: int, requests_per_batch: float) -> float:
+        return (
+            self.per_request_us
+            + self.per_row_us * rows
+            + self.per_batch_us / max(requests_per_batch, 1.0)
+        )
 
 
 @dataclass(frozen=True)
@@ -81,6 +142,8 @@ class PoolCapacity:
     accelerator_replicas: int | None = None
     # why the pool's profile ran on another execution provider than its hardware's, if so
     fallback_reason: str | None = None
+    # the served-path overhead measured on the pool's node (None: compute-only profile)
+    serving: ServingCost | None = None
 
     @classmethod
     def of(cls, pool: HardwarePool, profile: ProfileReport | None = None) -> PoolCapacity:
@@ -97,6 +160,7 @@ class PoolCapacity:
             cost_per_replica_hour_millicents=spec.cost_per_replica_hour_millicents,
             accelerator_replicas=accelerator_replicas,
             fallback_reason=profile.fallback_reason if profile is not None else None,
+            serving=ServingCost.of(profile.serving) if profile is not None else None,
         )
 
 
@@ -144,6 +208,9 @@ class Option:
     rps_per_replica: float
     cost_per_replica_hour_millicents: int
     accuracy_drop_bp: int
+    # requests per second one replica serves at full load (rps_per_replica is UTILIZATION
+    # of it), counting the served-path overhead when the pool's profile measured it
+    capacity_rps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -156,6 +223,7 @@ class PoolPlan:
     batch_size: int
     p99_ms: float
     rps_per_replica: float
+    capacity_rps: float = 0.0  # at full load, before UTILIZATION
 
 
 @dataclass(frozen=True)
@@ -171,12 +239,54 @@ class Plan:
     message: str
 
 
+def requests_per_batch(point: Point, rows: int, serving: ServingCost | None) -> float:
+    """Requests of ``rows`` candidates one call serves at full load with a ceiling of
+    ``point.batch_size`` rows: the ceiling's share, or fewer where the calibration saw
+    the saturated server batch fewer."""
+    k = max(point.batch_size / rows, 1.0)
+    seen = serving.requests_per_batch(rows) if serving is not None else None
+    return k if seen is None else min(k, max(seen, 1.0))
+
+
+def request_microseconds(
+    points: list[Point], point: Point, rows: int, serving: ServingCost | None
+) -> float:
+    """What one request of ``rows`` candidates costs a replica whose batch ceiling is
+    ``point.batch_size``: its share of the call (``points``: the variant's profile on
+    the pool) plus its served-path overhead."""
+    if serving is None:
+        return rows / point.samples_per_second * 1e6
+    k = requests_per_batch(point, rows, serving)
+    if k * rows >= point.batch_size:  # full calls of the profiled batch
+        compute = rows / point.samples_per_second * 1e6
+    else:  # smaller calls: their time from the profile, shared by k requests
+        compute = call_microseconds(points, k * rows) / k
+    return compute + serving.us_per_request(rows, k)
+
+
+def cycle_p99_microseconds(point: Point, rows: int, serving: ServingCost | None) -> float:
+    """p99 of one call plus the served-path overhead of the requests it serves."""
+    if serving is None:
+        return point.p99_us
+    k = requests_per_batch(point, rows, serving)
+    return point.p99_us + k * serving.us_per_request(rows, k)
+
+
+def replica_capacity_rps(
+    points: list[Point], point: Point, rows: int, serving: ServingCost | None
+) -> float:
+    """Requests per second one replica serves at full load (see the module docstring)."""
+    return 1e6 / request_microseconds(points, point, rows, serving)
+
+
 def best_option(
     variant: VariantProfile, pool: PoolCapacity, objectives: Objectives
 ) -> Option | None:
-    """The largest batch of ``variant`` on ``pool`` that meets the p99 target, if any."""
+    """The batch of ``variant`` on ``pool`` that serves the most requests within the p99
+    target, if any."""
     points = variant.profiles.get(pool.name, [])
     target_us = objectives.p99_target_ms * 1000.0
+    rows = max(objectives.candidates_per_request, 1)
     # A call never scores less than one request's candidates, so smaller profiled batches
     # say nothing about serving (unless no profiled batch is that large).
     largest = max((p.batch_size for p in points), default=0)
@@ -186,21 +296,22 @@ def best_option(
         for p in points
         if p.batch_size >= floor
         and objectives.min_batch_size <= p.batch_size <= objectives.max_batch_size
-        and QUEUEING_FACTOR * p.p99_us <= target_us
         and p.samples_per_second > 0
+        and QUEUEING_FACTOR * cycle_p99_microseconds(p, rows, pool.serving) <= target_us
     ]
     if not candidates:
         return None
-    best = max(candidates, key=lambda p: p.samples_per_second)
-    rps = best.samples_per_second * UTILIZATION / max(objectives.candidates_per_request, 1)
+    best = max(candidates, key=lambda p: replica_capacity_rps(points, p, rows, pool.serving))
+    capacity = replica_capacity_rps(points, best, rows, pool.serving)
     return Option(
         pool=pool.name,
         variant=variant.name,
         batch_size=best.batch_size,
-        p99_ms=QUEUEING_FACTOR * best.p99_us / 1000.0,
-        rps_per_replica=rps,
+        p99_ms=QUEUEING_FACTOR * cycle_p99_microseconds(best, rows, pool.serving) / 1000.0,
+        rps_per_replica=capacity * UTILIZATION,
         cost_per_replica_hour_millicents=pool.cost_per_replica_hour_millicents,
         accuracy_drop_bp=variant.accuracy_drop_bp,
+        capacity_rps=capacity,
     )
 
 
@@ -235,17 +346,25 @@ def plan(variants: list[VariantProfile], pools: list[PoolCapacity], objectives: 
 
     Pools are filled in order of a score mixing cost per request and latency, weighted
     by the policy's costWeightPercent; each pool used gets at least minReplicas. Pools
-    profiled with a fallback execution provider are named in the message.
+    profiled with a fallback execution provider, and pools whose profile has no
+    served-path calibration (capacity counts compute only), are named in the message.
     """
     decision = _plan(variants, pools, objectives)
-    fallbacks = [p for p in pools if p.fallback_reason]
-    if not fallbacks:
-        return decision
-    notes = "; ".join(
+    notes = [
         f"{p.name} was profiled on a fallback execution provider: {p.fallback_reason}"
-        for p in fallbacks
-    )
-    return replace(decision, message=f"{decision.message}; {notes}")
+        for p in pools
+        if p.fallback_reason
+    ]
+    uncalibrated = [p.name for p in pools if p.serving is None]
+    if uncalibrated:
+        notes.append(
+            f"{', '.join(uncalibrated)}: the profile has no served-path calibration, so "
+            "capacity counts model compute only and overstates what a replica serves "
+            "(re-profile with `recserve profile --serving`)"
+        )
+    if not notes:
+        return decision
+    return replace(decision, message=f"{decision.message}; {'; '.join(notes)}")
 
 
 def _plan(
@@ -299,6 +418,7 @@ def _plan(
                 option.batch_size,
                 round(option.p99_ms, 3),
                 round(option.rps_per_replica, 1),
+                round(option.capacity_rps, 1),
             )
         )
         capacity += replicas * option.rps_per_replica
@@ -308,7 +428,8 @@ def _plan(
     )
     summary = ", ".join(
         f"{pp.pool}: {pp.replicas} x {pp.variant} (batch {pp.batch_size}, "
-        f"~{pp.rps_per_replica:.0f} req/s each, p99 <= {pp.p99_ms:.1f} ms)"
+        f"~{pp.rps_per_replica:.0f} req/s each = {UTILIZATION:.0%} of the "
+        f"{pp.capacity_rps:.0f} a replica serves, p99 <= {pp.p99_ms:.1f} ms)"
         for pp in placements
     )
     if capacity < objectives.required_rps:

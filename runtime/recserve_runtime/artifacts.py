@@ -25,11 +25,14 @@ The operator's artifact store holds one build per RecModel and content hash::
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePath
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -154,11 +157,60 @@ class ProfilePoint(_Wire):
     samples_per_second: float
 
 
+class Throughput(Protocol):
+    """A profiled batch size and its throughput (a :class:`ProfilePoint` or the like)."""
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def samples_per_second(self) -> float: ...
+
+
+def call_microseconds(points: Sequence[Throughput], batch: float) -> float:
+    """Model time of one call of ``batch`` rows from profiled points: piecewise linear
+    between profiled batch sizes (time per call = rows / throughput), the smallest
+    call's time below them, the largest one's time per row above them; 0 without any."""
+    known = sorted(
+        (p.batch_size, p.batch_size / p.samples_per_second * 1e6)
+        for p in points
+        if p.samples_per_second > 0
+    )
+    if not known:
+        return 0.0
+    if batch <= known[0][0]:
+        return known[0][1]
+    for (b0, t0), (b1, t1) in itertools.pairwise(known):
+        if batch <= b1:
+            return t0 + (t1 - t0) * (batch - b0) / (b1 - b0)
+    b_last, t_last = known[-1]
+    return t_last * batch / b_last
+
+
+def log_interpolate(pairs: Sequence[tuple[int, float]], x: float) -> float | None:
+    """y at ``x`` from (x, y) pairs (x > 0): linear in log(x) between them, the nearest
+    y beyond them; None without pairs."""
+    known = sorted(pairs)
+    if not known:
+        return None
+    if x <= known[0][0]:
+        return known[0][1]
+    for (x0, y0), (x1, y1) in itertools.pairwise(known):
+        if x <= x1:
+            return y0 + (y1 - y0) * math.log(x / x0) / math.log(x1 / x0)
+    return known[-1][1]
+
+
 class Profile(_Wire):
     hardware: str
     execution_provider: str
     fallback_reason: str | None = None
     threads: int
+    clock: str = Field(
+        default="wall",
+        description="What samplesPerSecond counts seconds of: cpu (the profiling thread's "
+        "CPU time: one core's throughput, whatever else the machine runs) or wall.",
+    )
     points: list[ProfilePoint] = Field(default_factory=list)
 
 
@@ -191,6 +243,85 @@ class ProfiledVariant(Profile):
     name: str = Field(description="Variant name (the manifest's).")
 
 
+class ServingPoint(_Wire):
+    """The real server driven to saturation with ranking requests of one size, at one
+    batch row ceiling."""
+
+    candidates: int = Field(ge=1, description="Candidates (rows) per /v1/rank request.")
+    max_batch_rows: int = Field(default=0, description="The server's batch row ceiling.")
+    measured_requests_per_second: float = Field(
+        description="Successful requests per wall-clock second in this run (depends on how "
+        "much CPU the machine gave the server; see serverCores)."
+    )
+    server_cores: float = Field(description="Server CPU seconds per wall-clock second.")
+    server_microseconds_per_request: float = Field(
+        description="Server process time (CPU time of all its threads) per successful "
+        "request: the median over the timed windows."
+    )
+    spread_percent: float = Field(
+        default=0.0, description="(max - min) / median of the windows' time per request."
+    )
+    mean_batch_rows: float = Field(description="Rows per model call the server ran.")
+    requests_per_batch: float = Field(default=1.0, description="Requests per model call.")
+    compute_microseconds_per_request: float = Field(
+        description="Model compute for one request at that batch, from the compute profile."
+    )
+    overhead_microseconds_per_request: float = Field(
+        description="serverMicrosecondsPerRequest - computeMicrosecondsPerRequest."
+    )
+    rejected: int = Field(default=0, description="Requests answered other than 200.")
+    concurrency: int = Field(
+        default=0, description="Client connections used (fewer than asked where refused)."
+    )
+
+
+class ServingOverhead(_Wire):
+    """What serving costs beyond the model: HTTP, JSON decoding and validation, batching,
+    the answer. Fitted from :class:`ServingPoint` runs as
+    ``perRequest + perRow x r + perBatch / k`` for requests of ``r`` rows served ``k`` to
+    a batch; one replica's time for such a request at batch ``B`` (``k = B / r``) is then
+    ``compute(B) / k`` plus that (additive: the pod's CPU limit serialises the HTTP side
+    and the model)."""
+
+    per_request_microseconds: float = Field(ge=0)
+    per_row_microseconds: float = Field(ge=0)
+    per_batch_microseconds: float = Field(default=0.0, ge=0)
+    variant: str = Field(description="The variant the server ran (name).")
+    threads: int = Field(description="onnxruntime intra-op threads of the server.")
+    workers: int = Field(default=1, description="Model threads of the server.")
+    concurrency: int = Field(description="Closed-loop client connections.")
+    seconds_per_size: float = 0.0
+    clock: str = Field(
+        default="cpu",
+        description="cpu: server process CPU time (unaffected by other work on the "
+        "machine); wall: wall-clock time, where the CPU time cannot be read.",
+    )
+    points: list[ServingPoint] = Field(default_factory=list)
+
+    def requests_per_batch(self, candidates: int) -> float | None:
+        """Requests per model call the saturated server ran, with no batch ceiling in the
+        way, at ``candidates`` rows per request: interpolated over the calibration's
+        points in log(candidates), the nearest beyond them; None without such points.
+
+        A server whose HTTP side is slower than its model batches what arrived during
+        the last call, however high its ceiling: few requests per call for a fast model."""
+        seen = [
+            (p.candidates, p.requests_per_batch)
+            for p in self.points
+            if p.max_batch_rows > p.candidates
+        ]
+        return log_interpolate(seen, candidates)
+
+    def microseconds_per_request(self, candidates: int, requests_per_batch: float = 1) -> float:
+        """Serving overhead of one request of ``candidates`` rows served
+        ``requests_per_batch`` to a model call (model compute aside)."""
+        return (
+            self.per_request_microseconds
+            + self.per_row_microseconds * candidates
+            + self.per_batch_microseconds / max(requests_per_batch, 1.0)
+        )
+
+
 class ProfileReport(_Report):
     """``profile-<pool>.json``: `recserve profile` over every variant of a build, on one
     pool's node (written by the pool's profile Job, read by the operator)."""
@@ -205,6 +336,11 @@ class ProfileReport(_Report):
     threads: int = 0
     variants: dict[str, ProfiledVariant] = Field(
         default_factory=dict, description="Profile per variant folder name."
+    )
+    serving: ServingOverhead | None = Field(
+        default=None,
+        description="Served-path calibration (`recserve profile --serving`); absent in "
+        "reports written without it, whose capacity then counts model compute only.",
     )
 
 

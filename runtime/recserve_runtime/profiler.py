@@ -5,7 +5,14 @@ fpga: Vitis AI); when the wanted one is not available the CPU provider is used a
 profile says so in ``fallbackReason``. Threads default to SERVER_INTRA_OP_THREADS, what
 one server replica runs each call with, so a profile is one replica's capacity.
 Each point: warm-up, then timed calls until both ``min_calls`` and ``seconds`` are
-reached; p50/p99 of the per-call latency, throughput = samples / total timed seconds.
+reached; p50/p99 of the per-call (wall-clock) latency, throughput = samples / total timed
+seconds. On the CPU provider with one intra-op thread (the server's setting) onnxruntime
+runs in the calling thread, and those seconds are that thread's CPU time (the profile's
+``clock`` says ``cpu``): the throughput of one core of its own, which is what a pod's CPU
+limit buys and what the served-path calibration (:mod:`recserve_runtime.serving_profile`)
+measures in, and which other work on the machine (another profile Job, say) does not
+change the way it changes wall-clock time. Elsewhere (GPU providers, several threads)
+the seconds are wall-clock (``clock: wall``).
 """
 
 from __future__ import annotations
@@ -73,25 +80,35 @@ def random_feed(spec: FeatureSpec, batch: int, seed: int = 0) -> dict[str, np.nd
 
 
 def time_calls(
-    call: Any, batch: int, seconds: float, min_calls: int = 10, warmup: int = 3
+    call: Any,
+    batch: int,
+    seconds: float,
+    min_calls: int = 10,
+    warmup: int = 3,
+    cpu_clock: bool = False,
 ) -> ProfilePoint:
-    """Time a zero-argument callable; ``batch`` samples per call."""
+    """Time a zero-argument callable; ``batch`` samples per call. Throughput is per
+    wall-clock second, or per CPU second of this thread with ``cpu_clock`` (for calls
+    that run in the calling thread only)."""
     for _ in range(warmup):
         call()
     lat: list[float] = []
     start = time.perf_counter()
+    cpu_start = time.thread_time()
     while len(lat) < min_calls or time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         call()
         lat.append(time.perf_counter() - t0)
         if len(lat) >= 20_000:
             break
+    cpu = time.thread_time() - cpu_start
     arr = np.array(lat) * 1e6
+    busy = cpu if cpu_clock and cpu > 0 else float(arr.sum()) / 1e6
     return ProfilePoint(
         batch_size=batch,
         p50_us=float(np.percentile(arr, 50)),
         p99_us=float(np.percentile(arr, 99)),
-        samples_per_second=batch * len(lat) / (float(arr.sum()) / 1e6),
+        samples_per_second=batch * len(lat) / busy,
     )
 
 
@@ -102,11 +119,12 @@ def profile_batch(
     threads: int,
     seconds: float = 0.5,
     session: Any = None,
+    cpu_clock: bool = False,
 ) -> ProfilePoint:
     """One profile point of an ONNX file."""
     sess = session or make_session(path, threads)
     feed = random_feed(spec, batch)
-    return time_calls(lambda: sess.run(None, feed), batch, seconds)
+    return time_calls(lambda: sess.run(None, feed), batch, seconds, cpu_clock=cpu_clock)
 
 
 def profile(
@@ -121,11 +139,13 @@ def profile(
     onnxruntime threads (default: the server's)."""
     provider, reason = choose_provider(hardware)
     sess = make_session(path, threads, provider)
-    points = [profile_batch(path, spec, b, threads, seconds, sess) for b in batch_sizes]
+    cpu_clock = provider == "CPUExecutionProvider" and threads == 1
+    points = [profile_batch(path, spec, b, threads, seconds, sess, cpu_clock) for b in batch_sizes]
     return Profile(
         hardware=hardware,
         execution_provider=provider,
         fallback_reason=reason,
         threads=threads,
+        clock="cpu" if cpu_clock else "wall",
         points=points,
     )

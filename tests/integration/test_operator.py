@@ -34,6 +34,7 @@ def operator(
         "--set", f"artifactStore.uri={store}",
         "--set", "extraEnv[0].name=RECSERVE_RECONCILE_INTERVAL_SECONDS",
         "--set-string", "extraEnv[0].value=2",
+        "--set", "logLevel=debug",  # diffs and API requests: tests tie a pod to its work
     )  # fmt: skip
     core = client.CoreV1Api(k8s)
 
@@ -161,7 +162,7 @@ def test_missing_reference_then_failed_build_are_reported_without_duplicates(
         # is not part of the build's content hash: re-reconciled, not rebuilt.
         edited = api.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, "recmodels", "movielens-dlrm",
-            {"spec": {"traffic": {"expectedRequestsPerSecond": 201}}},
+            {"spec": {"traffic": {"expectedRequestsPerSecond": 4321}}},
         )  # fmt: skip
         generation = edited["metadata"]["generation"]
         edited_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -200,13 +201,26 @@ def test_missing_reference_then_failed_build_are_reported_without_duplicates(
             timeout=30,
             what="a BuildFailed Warning Event posted after the restart",
         )
-        # and the new pod's own output says it handled the edit
-        handled = f"[{namespace}/movielens-dlrm] Handler 'recmodel/spec' succeeded"
+        # the new pod's own output shows it received this very edit and handled it
+        edit = "'expectedRequestsPerSecond'), 200, 4321)"
+        status_write = (
+            f"PATCH /apis/{GROUP}/{VERSION}/namespaces/{namespace}/recmodels/movielens-dlrm/status"
+        )
+
+        def handled_by_new_pod() -> bool:
+            lines = pod_log(local_cluster, new_pod).splitlines()
+            seen = [i for i, line in enumerate(lines) if "diff:" in line and edit in line]
+            after = lines[seen[0] :] if seen else []
+            # kopf names the handler recmodel/spec, or recmodel when a container restart
+            # (liveness) resumed the update in progress
+            handled = any("Handler 'recmodel" in line and "' succeeded." in line for line in after)
+            return handled and any(status_write in line for line in after)
+
         eventually(
-            lambda: handled in pod_log(local_cluster, new_pod),
+            handled_by_new_pod,
             timeout=30,
-            what=f"{handled!r} in the log of the new operator pod {new_pod.metadata.name}",
-            state=lambda: pod_log(local_cluster, new_pod)[-2000:],
+            what=f"the edit's diff, its handling and status write in {new_pod.metadata.name}'s log",
+            state=lambda: pod_log(local_cluster, new_pod)[-3000:],
         )
         pods = core.list_namespaced_pod(operator["namespace"], label_selector=OPERATOR_PODS)
         assert [p.metadata.uid for p in pods.items] == [new_pod.metadata.uid]

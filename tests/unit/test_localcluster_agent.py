@@ -8,6 +8,7 @@ import pytest
 
 from recserve_dev.localcluster.agent import (
     IpAllocator,
+    Probe,
     expand_references,
     rewrite_mount_paths,
 )
@@ -22,6 +23,17 @@ def test_references_expand_like_kubernetes() -> None:
     assert expand_references("--host=$(POD_IP):$(PORT)", env) == "--host=127.1.0.2:8000"
     assert expand_references("$(MISSING) stays", env) == "$(MISSING) stays"
     assert expand_references("$$(POD_IP) is escaped", env) == "$(POD_IP) is escaped"
+
+
+def test_probes_change_verdict_only_at_their_thresholds() -> None:
+    probe = Probe({"failureThreshold": 3, "successThreshold": 2})
+    assert [probe.record(ok) for ok in (True, True)] == [None, True]
+    # one or two slow answers under load: no restart, no unready
+    assert [probe.record(ok) for ok in (False, False, True)] == [None, None, None]
+    assert [probe.record(ok) for ok in (False, False, False)] == [None, None, False]
+    defaults = Probe({})
+    assert [defaults.record(False) for _ in range(3)] == [None, None, False]
+    assert defaults.record(True) is True
 
 
 def test_pod_ips_are_distinct_loopback_addresses_and_reused() -> None:

@@ -10,15 +10,25 @@ from recserve_operator.api import HardwarePool, OptimizationPolicy, RecModel
 from recserve_operator.api.optimizationpolicy import OptimizationPolicySpec
 from recserve_operator.api.recmodel import Traffic
 from recserve_operator.planner import (
+    UTILIZATION,
     Objectives,
     Point,
     PoolCapacity,
+    ServingCost,
     VariantProfile,
     best_option,
     plan,
     pool_choice,
 )
-from recserve_runtime.artifacts import ArtifactFile, FeatureSpec, Manifest, ProfileReport, Recipe
+from recserve_runtime.artifacts import (
+    ArtifactFile,
+    FeatureSpec,
+    Manifest,
+    ProfileReport,
+    Recipe,
+    ServingOverhead,
+    ServingPoint,
+)
 from tests.manifests import example
 
 pytestmark = pytest.mark.unit
@@ -200,3 +210,120 @@ def test_fallback_execution_provider_is_said_in_the_plan() -> None:
     )
     none = plan(variants(), [CPU, slow], objectives(p99_target_ms=0))
     assert not none.feasible and "fallback execution provider" in none.message
+
+
+# -- the served path ----------------------------------------------------------------------
+
+SERVED = ServingCost(per_request_us=300.0, per_row_us=8.0, per_batch_us=200.0)
+
+
+def test_capacity_counts_the_served_path_per_request_row_and_batch() -> None:
+    student = variants()[2]  # 1 us per sample + 80 us per call
+    served_pool = replace(CPU, serving=SERVED)
+    obj = objectives(accuracy_budget_bp=500, candidates_per_request=64, p99_target_ms=100)
+    bare = best_option(student, CPU, obj)
+    served = best_option(student, served_pool, obj)
+    assert bare is not None and served is not None
+    assert served.batch_size == bare.batch_size == 1024
+    point = next(p for p in student.profiles["cpu-pool"] if p.batch_size == served.batch_size)
+    k = served.batch_size / 64
+    compute_us = point.p50_us / k  # the profile's calls: 80 us + 1 us per sample
+    overhead_us = 300 + 8 * 64 + 200 / k
+    assert served.capacity_rps == pytest.approx(1e6 / (compute_us + overhead_us))
+    assert served.rps_per_replica == pytest.approx(UTILIZATION * served.capacity_rps)
+    assert bare.capacity_rps == pytest.approx(1e6 / compute_us)
+    assert bare.capacity_rps > 5 * served.capacity_rps  # HTTP dominates a small model
+    # the latency bound counts the HTTP side of the requests of a cycle
+    cycle_us = point.p99_us + k * overhead_us
+    assert served.p99_ms == pytest.approx(2 * cycle_us / 1000)
+
+
+def test_one_request_per_batch_pays_the_whole_batch_cost() -> None:
+    student = variants()[2]
+    pool = replace(CPU, serving=SERVED)
+    obj = objectives(accuracy_budget_bp=500, candidates_per_request=256, max_batch_size=256)
+    option = best_option(student, pool, obj)
+    assert option is not None and option.batch_size == 256
+    point = student.profiles["cpu-pool"][3]
+    assert option.capacity_rps == pytest.approx(1e6 / (point.p50_us + 300 + 8 * 256 + 200))
+
+
+def test_plan_says_the_capacity_it_used_and_when_it_counts_compute_only() -> None:
+    obj = objectives(accuracy_budget_bp=500)
+    served = plan(variants(), [replace(CPU, serving=SERVED)], obj)
+    pp = served.placements[0]
+    assert f"~{pp.rps_per_replica:.0f} req/s each" in served.message
+    assert f"of the {pp.capacity_rps:.0f} a replica serves" in served.message
+    assert "compute only" not in served.message
+    bare = plan(variants(), [CPU, replace(GPU, serving=SERVED)], obj)
+    assert (
+        "cpu-pool: the profile has no served-path calibration, so capacity counts model "
+        "compute only"
+    ) in bare.message
+
+
+def test_pool_capacity_takes_the_serving_calibration_from_its_profile() -> None:
+    report = ProfileReport(
+        hardware="cpu",
+        serving=ServingOverhead(
+            per_request_microseconds=310.0,
+            per_row_microseconds=8.5,
+            per_batch_microseconds=150.0,
+            variant="student",
+            threads=1,
+            concurrency=8,
+        ),
+    )
+    cap = PoolCapacity.of(HardwarePool.model_validate(example("cpu-pool")), report)
+    assert cap.serving == ServingCost(310.0, 8.5, 150.0)
+    old = ProfileReport.model_validate({"hardware": "cpu", "variants": {}})  # before --serving
+    assert PoolCapacity.of(HardwarePool.model_validate(example("cpu-pool")), old).serving is None
+
+
+def test_a_server_that_batches_fewer_requests_than_its_ceiling_is_planned_so() -> None:
+    # the calibration saw 3 requests per call at 8 candidates and 1.5 at 256 (HTTP slower
+    # than the model): at 64 candidates, 2 per call (linear in log candidates), not 256 / 64
+    served = replace(SERVED, batching=((8, 3.0), (256, 1.5)))
+    assert served.requests_per_batch(64) == pytest.approx(2.1)
+    assert served.requests_per_batch(4) == 3.0 and served.requests_per_batch(1000) == 1.5
+    student = variants()[2]  # 80 us per call + 1 us per sample
+    obj = objectives(accuracy_budget_bp=500, candidates_per_request=64, max_batch_size=256)
+    option = best_option(student, replace(CPU, serving=served), obj)
+    assert option is not None and option.batch_size == 256
+    k = 2.1
+    compute_us = (80 + 1.0 * k * 64) / k  # the profile's call of k x 64 rows, shared
+    overhead_us = 300 + 8 * 64 + 200 / k
+    assert option.capacity_rps == pytest.approx(1e6 / (compute_us + overhead_us), rel=1e-3)
+    # a server that fills its batches is planned at its ceiling
+    full = replace(SERVED, batching=((8, 40.0), (256, 6.0)))
+    filled = best_option(student, replace(CPU, serving=full), obj)
+    point = student.profiles["cpu-pool"][3]
+    assert filled is not None
+    assert filled.capacity_rps == pytest.approx(1e6 / (point.p50_us / 4 + 300 + 8 * 64 + 50))
+
+
+def test_serving_cost_takes_the_batching_the_calibration_saw() -> None:
+    points = [
+        ServingPoint(
+            candidates=r,
+            max_batch_rows=ceiling,
+            measured_requests_per_second=1.0,
+            server_cores=1.0,
+            server_microseconds_per_request=1.0,
+            mean_batch_rows=r * k,
+            requests_per_batch=k,
+            compute_microseconds_per_request=0.0,
+            overhead_microseconds_per_request=1.0,
+        )
+        for r, ceiling, k in ((8, 8, 1.0), (8, 4096, 3.0), (256, 256, 1.0), (256, 4096, 1.5))
+    ]
+    serving = ServingOverhead(
+        per_request_microseconds=300.0,
+        per_row_microseconds=8.0,
+        per_batch_microseconds=200.0,
+        variant="student",
+        threads=1,
+        concurrency=8,
+        points=points,
+    )
+    assert ServingCost.of(serving) == replace(SERVED, batching=((8, 3.0), (256, 1.5)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +363,47 @@ def test_failed_profile_job_is_reported(world: World) -> None:
     assert ready["reason"] == "ProfileFailed"
     assert "profile Job for pool fpga-pool: DeadlineExceeded" in ready["message"]
     assert world.cond("VariantsBuilt")["status"] == "True"
+
+
+def test_profile_jobs_run_one_at_a_time_when_the_pools_share_a_machine(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.config = replace(world.config, profile_jobs_at_once=1)
+    monkeypatch.setitem(handlers._state, "config", world.config)
+    keys = world.build()
+
+    def profile_jobs() -> list[str]:
+        return [
+            j["metadata"]["labels"]["recserve.io/pool"]
+            for j in world.kube.of_kind("Job", NS)
+            if j["metadata"]["labels"]["app.kubernetes.io/component"] == "profile"
+        ]
+
+    world.reconcile()
+    world.reconcile()  # the first Job still runs: nothing new
+    assert profile_jobs() == ["gpu-pool"]
+    profiled = world.cond("Profiled")
+    assert (profiled["reason"], profiled["message"]) == (
+        "Profiling",
+        "profiling on gpu-pool; queued, 1 at a time: cpu-pool, fpga-pool",
+    )
+    # the Job writes its report and completes: the next pool's Job starts
+    world.profile("gpu-pool", keys)
+    world.finish_job(world.job("profile", "gpu-pool"), "Complete")
+    world.reconcile()
+    assert sorted(profile_jobs()) == ["cpu-pool", "gpu-pool"]
+    assert world.cond("Profiled")["message"] == (
+        "profiling on cpu-pool; queued, 1 at a time: fpga-pool"
+    )
+    # a finished Job without its report yet does not hold the next one back either
+    world.finish_job(world.job("profile", "cpu-pool"), "Complete")
+    world.reconcile()
+    assert sorted(profile_jobs()) == ["cpu-pool", "fpga-pool", "gpu-pool"]
+    for pool in ("cpu-pool", "fpga-pool"):
+        world.profile(pool, keys)
+    world.reconcile()
+    assert world.cond("Profiled")["status"] == "True"
+    assert world.reason("Placed") == "Planned"
 
 
 def test_unreadable_profile_report_names_the_field(world: World) -> None:

@@ -93,6 +93,23 @@ class Probe:
     def timeout(self) -> float:
         return float(self.spec.get("timeoutSeconds") or 1)
 
+    def record(self, passed: bool) -> bool | None:
+        """Count one result and give the verdict as a kubelet does: False after
+        failureThreshold failures in a row, True after successThreshold successes in a
+        row, None (no change) in between, so one slow answer under load neither restarts
+        a container nor marks it unready."""
+        if passed:
+            self.successes += 1
+            self.failures = 0
+        else:
+            self.failures += 1
+            self.successes = 0
+        if self.failures >= int(self.spec.get("failureThreshold") or 3):
+            return False
+        if self.successes >= int(self.spec.get("successThreshold") or 1):
+            return True
+        return None
+
 
 @dataclass
 class Container:
@@ -394,19 +411,11 @@ class PodWorker:
         return True
 
     def _run_probe(self, probe: Probe) -> bool | None:
-        """None when not due; otherwise whether the probe now counts as passing."""
+        """None when not due; otherwise the probe's verdict (see :meth:`Probe.record`)."""
         if time.monotonic() < probe.next_at:
             return None
         probe.next_at = time.monotonic() + probe.period
-        if self._probe_once(probe):
-            probe.successes += 1
-            probe.failures = 0
-        else:
-            probe.failures += 1
-            probe.successes = 0
-        if probe.failures >= int(probe.spec.get("failureThreshold") or 3):
-            return False
-        return probe.successes >= int(probe.spec.get("successThreshold") or 1)
+        return probe.record(self._probe_once(probe))
 
     # -- lifecycle -----------------------------------------------------------------------
     def run(self) -> None:

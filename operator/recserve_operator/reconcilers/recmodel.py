@@ -216,9 +216,11 @@ def reconcile_recmodel(model: RecModel, kube: Kube, config: OperatorConfig) -> O
         f"{len(built)} variants built, {within} within the {budget} bp budget{skipped}",
     )
 
-    # 3. profile on every pool
+    # 3. profile on every pool (at most config.profile_jobs_at_once Jobs at a time)
     profiles: dict[str, ProfileReport] = {}
     pending: list[str] = []
+    queued: list[str] = []
+    observed: dict[str, dict[str, Any]] | None = None  # the model's profile Jobs, if limited
     for pool_name, pool in pools.items():
         path = layout.profile(pool_name)
         if path.exists():
@@ -229,7 +231,19 @@ def reconcile_recmodel(model: RecModel, kube: Kube, config: OperatorConfig) -> O
                     p, built, budget, profiles, "Profiled", c.PROFILE_FAILED, str(exc)
                 )
             continue
-        job = kube.create_once(children.profile_job(model, digest, pool, config))
+        body = children.profile_job(model, digest, pool, config)
+        if config.profile_jobs_at_once > 0:
+            if observed is None:
+                observed = _profile_jobs(p)
+            job = observed.get(body["metadata"]["name"]) or {}
+            if not job:
+                running = [j for j in observed.values() if not _job_finished(j)]
+                if len(running) >= config.profile_jobs_at_once:
+                    queued.append(pool_name)
+                    continue
+                job = observed[body["metadata"]["name"]] = kube.create_once(body)
+        else:
+            job = kube.create_once(body)
         failed = _job_failed(job)
         if failed:
             return _variants_then_stop(
@@ -242,7 +256,8 @@ def reconcile_recmodel(model: RecModel, kube: Kube, config: OperatorConfig) -> O
                 f"profile Job for pool {pool_name}: {failed}",
             )
         pending.append(pool_name)
-    if pending:
+    if pending or queued:
+        waiting = f"; queued, {config.profile_jobs_at_once} at a time: {', '.join(queued)}"
         return _variants_then_stop(
             p,
             built,
@@ -250,7 +265,8 @@ def reconcile_recmodel(model: RecModel, kube: Kube, config: OperatorConfig) -> O
             profiles,
             "Profiled",
             c.PROFILING,
-            f"profiling on {', '.join(pending)}",
+            (f"profiling on {', '.join(pending)}" if pending else "waiting for a profile Job")
+            + (waiting if queued else ""),
             warn=False,
         )
     fallbacks = [f"{k}: {v.fallback_reason}" for k, v in profiles.items() if v.fallback_reason]
@@ -326,6 +342,19 @@ def _job_failed(job: dict[str, Any]) -> str | None:
         if cond.get("type") == "Failed" and cond.get("status") == "True":
             return str(cond.get("message") or cond.get("reason") or "failed")
     return None
+
+
+def _profile_jobs(p: Pass) -> dict[str, dict[str, Any]]:
+    """The model's profile Jobs (of any build) by name."""
+    selector = f"{children.MODEL_LABEL}={p.name},{children.COMPONENT_LABEL}=profile"
+    return {
+        job["metadata"]["name"]: job
+        for job in p.kube.list("batch/v1", "Job", p.namespace, selector)
+    }
+
+
+def _job_finished(job: dict[str, Any]) -> bool:
+    return bool(_job_failed(job)) or _job_complete(job)
 
 
 def _job_complete(job: dict[str, Any]) -> bool:
