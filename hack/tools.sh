@@ -126,6 +126,9 @@ ensure() {
 
 MISSING=0
 K8S_DIR=$CACHE/k8s-$K8S_VERSION/bin
+# KEY=PATH lines go to TOOLS_ENV_OUT when set, else to stdout as it is: reopening
+# /dev/stdout would truncate a log file that stdout is redirected to.
+if [ -n "${TOOLS_ENV_OUT:-}" ]; then exec 3>"$TOOLS_ENV_OUT"; else exec 3>&1; fi
 {
   ensure kube-apiserver RECSERVE_KUBE_APISERVER "$K8S_DIR" build_k8s "$K8S_DIR"
   ensure kube-controller-manager RECSERVE_KUBE_CONTROLLER_MANAGER "$K8S_DIR" build_k8s "$K8S_DIR"
@@ -138,5 +141,5 @@ K8S_DIR=$CACHE/k8s-$K8S_VERSION/bin
     github.com/prometheus/prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus prometheus \
     "-X github.com/prometheus/common/version.Version=$PROMETHEUS_APP_VERSION"
   ensure helm RECSERVE_HELM "$CACHE/helm-$HELM_VERSION/bin" build_goinstall "$CACHE/helm-$HELM_VERSION/bin" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$HELM_LDFLAGS"
-} >"${TOOLS_ENV_OUT:-/dev/stdout}"
+} >&3
 exit $MISSING
