@@ -8,46 +8,68 @@ reconcilers only ever see the types. A body the types refuse (e.g. one written u
 older schema) is reported in status (Ready=False, reason InvalidSpec, each bad field
 path) and logged; the handler then returns normally, so kopf does not retry it in a
 loop. The next spec change, or the timer, looks again.
+
+At scale (docs/operator-scale.md) a pass costs only the writes it must make: what it
+reads (its model, policy and pools, the children it compares with) comes from kopf
+indexes that kopf's watches keep current; one pass per model runs at a time (Passes);
+a child's event asks for a pass only when what a pass reads of it changed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
+import copy
+import functools
 import logging
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from recserve_operator import children
 from recserve_operator.api.common import GROUP, VERSION
 from recserve_operator.api.hardwarepool import HardwarePool
 from recserve_operator.api.recmodel import RecModel
 from recserve_operator.api.validation import ManifestError, parse_object
 from recserve_operator.config import OperatorConfig
-from recserve_operator.kube import Kube
+from recserve_operator.kube import APPLIED_HASH, ChildrenLookup, Kube, Lookup
 from recserve_operator.reconcilers.hardwarepool import reconcile_hardwarepool, reject_hardwarepool
 from recserve_operator.reconcilers.recmodel import Outcome, reconcile_recmodel, rejected
-from recserve_operator.settings import configure
+from recserve_operator.settings import configure, max_workers
 
 # Timers repair what events missed; at scale every pass costs API calls, so the
 # interval is a setting (the chart's extraEnv), read once at import by the decorators.
+# A timer's first tick is one interval after the object is seen: the resume and create
+# handlers have just run the first pass (a tick at once would double every model's
+# startup pass).
 INTERVAL = float(os.environ.get("RECSERVE_RECONCILE_INTERVAL_SECONDS", "30"))
 log = logging.getLogger("recserve.handlers")
 _state: dict[str, Any] = {}
+OWNED = dict(children.MANAGED_BY)  # the label every child of ours carries
+_kube_lock = threading.Lock()
 
 
 def _kube() -> Kube:
-    if "kube" not in _state:
-        from kubernetes import client, config
+    with _kube_lock:
+        if "kube" not in _state:
+            from kubernetes import client, config
 
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        _state["kube"] = Kube(client.ApiClient())
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            configuration = client.Configuration.get_default_copy()
+            # A pass's independent writes go side by side on as many more threads; one
+            # kept-alive connection per thread: urllib3 keeps 4 by default and opens (TLS
+            # handshake and all) a new connection for each request beyond them.
+            configuration.connection_pool_maxsize = 2 * max_workers()
+            _state["kube"] = Kube(client.ApiClient(configuration), writers=max_workers())
     kube: Kube = _state["kube"]
     return kube
 
@@ -63,8 +85,15 @@ def _config() -> OperatorConfig:
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Apply recserve's kopf settings before any watch starts."""
     configure(settings)
+    _state["executor"] = settings.execution.executor
     cfg = _config()
-    log.info("operator configured store=%s builder=%s", cfg.store.local_root, cfg.builder_image)
+    _kube()  # before the first handlers: they would all build it at once
+    log.info(
+        "operator configured store=%s builder=%s workers=%d",
+        cfg.store.local_root,
+        cfg.builder_image,
+        max_workers(),
+    )
 
 
 @kopf.on.probe(id="api")
@@ -73,10 +102,121 @@ def api_reachable(**_: Any) -> str:
     return str(_kube().core.get_api_resources().group_version)
 
 
+# -- references, from kopf's watch -------------------------------------------------------
+# A pass reads its RecModel's OptimizationPolicy and HardwarePools. kopf indexes keep
+# every one as last seen by its watch (async: kept up to date in the event loop, not
+# queued behind passes for a handler thread), so a pass reads them without a GET; kopf
+# starts no handler before its indexes are filled. A miss still asks the API server.
+@kopf.index(GROUP, VERSION, "optimizationpolicies")
+async def policy_index(
+    body: kopf.Body, name: str, namespace: str | None, **_: Any
+) -> dict[tuple[str | None, str], dict[str, Any]]:
+    return {(namespace, name): _plain(body)}
+
+
+@kopf.index(GROUP, VERSION, "recmodels")
+async def model_index(
+    body: kopf.Body, name: str, namespace: str | None, **_: Any
+) -> dict[tuple[str | None, str], dict[str, Any]]:
+    """RecModels as last seen: a pass that a child's event asks for reads its model
+    here, not with a GET."""
+    return {(namespace, name): _plain(body)}
+
+
+@kopf.index(GROUP, VERSION, "hardwarepools")
+async def pool_index(
+    body: kopf.Body, name: str, **_: Any
+) -> dict[tuple[str | None, str], dict[str, Any]]:
+    return {(None, name): _plain(body)}
+
+
+# The children a pass compares with what it would apply (Deployments, Services, the
+# router's ServiceAccount/Role/RoleBinding, ModelVariants), indexed by owner: a pass
+# used to LIST each of these six kinds by label, O(objects in the namespace) on the API
+# server every time. The index keeps what a pass reads: names, labels, the applied-hash
+# annotation, generation, a Deployment's ready replicas, a ModelVariant whole.
+CHILD_KINDS = frozenset(
+    {"Deployment", "Service", "ServiceAccount", "Role", "RoleBinding", "ModelVariant"}
+)
+
+
+@kopf.index("apps", "v1", "deployments", labels=OWNED)
+@kopf.index("v1", "services", labels=OWNED)
+@kopf.index("v1", "serviceaccounts", labels=OWNED)
+@kopf.index("rbac.authorization.k8s.io", "v1", "roles", labels=OWNED)
+@kopf.index("rbac.authorization.k8s.io", "v1", "rolebindings", labels=OWNED)
+@kopf.index(GROUP, VERSION, "modelvariants", labels=OWNED)
+async def child_index(
+    body: kopf.Body, resource: kopf.Resource, namespace: str | None, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    owner = body.metadata.labels.get(children.MODEL_LABEL)
+    if owner is None or namespace is None:
+        return {}
+    return {(namespace, owner): _observed_child(body, resource.kind or str(body.get("kind")))}
+
+
+def _observed_child(body: kopf.Body, kind: str) -> dict[str, Any]:
+    meta = body.metadata
+    if kind == "ModelVariant":  # read whole (its status is compared field by field)
+        whole = _plain(body)
+        return {**whole, "apiVersion": f"{GROUP}/{VERSION}", "kind": kind}
+    applied = meta.annotations.get(APPLIED_HASH)
+    observed: dict[str, Any] = {
+        "kind": kind,
+        "metadata": {
+            "name": meta.name,
+            "namespace": meta.namespace,
+            "labels": dict(meta.labels),
+            "annotations": {APPLIED_HASH: applied} if applied else {},
+            "generation": meta.get("generation"),
+        },
+    }
+    ready = (body.get("status") or {}).get("readyReplicas")
+    if ready is not None:
+        observed["status"] = {"readyReplicas": ready}
+    return observed
+
+
+def _children_lookup(index: kopf.Index[Any, Any]) -> ChildrenLookup:
+    def lookup(kind: str, namespace: str, owner: str) -> list[dict[str, Any]]:
+        try:
+            seen = list(index.get((namespace, owner)) or ())
+        except RuntimeError:  # changed while read: read again
+            seen = list(index.get((namespace, owner)) or ())
+        return [copy.deepcopy(child) for child in seen if child.get("kind") == kind]
+
+    return lookup
+
+
+def _lookup(index: kopf.Index[Any, Any]) -> Lookup:
+    def lookup(name: str, namespace: str | None) -> dict[str, Any] | None:
+        try:
+            seen = list(index.get((namespace, name)) or ())
+        except RuntimeError:  # changed while read (the watch is another thread): ask
+            return None
+        return copy.deepcopy(seen[0]) if seen else None
+
+    return lookup
+
+
+def _use_indexes(kube: Kube, indexes: dict[str, Any]) -> Kube:
+    """Let ``kube`` read from kopf's indexes (handlers receive them as arguments; they
+    are the same live objects for the operator's lifetime)."""
+    if "indexed" not in _state and indexes.get("child_index") is not None:
+        kube.know("recmodels", _lookup(indexes["model_index"]))
+        kube.know("optimizationpolicies", _lookup(indexes["policy_index"]))
+        kube.know("hardwarepools", _lookup(indexes["pool_index"]))
+        kube.know_children(
+            children.MODEL_LABEL, CHILD_KINDS, _children_lookup(indexes["child_index"])
+        )
+        _state["indexed"] = True
+    return kube
+
+
 @kopf.on.resume(GROUP, VERSION, "hardwarepools")
 @kopf.on.create(GROUP, VERSION, "hardwarepools")
 @kopf.on.update(GROUP, VERSION, "hardwarepools", field="spec")
-@kopf.timer(GROUP, VERSION, "hardwarepools", interval=max(INTERVAL, 15), initial_delay=1)
+@kopf.timer(GROUP, VERSION, "hardwarepools", interval=max(INTERVAL, 15), initial_delay=INTERVAL)
 def hardwarepool(body: kopf.Body, **_: Any) -> None:
     """Count the pool's nodes and accelerators."""
     raw = _plain(body)
@@ -93,41 +233,158 @@ def hardwarepool(body: kopf.Body, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, "recmodels")
 @kopf.on.create(GROUP, VERSION, "recmodels")
 @kopf.on.update(GROUP, VERSION, "recmodels", field="spec")
-@kopf.timer(GROUP, VERSION, "recmodels", interval=INTERVAL, initial_delay=1)
-def recmodel(body: kopf.Body, **_: Any) -> None:
+def recmodel(body: kopf.Body, **kwargs: Any) -> None:
     """Move the model through build, profile, plan and serve as far as it can go."""
-    _pass(_plain(body), body)
+    _use_indexes(_kube(), kwargs)
+    raw = _plain(body)
+    meta = raw["metadata"]
+    PASSES.run(_key(meta["namespace"], meta["name"]), raw, body)
 
 
-OWNED = {"app.kubernetes.io/managed-by": "recserve-operator"}
-MIN_SECONDS_BETWEEN_PASSES = 1.0
+@kopf.timer(GROUP, VERSION, "recmodels", interval=INTERVAL, initial_delay=INTERVAL)
+def recmodel_timer(body: kopf.Body, **kwargs: Any) -> None:
+    """Repair what events missed, unless a pass has just looked (then it is not due)."""
+    _use_indexes(_kube(), kwargs)
+    raw = _plain(body)
+    key = _key(raw["metadata"]["namespace"], raw["metadata"]["name"])
+    if PASSES.seconds_since(key) < INTERVAL / 2:
+        return
+    PASSES.run(key, raw, body)
+
+
+PROGRESS_MEMO = "recserve_progress"
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
-def child_changed(body: kopf.Body, **_: Any) -> None:
-    """A Job finished or replicas became ready: move the owning RecModel on now,
-    instead of at its next timer tick."""
+async def child_changed(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
+    """A Job finished or a Deployment's ready replicas changed (or a child was deleted):
+    move the owning RecModel on now, instead of at its next timer tick.
+
+    Every other event of a child is ignored: the Deployment controller writes a
+    Deployment's status several times while it rolls out, and each used to cost the
+    owner a whole pass. What a pass reads of a child is kept in kopf's memo of that
+    child; the first sight of a child (its creation, or the operator's start, when the
+    resume handlers run every owner's pass anyway) only records it. The check runs in
+    the event loop; only a pass takes a handler thread.
+    """
     owner = next(
         (o for o in body.metadata.get("ownerReferences", []) if o.get("kind") == "RecModel"), None
     )
     namespace = body.metadata.get("namespace")
     if owner is None or namespace is None:
         return
-    key = f"{namespace}/{owner['name']}"
-    if time.monotonic() - _last_pass.get(key, 0.0) < MIN_SECONDS_BETWEEN_PASSES:
+    progress = _progress(body)
+    seen = memo.get(PROGRESS_MEMO)
+    memo[PROGRESS_MEMO] = progress
+    if type != "DELETED" and (seen is None or seen == progress):
         return
-    model = _kube().get_custom("recmodels", owner["name"], namespace)
-    if model is not None:
-        _pass(model, model)
+    name = str(owner["name"])
+    await _in_thread(PASSES.run, _key(namespace, name), None, None)
 
 
-_last_pass: dict[str, float] = {}
+def _progress(body: kopf.Body) -> tuple[Any, ...]:
+    """What a pass reads of a child: a Job's outcome, a Deployment's ready replicas."""
+    status = body.get("status") or {}
+    if body.get("kind") == "Job":
+        return tuple(
+            sorted(
+                str(c.get("type"))
+                for c in status.get("conditions") or []
+                if c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+            )
+        )
+    return (int(status.get("readyReplicas") or 0),)
+
+
+async def _in_thread(fn: Callable[..., None], *args: Any) -> None:
+    """Run ``fn`` on kopf's handler threads, with kopf's context (as kopf runs sync
+    handlers: kopf.event needs it)."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    await asyncio.get_running_loop().run_in_executor(_state.get("executor"), call)
+
+
+def _key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+class Passes:
+    """At most one reconcile pass per RecModel at a time, and at most one more queued.
+
+    kopf serialises the handlers of one object, but a RecModel's timer, its own change
+    handlers and its children's events are separate streams: without this, several
+    threads ran the same model's pass at once (each issuing the same API calls) while
+    other models waited for a thread. A pass asked for while one runs is folded into a
+    single re-run from a fresh read when that one ends (a work queue's semantics, as in
+    controller-runtime); the asking handler returns at once and frees its thread. kopf
+    has no such queue across resources, hence this small one. The re-run reads the
+    model from kopf's index (which kopf updates before it runs the asking handler). If
+    the running pass fails, a folded ask is dropped: kopf retries a failed change
+    handler, and the timer covers the rest.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[str] = set()
+        self._again: set[str] = set()
+        self._finished: dict[str, float] = {}
+        self.passes = 0  # passes run
+        self.folded = 0  # asks folded into a running pass's re-run
+
+    def seconds_since(self, key: str) -> float:
+        """Seconds since the last pass of ``key`` ended (infinite if none did)."""
+        with self._lock:
+            if key in self._running:
+                return 0.0
+            ended = self._finished.get(key)
+        return float("inf") if ended is None else time.monotonic() - ended
+
+    def run(self, key: str, raw: dict[str, Any] | None, event_target: Any) -> None:
+        """Pass over ``raw`` (None: read the RecModel first), or queue one re-run."""
+        with self._lock:
+            if key in self._running:
+                self._again.add(key)
+                self.folded += 1
+                return
+            self._running.add(key)
+        try:
+            while True:
+                if raw is None:
+                    namespace, name = key.split("/", 1)
+                    with api_errors_typed():
+                        raw = _kube().get_custom("recmodels", name, namespace)
+                    event_target = raw
+                if raw is not None:
+                    _pass(raw, event_target)
+                with self._lock:
+                    self.passes += raw is not None
+                    if key not in self._again:
+                        self._running.discard(key)
+                        if raw is None:  # deleted
+                            self._finished.pop(key, None)
+                        else:
+                            self._finished[key] = time.monotonic()
+                        return
+                    self._again.discard(key)
+                raw = None
+        except BaseException:
+            with self._lock:
+                self._running.discard(key)
+                self._again.discard(key)  # the failed handler is retried by kopf
+            raise
+
+
+PASSES = Passes()
+
+
+@kopf.on.cleanup()
+async def report_passes(**_: Any) -> None:
+    """Say at exit how many passes ran (the scale benchmark reads API calls per pass)."""
+    log.info("reconcile passes: %d (asks folded into a re-run: %d)", PASSES.passes, PASSES.folded)
 
 
 def _pass(raw: dict[str, Any], event_target: Any) -> None:
     meta = raw["metadata"]
-    _last_pass[f"{meta['namespace']}/{meta['name']}"] = time.monotonic()
     with api_errors_typed():
         outcome = recmodel_pass(raw, _kube(), _config())
         if outcome.status != (raw.get("status") or {}):
@@ -168,14 +425,14 @@ def api_errors_typed() -> Iterator[None]:
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
-    """A plain dict copy of a kopf body (reconcilers never see kopf types)."""
-    import copy
-
+    """A plain dict copy of a kopf body (reconcilers never see kopf types), without
+    managedFields (nothing reads them, and they are most of a body's size)."""
+    metadata = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
     return copy.deepcopy(
         {
             "apiVersion": body.get("apiVersion"),
             "kind": body.get("kind"),
-            "metadata": dict(body.get("metadata", {})),
+            "metadata": metadata,
             "spec": dict(body.get("spec", {})),
             "status": dict(body.get("status", {})),
         }

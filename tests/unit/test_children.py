@@ -153,6 +153,20 @@ def test_server_pods_are_restricted_pinned_probed_and_scraped() -> None:
     assert annotations["prometheus.io/scrape"] == "true"
 
 
+def test_server_services_are_headless_and_the_router_has_the_model_s_address() -> None:
+    """The router picks server pods itself: no virtual IP (nor its allocation) for them."""
+    server = children.server_deployment(
+        model(), pool("cpu-pool"), "/artifacts/x", "int8", 2, 64, 25, CONFIG
+    )
+    router = children.router_deployment(model(), CONFIG)
+    server_svc = children.service(server, model())
+    router_svc = children.service(router, model())
+    assert server_svc["spec"]["clusterIP"] == "None"
+    assert server_svc["spec"]["selector"] == server["spec"]["selector"]["matchLabels"]
+    assert "clusterIP" not in router_svc["spec"]
+    assert router_svc["metadata"]["name"] == "movielens-dlrm-router"
+
+
 def test_profile_job_runs_on_the_pool_it_profiles() -> None:
     job = children.profile_job(model(), "abcdef0123456789", pool("fpga-pool"), CONFIG)
     pod = job["spec"]["template"]["spec"]

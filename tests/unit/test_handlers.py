@@ -1,12 +1,20 @@
-"""API errors become kopf errors that match whether they can heal."""
+"""The kopf boundary: API errors become kopf errors that match whether they can heal;
+one pass per RecModel at a time; children move their owner only when it matters; the
+facade reads what kopf's watches saw."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import kopf
 import pytest
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from recserve_operator import handlers
 from recserve_operator.handlers import api_errors_typed
+from recserve_operator.kube import APPLIED_HASH, Kube
 
 pytestmark = pytest.mark.unit
 
@@ -32,3 +40,183 @@ def test_conflicts_throttling_and_server_errors_are_retried(status: int) -> None
 def test_not_found_and_other_errors_pass_through() -> None:
     with pytest.raises(ApiException), api_errors_typed():
         raise _error(404)
+
+
+# -- one pass per model at a time ---------------------------------------------------------
+
+
+class _Models:
+    """Stands in for the RecModel reads of a pass (a kopf index, or a GET)."""
+
+    def __init__(self) -> None:
+        self.generation = 1
+
+    def get_custom(self, plural: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        assert plural == "recmodels"
+        return {"metadata": {"name": name, "namespace": namespace, "generation": self.generation}}
+
+
+def test_a_pass_asked_for_while_one_runs_is_folded_into_one_rerun(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    models = _Models()
+    monkeypatch.setitem(handlers._state, "kube", models)
+    passes = handlers.Passes()
+    seen: list[int] = []
+
+    def one_pass(raw: dict[str, Any], _target: Any) -> None:
+        seen.append(raw["metadata"]["generation"])
+        if len(seen) == 1:  # while the first pass runs, three more are asked for
+            models.generation = 2
+            for _ in range(3):
+                passes.run("ns/m", None, None)
+
+    monkeypatch.setattr(handlers, "_pass", one_pass)
+    passes.run("ns/m", {"metadata": {"name": "m", "namespace": "ns", "generation": 1}}, None)
+    assert seen == [1, 2]  # one re-run, from a fresh read
+    assert (passes.passes, passes.folded) == (2, 3)
+    assert passes.seconds_since("ns/m") < 5
+    assert passes.seconds_since("ns/other") == float("inf")
+
+
+def test_a_failed_pass_lets_the_next_one_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(handlers._state, "kube", _Models())
+    passes = handlers.Passes()
+
+    def failing(raw: dict[str, Any], _target: Any) -> None:
+        raise kopf.TemporaryError("API answered 503; retrying", delay=5)
+
+    monkeypatch.setattr(handlers, "_pass", failing)
+    for _ in range(2):  # not left "running": the second is tried, not folded
+        with pytest.raises(kopf.TemporaryError):
+            passes.run("ns/m", None, None)
+    assert passes.folded == 0
+
+
+# -- children: only what a pass reads of them moves their owner ---------------------------
+
+
+def _call(handler: Any, **kwargs: Any) -> Any:
+    """Await an async handler as kopf would (kopf's decorators retype them)."""
+    return asyncio.run(handler(**kwargs))
+
+
+def _deployment(ready: int | None, owner: str = "m") -> kopf.Body:
+    status = {} if ready is None else {"readyReplicas": ready, "observedGeneration": 3}
+    raw: Any = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": f"{owner}-pool",
+            "namespace": "ns",
+            "labels": {"recserve.io/model": owner},
+            "ownerReferences": [{"kind": "RecModel", "name": owner, "uid": "u"}],
+        },
+        "status": status,
+    }
+    return kopf.Body(raw)
+
+
+def test_child_events_ask_for_a_pass_only_when_readiness_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[str] = []
+
+    async def in_thread(fn: Any, key: str, *_: Any) -> None:
+        asked.append(key)
+
+    monkeypatch.setattr(handlers, "_in_thread", in_thread)
+    memo = kopf.Memo()
+
+    def event(body: kopf.Body, type_: str | None = "MODIFIED") -> None:
+        _call(handlers.child_changed, body=body, type=type_, memo=memo)
+
+    event(_deployment(None), "ADDED")  # first sight: recorded only
+    event(_deployment(None))  # the controller's other status writes
+    assert asked == []
+    event(_deployment(1))  # a replica became ready
+    event(_deployment(1))
+    assert asked == ["ns/m"]
+    event(_deployment(1), "DELETED")  # gone: the owner recreates it
+    assert asked == ["ns/m", "ns/m"]
+
+
+def test_the_child_index_keeps_what_a_pass_reads() -> None:
+    body = _deployment(2)
+    body["metadata"]["annotations"] = {APPLIED_HASH: "abc", "other": "x"}
+    body["metadata"]["managedFields"] = [{"manager": "kube-controller-manager"}]
+    resource = kopf.Resource("apps", "v1", "deployments", kind="Deployment")
+    indexed = _call(handlers.child_index, body=body, resource=resource, namespace="ns")
+    assert indexed == {
+        ("ns", "m"): {
+            "kind": "Deployment",
+            "metadata": {
+                "name": "m-pool",
+                "namespace": "ns",
+                "labels": {"recserve.io/model": "m"},
+                "annotations": {APPLIED_HASH: "abc"},
+                "generation": None,
+            },
+            "status": {"readyReplicas": 2},
+        }
+    }
+
+
+# -- the facade reads what kopf's watches saw ----------------------------------------------
+
+
+def test_kube_reads_references_and_children_from_lookups(monkeypatch: pytest.MonkeyPatch) -> None:
+    kube = Kube(client.ApiClient())
+    gets: list[str] = []
+
+    def get(group: str, version: str, namespace: str, plural: str, name: str) -> dict[str, Any]:
+        gets.append(name)
+        return {"metadata": {"name": name}}
+
+    monkeypatch.setattr(kube.custom, "get_namespaced_custom_object", get)
+    policies: dict[tuple[str | None, str], dict[str, Any]] = {
+        ("ns", "p"): {"metadata": {"name": "p"}, "spec": {}}
+    }
+    kube.know("optimizationpolicies", lambda name, ns: policies.get((ns, name)))
+    assert kube.get_custom("optimizationpolicies", "p", "ns") == policies[("ns", "p")]
+    assert gets == []
+    assert kube.get_custom("optimizationpolicies", "new", "ns") == {"metadata": {"name": "new"}}
+    assert gets == ["new"]  # a miss still asks the API server
+
+    services = [{"kind": "Service", "metadata": {"name": "m-router"}}]
+    kube.know_children(
+        "recserve.io/model",
+        frozenset({"Service"}),
+        lambda kind, ns, owner: services if (kind, ns, owner) == ("Service", "ns", "m") else [],
+    )
+    assert kube.list("v1", "Service", "ns", "recserve.io/model=m") == services
+    assert kube.list("v1", "Service", "ns", "recserve.io/model=other") == []
+    monkeypatch.setattr(kube, "_dynamic", _NoDiscovery())
+    with pytest.raises(_Listed):  # other selectors and kinds are listed
+        kube.list("v1", "Service", "ns", "recserve.io/model=m,x=y")
+    with pytest.raises(_Listed):
+        kube.list("batch/v1", "Job", "ns", "recserve.io/model=m")
+
+
+class _Listed(Exception):
+    pass
+
+
+class _NoDiscovery:
+    @property
+    def resources(self) -> Any:
+        raise _Listed()
+
+
+def test_kube_map_writes_side_by_side_in_order() -> None:
+    kube = Kube(client.ApiClient(), writers=4)
+    assert kube.map(lambda n: n * 2, range(6)) == [0, 2, 4, 6, 8, 10]
+
+    def fail_on_three(n: int) -> int:
+        if n == 3:
+            raise ApiException(status=500)
+        return n
+
+    with pytest.raises(ApiException):
+        kube.map(fail_on_three, range(6))
+    assert Kube(client.ApiClient()).map(lambda n: n + 1, [1, 2]) == [2, 3]  # one by one

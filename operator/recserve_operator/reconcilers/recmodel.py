@@ -13,7 +13,9 @@ through the artifact types of :mod:`recserve_runtime.artifacts`.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -50,6 +52,7 @@ log = logging.getLogger("recserve.recmodel")
 CONDITION_TYPES = ("VariantsBuilt", "Profiled", "Placed", "Serving")
 PLAN_MESSAGE_LIMIT = 4096  # status.plan's maxLength
 T = TypeVar("T", bound=BaseModel)
+R = TypeVar("R")
 
 
 @dataclass
@@ -284,9 +287,10 @@ def reconcile_recmodel(model: RecModel, kube: Kube, config: OperatorConfig) -> O
         [PoolCapacity.of(pool, profiles.get(name)) for name, pool in pools.items()],
         Objectives.of(policy.spec, spec.traffic),
     )
-    _sync_variants(p, built, budget, profiles, decision)
+    variant_writes = _variant_writes(p, built, budget, profiles, decision)
     message = decision.message[:PLAN_MESSAGE_LIMIT]
     if not decision.placements:
+        p.kube.map(_call, variant_writes)
         return p.stop("Placed", decision.reason, message, warn=True)
     if p.old_status.get("plan") != message:
         p.events.append(("Normal" if decision.feasible else "Warning", decision.reason, message))
@@ -294,7 +298,7 @@ def reconcile_recmodel(model: RecModel, kube: Kube, config: OperatorConfig) -> O
     p.cond("Placed", decision.feasible, decision.reason, message)
 
     # 5. apply serving objects
-    placements, router = _apply_serving(p, pools, built, decision, policy, digest)
+    placements, router = _apply_serving(p, pools, built, decision, policy, variant_writes)
 
     # 6. report
     ready_pools = [pl for pl in placements if pl.ready_replicas > 0]
@@ -418,6 +422,10 @@ def _pool_profiles(b: Built, profiles: dict[str, ProfileReport]) -> list[PoolPro
     return out
 
 
+def _call(write: Callable[[], R]) -> R:
+    return write()
+
+
 def _sync_variants(
     p: Pass,
     built: list[Built],
@@ -426,6 +434,18 @@ def _sync_variants(
     decision: Plan | None,
 ) -> None:
     """Create/patch one owned ModelVariant per built variant and write its status."""
+    p.kube.map(_call, _variant_writes(p, built, budget, profiles, decision))
+
+
+def _variant_writes(
+    p: Pass,
+    built: list[Built],
+    budget: int,
+    profiles: dict[str, ProfileReport],
+    decision: Plan | None,
+) -> list[Callable[[], None]]:
+    """One write per built variant (independent of each other): create/patch its owned
+    ModelVariant, then write that one's status if it changed."""
     selected: dict[str, list[str]] = {}
     for pp in decision.placements if decision else []:
         selected.setdefault(pp.variant, []).append(pp.pool)
@@ -435,7 +455,8 @@ def _sync_variants(
             "modelvariants", p.namespace, f"{children.MODEL_LABEL}={p.name}"
         )
     }
-    for b in built:
+
+    def sync(b: Built) -> None:
         name = variant_object_name(p.name, b.name)
         manifest = b.manifest
         body = children.model_variant(p.model, name, b.recipe, b.artifact)
@@ -454,6 +475,8 @@ def _sync_variants(
         ).model_dump(by_alias=True, exclude_none=True, exclude={"conditions"}, mode="json")
         if status != _variant_status(current):
             p.kube.patch_status("modelvariants", name, p.namespace, status)
+
+    return [functools.partial(sync, b) for b in built]
 
 
 def _variant_status(observed: dict[str, Any]) -> dict[str, Any]:
@@ -491,9 +514,14 @@ def _apply_serving(
     built: list[Built],
     decision: Plan,
     policy: OptimizationPolicy,
-    digest: str,
+    variant_writes: list[Callable[[], None]],
 ) -> tuple[list[PoolPlacement], dict[str, Any]]:
     """Deployments + Services per placed pool, the router; stale pools are removed.
+
+    Writes that do not depend on each other go side by side (``Kube.map``), the
+    ModelVariants' (``variant_writes``) among them: a pass then takes as long as its
+    slowest write, not their sum. The router's Deployment follows its ServiceAccount (a
+    pod that names a missing one is refused, and its ReplicaSet backs off).
 
     Returns the placements and the router Deployment as observed after applying.
     """
@@ -514,9 +542,8 @@ def _apply_serving(
         return p.kube.apply_if_changed(body, observed[body["kind"]])
 
     target_ms = policy.spec.objectives.p99_latency_target_milliseconds
-    placements = []
-    for pp in decision.placements:
-        deployment = children.server_deployment(
+    servers = [
+        children.server_deployment(
             p.model,
             pools[pp.pool],
             by_name[pp.variant].artifact.uri,
@@ -526,17 +553,39 @@ def _apply_serving(
             target_ms,
             p.config,
         )
-        applied = apply(deployment)
-        apply(children.service(deployment, p.model))
-        placements.append(
-            PoolPlacement(
-                pool=pp.pool,
-                variant=variant_object_name(p.name, pp.variant),
-                replicas=pp.replicas,
-                ready_replicas=int((applied.get("status") or {}).get("readyReplicas") or 0),
-                batch_size=pp.batch_size,
-            )
+        for pp in decision.placements
+    ]
+    router = children.router_deployment(p.model, p.config)
+    rbac = children.router_rbac(p.model)
+
+    def router_after_its_account() -> dict[str, Any]:
+        for obj in rbac:
+            if obj["kind"] == "ServiceAccount":
+                apply(obj)
+        return apply(router)
+
+    others = [
+        *(children.service(deployment, p.model) for deployment in servers),
+        *(obj for obj in rbac if obj["kind"] != "ServiceAccount"),
+        children.service(router, p.model),
+    ]
+    writes: list[Callable[[], Any]] = [
+        *(functools.partial(apply, deployment) for deployment in servers),
+        router_after_its_account,
+        *(functools.partial(apply, obj) for obj in others),
+        *variant_writes,
+    ]
+    applied: list[Any] = p.kube.map(_call, writes)
+    placements = [
+        PoolPlacement(
+            pool=pp.pool,
+            variant=variant_object_name(p.name, pp.variant),
+            replicas=pp.replicas,
+            ready_replicas=int((server.get("status") or {}).get("readyReplicas") or 0),
+            batch_size=pp.batch_size,
         )
+        for pp, server in zip(decision.placements, applied[: len(servers)], strict=True)
+    ]
     placed = {pp.pool for pp in decision.placements}
     for old in observed["Deployment"].values():
         labels = old["metadata"].get("labels", {})
@@ -545,9 +594,5 @@ def _apply_serving(
         ):
             p.kube.delete("apps/v1", "Deployment", old["metadata"]["name"], p.namespace)
             p.kube.delete("v1", "Service", old["metadata"]["name"], p.namespace)
-    for obj in children.router_rbac(p.model):
-        apply(obj)
-    router = children.router_deployment(p.model, p.config)
-    applied_router = apply(router)
-    apply(children.service(router, p.model))
+    applied_router: dict[str, Any] = applied[len(servers)]
     return placements, applied_router
