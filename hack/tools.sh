@@ -4,6 +4,10 @@
 #
 #   hack/tools.sh            build what is missing (etcd, kube-*, kubectl, kwok, prometheus, helm), print KEY=PATH lines
 #   hack/tools.sh --check    exit 1 if something is missing, build nothing
+#   hack/tools.sh --with-keda   also the opt-in KEDA operator and metrics adapter (or RECSERVE_TOOLS_KEDA=1)
+#
+# KEDA (docs/keda.md) is never built by default: its ~1100-module dependency graph alone
+# takes long enough on 2 cores to push the default cold build past CI's limit.
 #
 # Where a binary comes from, first match wins:
 #   1. an explicit path:     RECSERVE_<NAME>=/path (e.g. RECSERVE_KUBE_APISERVER)
@@ -23,8 +27,16 @@ PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.307.3}
 _p=${PROMETHEUS_VERSION#v0.}  # v0.307.3 -> Prometheus 3.7.3
 PROMETHEUS_APP_VERSION="${_p:0:1}.$((10#${_p:1:2})).${_p#*.}"
 CACHE=${RECSERVE_TOOLS_CACHE:-$HOME/.cache/recserve}
+KEDA_VERSION=${KEDA_VERSION:-v2.21.0}
 CHECK_ONLY=0
-[ "${1:-}" = "--check" ] && CHECK_ONLY=1
+WITH_KEDA=${RECSERVE_TOOLS_KEDA:-0}
+for arg in "$@"; do
+  case $arg in
+    --check) CHECK_ONLY=1 ;;
+    --with-keda) WITH_KEDA=1 ;;
+    *) printf '[tools] unknown argument: %s\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 log() { printf '[tools] %s\n' "$*" >&2; }
@@ -103,6 +115,43 @@ build_goinstall() {  # out pkg@version [extra ldflags]
   with_retries env GOBIN="$1.tmp" go install -trimpath -ldflags "-s -w ${3:-}" "$2"
 }
 
+# build_keda OUT: KEDA's go.mod carries a replace (nexus-rpc/nexus-proto-annotations) and
+# an exclude that a wrapper module (build_wrapped) would drop, so its module source is
+# copied out of the module cache and built in place, under its own go.mod and go.sum.
+# Binary names follow KEDA's Makefile: keda (cmd/operator), keda-adapter (cmd/adapter).
+build_keda() {
+  local out=$1 module=github.com/kedacore/keda/v2 work src
+  work=$(mktemp -d)
+  log "building keda, keda-adapter $KEDA_VERSION (cold: tens of minutes)"
+  src=$(with_retries go mod download -json "$module@$KEDA_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
+  [ -n "$src" ] || { log "go mod download $module@$KEDA_VERSION gave no source dir"; rm -rf "$work"; return 1; }
+  cp -R "$src/." "$work/" && chmod -R u+w "$work"
+  local ld="-s -w -X=$module/version.Version=${KEDA_VERSION#v} -X=$module/version.GitCommit=$KEDA_VERSION"
+  local rc=0
+  (cd "$work" && with_retries go list -deps ./cmd/operator ./cmd/adapter >/dev/null \
+    && mkdir -p "$out.tmp" \
+    && go build -trimpath -ldflags "$ld" -o "$out.tmp/keda" ./cmd/operator \
+    && go build -trimpath -ldflags "$ld" -o "$out.tmp/keda-adapter" ./cmd/adapter) || rc=$?
+  chmod -R u+w "$work"; rm -rf "$work"
+  return $rc
+}
+
+# ensure_keda_crds DIR: KEDA's CRDs (config/crd/bases of the same module version), which
+# the local cluster applies before it starts KEDA; RECSERVE_KEDA_CRDS=/dir overrides.
+ensure_keda_crds() {
+  local dir=$1 src
+  if [ -n "${RECSERVE_KEDA_CRDS:-}" ]; then dir=$RECSERVE_KEDA_CRDS
+  elif ! [ -s "$dir/keda.sh_scaledobjects.yaml" ]; then
+    if [ $CHECK_ONLY = 1 ]; then log "missing: keda CRDs"; MISSING=1; return; fi
+    src=$(with_retries go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
+    [ -n "$src" ] || { log "no module source for keda $KEDA_VERSION"; exit 1; }
+    rm -rf "$dir.tmp"; mkdir -p "$dir.tmp"
+    cp "$src"/config/crd/bases/*.yaml "$dir.tmp/" && chmod u+w "$dir.tmp"/*.yaml
+    rm -rf "$dir"; mv "$dir.tmp" "$dir"
+  fi
+  echo "RECSERVE_KEDA_CRDS=$dir"
+}
+
 # Helm's own Makefile stamps its version and the Kubernetes version it assumes for
 # `helm template`; without them a go-installed helm claims Kubernetes v1.20.
 HELM_LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
@@ -141,5 +190,11 @@ if [ -n "${TOOLS_ENV_OUT:-}" ]; then exec 3>"$TOOLS_ENV_OUT"; else exec 3>&1; fi
     github.com/prometheus/prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus prometheus \
     "-X github.com/prometheus/common/version.Version=$PROMETHEUS_APP_VERSION"
   ensure helm RECSERVE_HELM "$CACHE/helm-$HELM_VERSION/bin" build_goinstall "$CACHE/helm-$HELM_VERSION/bin" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$HELM_LDFLAGS"
+  if [ "$WITH_KEDA" = 1 ]; then  # opt-in, see the header
+    KEDA_DIR=$CACHE/keda-$KEDA_VERSION/bin
+    ensure keda RECSERVE_KEDA_OPERATOR "$KEDA_DIR" build_keda "$KEDA_DIR"
+    ensure keda-adapter RECSERVE_KEDA_ADAPTER "$KEDA_DIR" build_keda "$KEDA_DIR"
+    ensure_keda_crds "$CACHE/keda-$KEDA_VERSION/crds"
+  fi
 } >&3
 exit $MISSING

@@ -127,6 +127,10 @@ class FakeKube(Kube):
         if current is None:
             return self.add(body)
         desired = copy.deepcopy(body)
+        replicas = (current.get("spec") or {}).get("replicas")
+        if key[0] == "Deployment" and replicas is not None:
+            # server-side apply keeps a field another manager owns: the autoscaler's replicas
+            desired.setdefault("spec", {}).setdefault("replicas", replicas)
         if desired.get("spec") != current.get("spec"):
             current["metadata"]["generation"] += 1
         meta = current["metadata"]
@@ -155,6 +159,11 @@ class FakeKube(Kube):
         self, api_version: str, kind: str, namespace: str | None, selector: str = ""
     ) -> list[dict[str, Any]]:
         return [o for o in self.of_kind(kind, namespace) if _matches(o, selector)]
+
+    def scale_deployment(self, name: str, namespace: str, replicas: int) -> None:
+        obj = self.objects[("Deployment", namespace, name)]
+        self.writes.append(("scale", "Deployment", name))
+        obj.setdefault("spec", {})["replicas"] = replicas
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None) -> None:
         if self.objects.pop((kind, namespace, name), None) is not None:

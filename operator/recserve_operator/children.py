@@ -70,6 +70,11 @@ def owner_reference(owner: Resource) -> dict[str, Any]:
 
 
 def _meta(name: str, model: RecModel, labels: dict[str, str]) -> dict[str, Any]:
+    return owned_metadata(name, model, labels)
+
+
+def owned_metadata(name: str, model: RecModel, labels: dict[str, str]) -> dict[str, Any]:
+    """Metadata of a child of ``model``: our labels and its owner reference."""
     return {
         "name": name,
         "namespace": model.namespace,
@@ -252,17 +257,31 @@ def _job(
     }
 
 
+LIMITS_MOUNT = "/etc/recserve/limits"
+
+
+def limits_config_map_name(model_name: str, pool_name: str) -> str:
+    """The ConfigMap holding one pool's batching limits (the servers' --limits-file)."""
+    return dns_name(model_name, pool_name, "limits")
+
+
 def server_deployment(
     model: RecModel,
     pool: HardwarePool,
     variant_dir: str,
     variant_name: str,
-    replicas: int,
+    replicas: int | None,
     batch_size: int,
     p99_target_ms: int,
     config: OperatorConfig,
 ) -> dict[str, Any]:
-    """One Deployment of `recserve serve` per (model, pool)."""
+    """One Deployment of `recserve serve` per (model, pool).
+
+    ``replicas`` None leaves them to the autoscaler (the scale subresource): an applied
+    count would undo its every decision. The batching limits come from the pool's
+    limits ConfigMap, mounted as the server's ``--limits-file`` (the server re-reads it
+    when it changes; the arguments are where it starts).
+    """
     pool_name = pool.name
     name = dns_name(model.name, pool_name)
     labels = {COMPONENT_LABEL: "server", POOL_LABEL: pool_name}
@@ -275,6 +294,7 @@ def server_deployment(
         f"--hardware={pool.spec.hardware_type.value}",
         f"--slo-p99-ms={p99_target_ms}",
         f"--max-batch-rows={max(batch_size, 1)}",
+        f"--limits-file={LIMITS_MOUNT}/limits.json",
     ]
     container = {
         "name": "server",
@@ -285,8 +305,16 @@ def server_deployment(
         "env": _pod_ip_env(),
         "resources": resources(pool),
         "securityContext": CONTAINER_SECURITY,
-        "volumeMounts": _mounts(read_only_store=True),
+        "volumeMounts": [
+            *_mounts(read_only_store=True),
+            {"name": "limits", "mountPath": LIMITS_MOUNT, "readOnly": True},
+        ],
         **_health_probes(SERVER_PORT),
+    }
+    limits_volume = {
+        "name": "limits",
+        # optional: a server starts from its arguments if the ConfigMap is not there yet
+        "configMap": {"name": limits_config_map_name(model.name, pool_name), "optional": True},
     }
     return _deployment(
         name,
@@ -298,6 +326,7 @@ def server_deployment(
         config,
         extra_pod_labels={VARIANT_LABEL: dns_name(variant_name)},
         pod_placement=placement(pool),
+        volumes=[*_volumes(config), limits_volume],
     )
 
 
@@ -348,7 +377,7 @@ def _deployment(
     model: RecModel,
     labels: dict[str, str],
     selector: dict[str, str],
-    replicas: int,
+    replicas: int | None,
     container: dict[str, Any],
     config: OperatorConfig,
     *,
@@ -377,7 +406,7 @@ def _deployment(
         "kind": "Deployment",
         "metadata": _meta(name, model, labels),
         "spec": {
-            "replicas": replicas,
+            **({} if replicas is None else {"replicas": replicas}),
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {

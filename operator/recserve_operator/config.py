@@ -73,6 +73,12 @@ class OperatorConfig:
     # 1 where the pools share one machine (the local control plane): profiles measure
     # the machine, and concurrent ones would measure each other.
     profile_jobs_at_once: int = 0
+    # The autoscaler: its tick (the finest grain of every policy's intervalSeconds), the
+    # scrape interval of the Prometheus it reads (its rate windows and staleness follow
+    # from it), and the port of the operator's own /metrics (0: none).
+    autoscale_tick_seconds: float = 5.0
+    scrape_interval_seconds: float = 5.0
+    metrics_port: int = 8081
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -86,12 +92,29 @@ class OperatorConfig:
             reconcile_interval_seconds=float(env.get("RECSERVE_RECONCILE_INTERVAL_SECONDS", 30)),
             optimize_args=tuple(env.get("RECSERVE_OPTIMIZE_ARGS", "").split()),
             profile_jobs_at_once=_count(env, "RECSERVE_PROFILE_JOBS_AT_ONCE"),
+            autoscale_tick_seconds=_seconds(env, "RECSERVE_AUTOSCALE_TICK_SECONDS", 5.0),
+            scrape_interval_seconds=_seconds(env, "RECSERVE_PROMETHEUS_SCRAPE_SECONDS", 5.0),
+            metrics_port=_count(env, "RECSERVE_METRICS_PORT", 8081),
         )
 
 
-def _count(env: Mapping[str, str], name: str) -> int:
-    """A non-negative integer setting (unset or empty: 0)."""
-    raw = env.get(name, "").strip() or "0"
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive duration in seconds (unset or empty: ``default``)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number of seconds > 0, got {raw!r}") from None
+    if value <= 0:
+        raise SystemExit(f"{name} must be a number of seconds > 0, got {raw!r}")
+    return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int = 0) -> int:
+    """A non-negative integer setting (unset or empty: ``default``)."""
+    raw = env.get(name, "").strip() or str(default)
     try:
         value = int(raw)
     except ValueError:

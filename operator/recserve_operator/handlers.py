@@ -39,8 +39,12 @@ from recserve_operator.api.recmodel import RecModel
 from recserve_operator.api.validation import ManifestError, parse_object
 from recserve_operator.config import OperatorConfig
 from recserve_operator.kube import APPLIED_HASH, ChildrenLookup, Kube, Lookup
+from recserve_operator.observe import MetricsCache, Windows, prometheus_query
+from recserve_operator.operator_metrics import RECONCILE_SECONDS
+from recserve_operator.operator_metrics import serve as serve_metrics
 from recserve_operator.reconcilers.hardwarepool import reconcile_hardwarepool, reject_hardwarepool
 from recserve_operator.reconcilers.recmodel import Outcome, reconcile_recmodel, rejected
+from recserve_operator.scaling_loop import ScalingLoop
 from recserve_operator.settings import configure, max_workers
 
 # Timers repair what events missed; at scale every pass costs API calls, so the
@@ -74,6 +78,20 @@ def _kube() -> Kube:
     return kube
 
 
+def _loop() -> ScalingLoop:
+    """The autoscaling loop (made once, from the operator's configuration)."""
+    with _kube_lock:
+        if "loop" not in _state:
+            cfg = _config()
+            query = prometheus_query(cfg.prometheus_url) if cfg.prometheus_url else None
+            windows = Windows(scrape_seconds=cfg.scrape_interval_seconds)
+            # one refresh serves every model due in the same round of ticks
+            cache = MetricsCache(query, windows, refresh_seconds=cfg.autoscale_tick_seconds / 2)
+            _state["loop"] = ScalingLoop(cache, cfg.autoscale_tick_seconds)
+    loop: ScalingLoop = _state["loop"]
+    return loop
+
+
 def _config() -> OperatorConfig:
     if "config" not in _state:
         _state["config"] = OperatorConfig.from_env()
@@ -88,6 +106,8 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _state["executor"] = settings.execution.executor
     cfg = _config()
     _kube()  # before the first handlers: they would all build it at once
+    if cfg.metrics_port:
+        serve_metrics(cfg.metrics_port)
     log.info(
         "operator configured store=%s builder=%s workers=%d",
         cfg.store.local_root,
@@ -134,13 +154,15 @@ async def pool_index(
 # router's ServiceAccount/Role/RoleBinding, ModelVariants), indexed by owner: a pass
 # used to LIST each of these six kinds by label, O(objects in the namespace) on the API
 # server every time. The index keeps what a pass reads: names, labels, the applied-hash
-# annotation, generation, a Deployment's ready replicas, a ModelVariant whole.
+# annotation, generation, a Deployment's replicas, a ModelVariant and a pool's limits
+# ConfigMap whole (the autoscaler reads them every tick).
 CHILD_KINDS = frozenset(
-    {"Deployment", "Service", "ServiceAccount", "Role", "RoleBinding", "ModelVariant"}
+    {"Deployment", "Service", "ServiceAccount", "Role", "RoleBinding", "ModelVariant", "ConfigMap"}
 )
 
 
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
+@kopf.index("v1", "configmaps", labels=OWNED)
 @kopf.index("v1", "services", labels=OWNED)
 @kopf.index("v1", "serviceaccounts", labels=OWNED)
 @kopf.index("rbac.authorization.k8s.io", "v1", "roles", labels=OWNED)
@@ -171,6 +193,11 @@ def _observed_child(body: kopf.Body, kind: str) -> dict[str, Any]:
             "generation": meta.get("generation"),
         },
     }
+    if kind == "ConfigMap":
+        observed["data"] = dict(body.get("data") or {})
+    replicas = (body.get("spec") or {}).get("replicas")
+    if kind == "Deployment" and replicas is not None:
+        observed["spec"] = {"replicas": replicas}
     ready = (body.get("status") or {}).get("readyReplicas")
     if ready is not None:
         observed["status"] = {"readyReplicas": ready}
@@ -385,11 +412,45 @@ async def report_passes(**_: Any) -> None:
 
 def _pass(raw: dict[str, Any], event_target: Any) -> None:
     meta = raw["metadata"]
-    with api_errors_typed():
+    key = _key(meta["namespace"], meta["name"])
+    loop = _loop()
+    started = time.perf_counter()
+    with loop.locks.held(key), api_errors_typed():
         outcome = recmodel_pass(raw, _kube(), _config())
         if outcome.status != (raw.get("status") or {}):
             _kube().patch_status("recmodels", meta["name"], meta["namespace"], outcome.status)
+        loop.planned(key, outcome.planned)
+    RECONCILE_SECONDS.labels("reconcile").observe(time.perf_counter() - started)
     post_events(event_target, outcome.events)
+
+
+@kopf.on.startup()
+async def start_autoscaler(**_: Any) -> None:
+    """Run the autoscaling loop in kopf's event loop (ticks run on handler threads)."""
+    _state["autoscaler"] = asyncio.create_task(_autoscale_forever())
+
+
+@kopf.on.cleanup()
+async def stop_autoscaler(**_: Any) -> None:
+    task = _state.pop("autoscaler", None)
+    if task is not None:
+        task.cancel()
+
+
+async def _autoscale_forever() -> None:
+    loop = _loop()
+    while True:
+        await asyncio.sleep(loop.tick_seconds)
+        due = loop.due(time.monotonic())
+        if not due:
+            continue
+        results = await asyncio.gather(
+            *(_in_thread(loop.tick, key, _kube(), post_events) for key in due),
+            return_exceptions=True,
+        )
+        for key, result in zip(due, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("autoscaling tick of %s failed: %s", key, result)
 
 
 def recmodel_pass(raw: dict[str, Any], kube: Kube, config: OperatorConfig) -> Outcome:

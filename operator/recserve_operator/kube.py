@@ -25,6 +25,10 @@ from kubernetes.client.exceptions import ApiException
 from recserve_operator.api.common import GROUP, VERSION
 
 FIELD_MANAGER = "recserve-operator"
+# The autoscaler writes replicas through the scale subresource under its own manager, as
+# an HPA does: the operator's applies never name spec.replicas of an autoscaled
+# Deployment, so the two never undo each other.
+SCALE_MANAGER = "recserve-autoscaler"
 # Hash of the body we last applied, kept on the object: a pass that would apply the same
 # body again reads instead of writing, so steady-state reconciles cost only reads.
 APPLIED_HASH = "recserve.io/applied-hash"
@@ -49,6 +53,7 @@ class Kube:
         if writers > 1:
             self._writers = ThreadPoolExecutor(writers, thread_name_prefix="recserve-write")
         self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self._dynamic: dynamic.DynamicClient | None = None
         self._known: dict[str, Lookup] = {}
@@ -228,6 +233,12 @@ class Kube:
         resource = self.dyn.resources.get(api_version=api_version, kind=kind)
         found = _json(resource.get(namespace=namespace, label_selector=selector, serialize=False))
         return list(found.get("items") or [])
+
+    def scale_deployment(self, name: str, namespace: str, replicas: int) -> None:
+        """Set a Deployment's replicas through its scale subresource."""
+        self.apps.patch_namespaced_deployment_scale(
+            name, namespace, {"spec": {"replicas": replicas}}, field_manager=SCALE_MANAGER
+        )
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None) -> None:
         resource = self.dyn.resources.get(api_version=api_version, kind=kind)

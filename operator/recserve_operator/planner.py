@@ -334,7 +334,9 @@ def pool_choice(
     return max(options, key=lambda o: (o[0].rps_per_replica, -o[0].accuracy_drop_bp, -o[1]))[0]
 
 
-def _limit(pool: PoolCapacity, objectives: Objectives) -> int:
+def replica_limit(pool: PoolCapacity, objectives: Objectives) -> int:
+    """The most replicas a pool may run: its own ceiling, its free accelerators and the
+    policy's maxReplicas."""
     limit = min(pool.max_replicas, objectives.max_replicas)
     if pool.accelerator_replicas is not None:
         limit = min(limit, pool.accelerator_replicas)
@@ -371,7 +373,9 @@ def _plan(
     variants: list[VariantProfile], pools: list[PoolCapacity], objectives: Objectives
 ) -> Plan:
     choices = {p.name: pool_choice(variants, p, objectives) for p in pools}
-    usable = [(p, o) for p in pools if (o := choices[p.name]) is not None and _limit(p, objectives)]
+    usable = [
+        (p, o) for p in pools if (o := choices[p.name]) is not None and replica_limit(p, objectives)
+    ]
     if not usable:
         within = [v for v in variants if v.accuracy_drop_bp <= objectives.accuracy_budget_bp]
         if not within:
@@ -409,7 +413,7 @@ def _plan(
             break
         missing = max(objectives.required_rps - capacity, 0.0)
         replicas = max(math.ceil(missing / option.rps_per_replica), objectives.min_replicas, 1)
-        replicas = min(replicas, _limit(pool, objectives))
+        replicas = min(replicas, replica_limit(pool, objectives))
         placements.append(
             PoolPlan(
                 pool.name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -238,3 +239,191 @@ def test_jobs_complete_with_the_process_exit_code(k8s: client.ApiClient, namespa
     pod = core.list_namespaced_pod(namespace, label_selector="job-name=fails").items[0]
     assert pod.status.phase == "Failed"
     assert pod.status.container_statuses[0].state.terminated.exit_code == 3
+
+
+# Records what a container sees in its mounted files: one JSON line per change of a
+# watched file's (inode, mtime, content), or of a folder's listing. Each argument is
+# LABEL=PATH (the agent rewrites the mount path in it); the first one is the output file.
+WATCHER = (
+    "import json, os, sys, time\n"
+    "out, watched = sys.argv[1], [a.split('=', 1) for a in sys.argv[2:]]\n"
+    "seen = {}\n"
+    "while True:\n"
+    "    for label, path in watched:\n"
+    "        try:\n"
+    "            if os.path.isdir(path):\n"
+    "                key = [None, None, sorted(os.listdir(path))]\n"
+    "            else:\n"
+    "                with open(path, 'rb') as f:\n"
+    "                    st = os.fstat(f.fileno())\n"
+    "                    key = [st.st_ino, st.st_mtime_ns, f.read().decode()]\n"
+    "        except FileNotFoundError:\n"
+    "            key = [None, None, None]\n"
+    "        if seen.get(label) != key:\n"
+    "            seen[label] = key\n"
+    "            with open(out, 'a') as f:\n"
+    "                f.write(json.dumps([label, *key]) + '\\n')\n"
+    "    time.sleep(0.05)\n"
+)
+
+# The agent re-reads ConfigMaps every 2 s; this leaves room for a loaded machine.
+UPDATE_WITHIN_S = 15
+
+
+def _watcher_pod(
+    name: str, volumes: list[dict[str, Any]], mounts: dict[str, str], watched: list[str]
+) -> dict[str, Any]:
+    """A pod on the agent's CPU node running WATCHER; ``mounts``: volume -> mountPath;
+    ``watched``: LABEL=PATH arguments. Its records go to /out/seen.jsonl (hostPath 'out')."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"recserve.io/node-agent": "true", "recserve.io/hardware": "cpu"},
+            "terminationGracePeriodSeconds": 2,
+            "volumes": volumes,
+            "containers": [
+                {
+                    "name": "watcher",
+                    "image": "recserve-server:test",
+                    "command": [sys.executable, "-c", WATCHER, "/out/seen.jsonl", *watched],
+                    "volumeMounts": [
+                        {"name": vol, "mountPath": path} for vol, path in mounts.items()
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def _records(out: Path, label: str) -> list[list[Any]]:
+    """What the watcher saw for ``label``: [inode, mtime_ns, content] per change."""
+    if not out.exists():
+        return []
+    lines = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    return [rest for lbl, *rest in lines if lbl == label]
+
+
+def _sees(out: Path, label: str, content: object) -> bool:
+    seen = _records(out, label)
+    return bool(seen) and seen[-1][2] == content
+
+
+def test_configmap_volume_files_follow_configmap_updates_atomically(
+    k8s: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(k8s)
+    old, new = '{"max_batch": 8}', '{"max_batch": 16, "max_wait_ms": 5}'
+    core.create_namespaced_config_map(
+        namespace,
+        {"metadata": {"name": "limits"}, "data": {"limits.json": old, "other": "a"}},
+    )
+    volumes = [
+        {"name": "limits", "configMap": {"name": "limits"}},
+        {
+            "name": "picked",
+            "configMap": {
+                "name": "limits",
+                "items": [{"key": "limits.json", "path": "pool/limits.json"}],
+            },
+        },
+        {"name": "out", "hostPath": {"path": str(tmp_path)}},
+    ]
+    mounts = {"limits": "/etc/recserve/limits", "picked": "/etc/picked", "out": "/out"}
+    watched = [
+        "limits=/etc/recserve/limits/limits.json",
+        "other=/etc/recserve/limits/other",
+        "picked=/etc/picked/pool/limits.json",
+        "picked_dir=/etc/picked",
+    ]
+    core.create_namespaced_pod(namespace, _watcher_pod("watcher", volumes, mounts, watched))
+    out = tmp_path / "seen.jsonl"
+    eventually(
+        lambda: _sees(out, "limits", old) and _sees(out, "other", "a"),
+        timeout=60,
+        what="the container sees the ConfigMap's keys as files",
+        state=lambda: core.read_namespaced_pod_status("watcher", namespace).status,
+    )
+    eventually(lambda: _sees(out, "picked", old), timeout=10, what="items key -> path")
+    assert _records(out, "picked_dir")[-1][2] == ["pool"]  # only the listed item
+
+    core.patch_namespaced_config_map("limits", namespace, {"data": {"limits.json": new}})
+    started = time.monotonic()
+    eventually(
+        lambda: _sees(out, "limits", new) and _sees(out, "picked", new),
+        timeout=UPDATE_WITHIN_S,
+        what="the container sees the updated ConfigMap",
+        state=lambda: out.read_text(),
+    )
+    assert time.monotonic() - started < UPDATE_WITHIN_S
+
+    # Changing another key leaves limits.json alone: same inode and mtime.
+    core.patch_namespaced_config_map("limits", namespace, {"data": {"other": "b"}})
+    eventually(lambda: _sees(out, "other", "b"), timeout=UPDATE_WITHIN_S, what="other key")
+    time.sleep(0.5)  # let the watcher take in anything written in the same pass
+    for label in ("limits", "picked"):
+        seen = _records(out, label)
+        # whole files only, old or new, each written once (no rewrite of unchanged ones)
+        assert [content for _, _, content in seen] == [old, new], seen
+        assert len({(inode, mtime) for inode, mtime, _ in seen}) == 2, seen
+    status = core.read_namespaced_pod_status("watcher", namespace).status
+    assert status.phase == "Running"
+    assert status.container_statuses[0].restart_count == 0
+
+
+def test_pod_waits_for_a_missing_configmap_then_starts(
+    k8s: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(k8s)
+    volumes = [
+        {"name": "late", "configMap": {"name": "late"}},
+        {"name": "absent", "configMap": {"name": "absent", "optional": True}},
+        {"name": "out", "hostPath": {"path": str(tmp_path)}},
+    ]
+    mounts = {"late": "/etc/late", "absent": "/etc/absent", "out": "/out"}
+    watched = ["late=/etc/late/key", "absent=/etc/absent"]
+    core.create_namespaced_pod(namespace, _watcher_pod("waiter", volumes, mounts, watched))
+
+    def waiting() -> Any:
+        pod = core.read_namespaced_pod_status("waiter", namespace)
+        statuses = pod.status.container_statuses or []
+        if statuses and statuses[0].state.waiting:
+            return pod
+        return None
+
+    pod = eventually(waiting, timeout=60, what="the pod waits for its ConfigMap")
+    state = pod.status.container_statuses[0]
+    assert state.state.waiting.reason == "ContainerCreating"
+    assert 'configmap "late" not found' in state.state.waiting.message
+    assert not state.started and not state.container_id
+    assert pod.status.phase == "Pending"
+    events = core.list_namespaced_event(
+        namespace, field_selector="involvedObject.name=waiter,reason=FailedMount"
+    ).items
+    assert events and 'volume "late"' in events[0].message
+
+    # It stays so across several refreshes of the agent's ConfigMap cache.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        assert not (tmp_path / "seen.jsonl").exists(), "the container started without its volume"
+        assert core.read_namespaced_pod_status("waiter", namespace).status.phase == "Pending"
+        time.sleep(0.5)
+
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "late"}, "data": {"key": "here"}}
+    )
+    out = tmp_path / "seen.jsonl"
+    eventually(
+        lambda: _sees(out, "late", "here"),
+        timeout=UPDATE_WITHIN_S + 10,
+        what="the pod starts once its ConfigMap exists",
+        state=lambda: core.read_namespaced_pod_status("waiter", namespace).status,
+    )
+    assert _records(out, "absent")[-1][2] == []  # optional and missing: an empty folder
+    eventually(
+        lambda: core.read_namespaced_pod_status("waiter", namespace).status.phase == "Running",
+        timeout=10,
+    )
+    status = core.read_namespaced_pod_status("waiter", namespace).status.container_statuses[0]
+    assert status.state.running and status.state.waiting is None

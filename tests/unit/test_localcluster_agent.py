@@ -1,16 +1,26 @@
-"""Pure parts of the node agent: $(VAR) expansion, pod IP allocation, Prometheus config."""
+"""Pure parts of the node agent: $(VAR) expansion, pod IP allocation, Prometheus config,
+configMap volume files."""
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from recserve_dev.localcluster.agent import (
+    ConfigMapStore,
     IpAllocator,
     Probe,
+    VolumeNotReady,
+    config_map_payload,
     expand_references,
     rewrite_mount_paths,
+    write_payload,
 )
 from recserve_dev.localcluster.nodes import agent_nodes, simulated_nodes
 from recserve_dev.localcluster.prometheus import prometheus_config
@@ -78,3 +88,91 @@ def test_mount_paths_are_rewritten_once_by_whole_prefix() -> None:
     assert rewrite_mount_paths("/tmp/a:/cache", mounts) == "/state/pod/volumes/tmp/a:/c"
     assert rewrite_mount_paths("/tmpfs /cachet", mounts) == "/tmpfs /cachet"
     assert rewrite_mount_paths("HOME=/cache", mounts) == "HOME=/c"
+
+
+def _cm(name: str, version: str = "1", **data: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "resourceVersion": version}, "data": data}
+
+
+def test_configmap_volume_files_follow_keys_items_and_modes() -> None:
+    cm = _cm("limits", a="1", b="2")
+    cm["binaryData"] = {"bin": base64.b64encode(b"\x00\xff").decode()}
+    assert config_map_payload({"name": "limits"}, cm) == {
+        "a": (b"1", 0o644),
+        "b": (b"2", 0o644),
+        "bin": (b"\x00\xff", 0o644),
+    }
+    source = {
+        "name": "limits",
+        "defaultMode": 0o600,
+        "items": [{"key": "a", "path": "x/a.json"}, {"key": "b", "path": "b", "mode": 0o444}],
+    }
+    assert config_map_payload(source, cm) == {"x/a.json": (b"1", 0o600), "b": (b"2", 0o444)}
+    # a missing ConfigMap: empty folder when optional, otherwise not ready yet
+    assert config_map_payload({"name": "gone", "optional": True}, None) == {}
+    with pytest.raises(VolumeNotReady, match='configmap "gone" not found'):
+        config_map_payload({"name": "gone"}, None)
+    missing_key = {"name": "limits", "items": [{"key": "nope", "path": "n"}]}
+    with pytest.raises(VolumeNotReady, match="non-existent config key"):
+        config_map_payload(missing_key, cm)
+    assert config_map_payload({**missing_key, "optional": True}, cm) == {}
+    with pytest.raises(ValueError):
+        config_map_payload({"name": "limits", "items": [{"key": "a", "path": "../a"}]}, cm)
+
+
+def test_configmap_files_are_replaced_atomically_and_only_when_changed(tmp_path: Path) -> None:
+    folder = tmp_path / "vol"
+    written = write_payload(folder, {"a": (b"old", 0o644), "d/b": (b"keep", 0o600)}, {})
+    a, b = folder / "a", folder / "d" / "b"
+    assert (a.read_bytes(), b.read_bytes()) == (b"old", b"keep")
+    assert b.stat().st_mode & 0o777 == 0o600
+    before_a, before_b = os.stat(a), os.stat(b)
+    written = write_payload(folder, {"a": (b"new", 0o644), "d/b": (b"keep", 0o600)}, written)
+    after_a, after_b = os.stat(a), os.stat(b)
+    assert a.read_bytes() == b"new"
+    assert after_a.st_ino != before_a.st_ino  # a new file took the name: no partial writes
+    assert (after_b.st_ino, after_b.st_mtime_ns) == (before_b.st_ino, before_b.st_mtime_ns)
+    write_payload(folder, {"d/b": (b"keep", 0o600)}, written)
+    assert not a.exists()
+    leftovers = [p.name for p in folder.rglob("*") if p.name.startswith("..")]
+    assert leftovers == []
+
+
+class _FakeCore:
+    def __init__(self) -> None:
+        self.lists: list[str] = []
+        self.items: dict[str, list[dict[str, Any]]] = {}
+        self.fail = False
+
+    def list_namespaced_config_map(self, namespace: str, **_: Any) -> Any:
+        self.lists.append(namespace)
+        if self.fail:
+            raise ApiException(status=500, reason="boom")
+
+        class Response:
+            data = json.dumps({"items": self.items.get(namespace, [])}).encode()
+
+        return Response()
+
+
+def test_configmaps_are_listed_once_per_namespace_per_refresh() -> None:
+    api = _FakeCore()
+    api.items["ns"] = [_cm("limits", a="1")]
+    clock = [100.0]
+    store = ConfigMapStore(api, refresh=2.0, clock=lambda: clock[0])
+    for _ in range(300):  # hundreds of pods asking in one period
+        cm = store.get("ns", "limits")
+        assert cm is not None and cm["data"] == {"a": "1"}
+        assert store.get("ns", "other") is None
+    assert store.get("ns2", "limits") is None
+    assert api.lists == ["ns", "ns2"]
+    api.items["ns"] = [_cm("limits", "2", a="2")]
+    clock[0] += 1.0
+    assert store.get("ns", "limits") == _cm("limits", a="1")  # still fresh enough
+    clock[0] += 1.0
+    assert store.get("ns", "limits") == _cm("limits", "2", a="2")
+    assert api.lists == ["ns", "ns2", "ns"]
+    api.fail = True
+    clock[0] += 2.0
+    with pytest.raises(VolumeNotReady, match="boom"):
+        store.get("ns", "limits")

@@ -9,8 +9,25 @@ What it does, per pod scheduled onto one of its nodes:
 - runs each container's ``command`` + ``args`` (the image is ignored: programs come from
   this machine's PATH) with the pod's ``env`` (values, downward-API ``fieldRef``s and
   ConfigMap/Secret keys), in a per-pod working folder;
-- maps ``emptyDir`` and ``hostPath`` volumes onto local folders by rewriting the mount
-  path in args, env values and workingDir (no mount namespaces here);
+- maps ``emptyDir``, ``hostPath`` and ``configMap`` volumes onto local folders by
+  rewriting the mount path in args, env values and workingDir (no mount namespaces here);
+  a ``subPath`` mount maps to that path inside the volume's folder;
+- projects ``configMap`` volumes as kubelet does: one file per key (or per ``items``
+  entry, key -> path), with ``defaultMode``/``mode``; a missing ConfigMap gives an empty
+  folder when ``optional``, else the pod's containers wait (status ``ContainerCreating``
+  with the kubelet's ``MountVolume.SetUp failed ...`` message, plus a ``FailedMount``
+  Event) and the agent retries until it exists. While the pod runs, changed keys are
+  rewritten atomically (a temporary file in the same folder, then ``os.replace``), so a
+  reader sees the old or the new whole file, never a mix; unchanged files are left alone
+  (their mtime does not move); keys that disappear are removed; a non-optional ConfigMap
+  deleted under a running pod leaves its files as they were. ConfigMaps are read through
+  one shared cache: at most one LIST per namespace (in use by this node's pods) every
+  ``CONFIGMAP_REFRESH_SECONDS`` (2 s), whatever the number of pods, so an update reaches
+  the files within about 2 s. A real kubelet is slower: it resyncs each pod's volumes
+  about once a minute (``--sync-frequency``) on top of its watch or TTL cache, so updates
+  take up to a minute or two there; code that reads a mounted ConfigMap must not rely on
+  the agent's quicker delivery. Unlike kubelet, ``subPath`` mounts of a ConfigMap see
+  updates too (kubelet never updates them);
 - runs init containers first, in order, each to completion;
 - probes readiness and liveness (httpGet, tcpSocket, exec) and writes the pod's
   conditions; restarts containers per ``restartPolicy`` with back-off; Job pods end
@@ -24,6 +41,7 @@ Container output goes to ``<state-dir>/<namespace>_<pod>/<container>.log``.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime as dt
 import json
@@ -34,10 +52,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +69,8 @@ POLL_SECONDS = 1.0
 POD_MARKER = "RECSERVE_LOCAL_POD_STATE"
 HEARTBEAT_SECONDS = 10
 LEASE_SECONDS = 40
+# How stale a ConfigMap read for a volume may be: one LIST per namespace per period.
+CONFIGMAP_REFRESH_SECONDS = 2.0
 
 
 def now() -> str:
@@ -158,6 +179,141 @@ def rewrite_mount_paths(text: str, mounts: dict[str, str]) -> str:
     return pattern.sub(lambda m: mounts[m.group(1)], text)
 
 
+class VolumeNotReady(Exception):
+    """A volume cannot be set up yet (its ConfigMap or a key is missing): retry later."""
+
+
+class ConfigMapStore:
+    """The ConfigMaps that pods' volumes use, shared by all pods of the agent.
+
+    ``get`` answers from a per-namespace snapshot refreshed by one LIST when older than
+    ``refresh`` seconds, so hundreds of pods cost one request per namespace per period;
+    only namespaces that pods ask about are listed.
+    """
+
+    def __init__(
+        self,
+        api: client.CoreV1Api,
+        refresh: float = CONFIGMAP_REFRESH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._api = api
+        self._refresh = refresh
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._namespaces: dict[str, _Snapshot] = {}
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ConfigMap as a plain dict, None when it does not exist.
+
+        Raises :class:`VolumeNotReady` when the latest LIST failed.
+        """
+        with self._lock:
+            snap = self._namespaces.setdefault(namespace, _Snapshot())
+            snap.used_at = self._clock()
+            for other in [n for n, s in self._namespaces.items() if self._idle(s)]:
+                del self._namespaces[other]  # no pod asked for a while
+        with snap.lock:
+            if snap.fetched_at is None or self._clock() - snap.fetched_at >= self._refresh:
+                self._list(namespace, snap)
+            if snap.error is not None:
+                raise VolumeNotReady(snap.error)
+            return snap.items.get(name)
+
+    def _idle(self, snap: _Snapshot) -> bool:
+        return self._clock() - snap.used_at > 30 * self._refresh
+
+    def _list(self, namespace: str, snap: _Snapshot) -> None:
+        try:
+            resp = self._api.list_namespaced_config_map(namespace, _preload_content=False)
+            found = json.loads(resp.data)["items"]
+        except Exception as exc:
+            reason = exc.reason if isinstance(exc, ApiException) else exc
+            snap.error = f"cannot list configmaps in {namespace}: {reason}"
+            log.warning("%s", snap.error)
+        else:
+            snap.items = {cm["metadata"]["name"]: cm for cm in found}
+            snap.error = None
+        snap.fetched_at = self._clock()
+
+
+@dataclass
+class _Snapshot:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fetched_at: float | None = None
+    used_at: float = 0.0
+    error: str | None = None
+
+
+# relative path -> (content, file mode)
+Payload = dict[str, tuple[bytes, int]]
+
+
+def config_map_payload(source: dict[str, Any], cm: dict[str, Any] | None) -> Payload:
+    """The files of a ``configMap`` volume, as kubelet lays them out.
+
+    Raises :class:`VolumeNotReady` for a missing ConfigMap or ``items`` key that is not
+    ``optional``; an optional missing ConfigMap gives no files.
+    """
+    optional = bool(source.get("optional"))
+    if cm is None:
+        if optional:
+            return {}
+        raise VolumeNotReady(f'configmap "{source["name"]}" not found')
+    keys: dict[str, bytes] = {k: str(v).encode() for k, v in (cm.get("data") or {}).items()}
+    for key, raw in (cm.get("binaryData") or {}).items():
+        keys[key] = base64.b64decode(raw)
+    mode = int(source.get("defaultMode", 0o644))
+    items = source.get("items")
+    if not items:
+        return {key: (content, mode) for key, content in keys.items()}
+    payload: Payload = {}
+    for item in items:
+        if item["key"] not in keys:
+            if optional:
+                continue
+            raise VolumeNotReady(
+                f'configmap "{source["name"]}" has no key "{item["key"]}"'
+                " (configmap references non-existent config key)"
+            )
+        path = str(item["path"])
+        if path.startswith("/") or ".." in Path(path).parts:
+            raise ValueError(f"configMap volume item path {path!r} must be relative, without '..'")
+        payload[path] = (keys[item["key"]], int(item.get("mode", mode)))
+    return payload
+
+
+def write_payload(folder: Path, payload: Payload, written: Payload) -> Payload:
+    """Make ``folder`` hold ``payload``, given that it holds ``written`` (what the last
+    call wrote); returns the new ``written``.
+
+    Each changed file is replaced atomically (a temporary file in its own folder, then
+    ``os.replace``): a reader sees the old or the new whole file. Unchanged files are not
+    touched; files no longer in ``payload`` are removed.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for rel, (content, mode) in payload.items():
+        target = folder / rel
+        if written.get(rel) == (content, mode) and target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix="..", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(content)
+                os.fchmod(out.fileno(), mode)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    for rel in written.keys() - payload.keys():
+        with contextlib.suppress(FileNotFoundError):
+            (folder / rel).unlink()
+    return dict(payload)
+
+
 def remove_pod(api: client.CoreV1Api, pod: dict[str, Any]) -> None:
     """Delete a pod object whose processes are gone (the kubelet's final delete)."""
     meta = pod["metadata"]
@@ -198,10 +354,17 @@ class PodWorker:
     containers: list[Container] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
     deleting: bool = False
+    config_maps: ConfigMapStore | None = None
     _kubeconfig: str | None = None
     phase: str = "Pending"
     message: str = ""
+    # why the containers cannot be created yet (a configMap volume not ready)
+    waiting_message: str = ""
     _last_status: dict[str, Any] | None = None
+    # per configMap volume: the ConfigMap's resourceVersion last projected, and the files
+    _projected_version: dict[str, str | None] = field(default_factory=dict)
+    _projected: dict[str, Payload] = field(default_factory=dict)
+    _volume_problems: dict[str, str] = field(default_factory=dict)
 
     @property
     def ns(self) -> str:
@@ -217,11 +380,11 @@ class PodWorker:
 
     # -- environment -----------------------------------------------------------------
     def _volume_map(self) -> dict[str, str]:
-        """mountPath -> local folder, for every emptyDir/hostPath volume mount."""
+        """mountPath -> local folder, for every emptyDir/hostPath/configMap volume mount."""
         local: dict[str, str] = {}
         for vol in self.pod["spec"].get("volumes", []):
-            if "emptyDir" in vol:
-                path = self.workdir / "volumes" / vol["name"]
+            if "emptyDir" in vol or "configMap" in vol:
+                path = self._volume_dir(vol["name"])
                 path.mkdir(parents=True, exist_ok=True)
                 local[vol["name"]] = str(path)
             elif "hostPath" in vol:
@@ -232,8 +395,89 @@ class PodWorker:
         ):
             for mount in spec.get("volumeMounts", []):
                 if mount["name"] in local:
-                    mounts[mount["mountPath"].rstrip("/")] = local[mount["name"]]
+                    target = local[mount["name"]]
+                    if mount.get("subPath"):
+                        target = os.path.join(target, mount["subPath"])
+                    mounts[mount["mountPath"].rstrip("/")] = target
         return mounts
+
+    def _volume_dir(self, volume: str) -> Path:
+        return self.workdir / "volumes" / volume
+
+    def _sync_config_volumes(self) -> str | None:
+        """Bring every configMap volume's files up to date with its ConfigMap.
+
+        Returns the first reason a volume cannot be set up (kubelet's wording), None when
+        all are in place. A volume that cannot be updated keeps its files.
+        """
+        if self.config_maps is None:
+            self.config_maps = ConfigMapStore(self.api)
+        first: str | None = None
+        for vol in self.pod["spec"].get("volumes", []):
+            source = vol.get("configMap")
+            if source is None:
+                continue
+            name = vol["name"]
+            try:
+                cm = self.config_maps.get(self.ns, source["name"])
+                version = cm["metadata"]["resourceVersion"] if cm else None
+                if name in self._projected and self._projected_version.get(name) == version:
+                    continue
+                payload = config_map_payload(source, cm)
+            except VolumeNotReady as exc:
+                problem = f'MountVolume.SetUp failed for volume "{name}" : {exc}'
+                if self._volume_problems.get(name) != problem:
+                    self._volume_problems[name] = problem
+                    log.warning("pod=%s/%s: %s", self.ns, self.name, problem)
+                first = first or problem
+                continue
+            self._projected[name] = write_payload(
+                self._volume_dir(name), payload, self._projected.get(name, {})
+            )
+            self._projected_version[name] = version
+            self._volume_problems.pop(name, None)
+        return first
+
+    def _wait_for_volumes(self) -> bool:
+        """Set up configMap volumes before any container starts, retrying while one is
+        not ready (the pod stays ContainerCreating); False if stopped meanwhile."""
+        while (problem := self._sync_config_volumes()) is not None:
+            if problem != self.waiting_message:
+                self.waiting_message = problem
+                self._event("FailedMount", problem)
+                self._write_status()
+            if self.stop_event.wait(min(POLL_SECONDS, CONFIGMAP_REFRESH_SECONDS)):
+                return False
+        if self.waiting_message:
+            self.waiting_message = ""
+            self._write_status()
+        return True
+
+    def _event(self, reason: str, message: str) -> None:
+        """A Warning Event about the pod, as the kubelet records one (best effort)."""
+        meta = self.pod["metadata"]
+        stamp = now()
+        body = {
+            "metadata": {"generateName": f"{self.name}.", "namespace": self.ns},
+            "involvedObject": {
+                "kind": "Pod",
+                "apiVersion": "v1",
+                "namespace": self.ns,
+                "name": self.name,
+                "uid": meta["uid"],
+            },
+            "reason": reason,
+            "message": message,
+            "type": "Warning",
+            "source": {"component": "kubelet", "host": self.pod["spec"].get("nodeName", "")},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            self.api.create_namespaced_event(self.ns, body)
+        except ApiException as exc:
+            log.warning("event not recorded pod=%s/%s: %s", self.ns, self.name, exc.reason)
 
     def _rewrite(self, text: str, mounts: dict[str, str]) -> str:
         return rewrite_mount_paths(text, mounts)
@@ -422,6 +666,8 @@ class PodWorker:
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             self._kubeconfig = self._service_account_kubeconfig()
+            if not self._wait_for_volumes():
+                return
             if not self._run_init_containers():
                 self._write_status()
                 self._wait_for_stop()
@@ -433,6 +679,7 @@ class PodWorker:
             self._write_status()
             while not self.stop_event.is_set():
                 self._tick()
+                self._sync_config_volumes()
                 self._write_status()
                 if self.phase in ("Succeeded", "Failed"):
                     self._wait_for_stop()
@@ -584,6 +831,21 @@ class PodWorker:
             ],
             "containerStatuses": [self._container_status(c) for c in self.containers],
         }
+        if self.waiting_message and not self.containers:
+            status["containerStatuses"] = [
+                {
+                    "name": spec["name"],
+                    "ready": False,
+                    "started": False,
+                    "restartCount": 0,
+                    "image": spec.get("image", ""),
+                    "imageID": "",
+                    "state": {
+                        "waiting": {"reason": "ContainerCreating", "message": self.waiting_message}
+                    },
+                }
+                for spec in self.pod["spec"]["containers"]
+            ]
         if self.message:
             status["message"] = self.message
         if status == self._last_status:
@@ -612,6 +874,7 @@ class NodeAgent:
         self.ips = IpAllocator()
         self.workers: dict[str, tuple[PodWorker, threading.Thread]] = {}
         self.stopping = threading.Event()
+        self.config_maps = ConfigMapStore(api)
 
     def heartbeat(self) -> None:
         """Ready condition and Lease renewal for every node, like a kubelet."""
@@ -701,7 +964,7 @@ class NodeAgent:
         ip, slot = self.ips.take()
         meta = pod["metadata"]
         workdir = self.state_dir / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
-        worker = PodWorker(self.api, pod, ip, slot, workdir)
+        worker = PodWorker(self.api, pod, ip, slot, workdir, config_maps=self.config_maps)
         thread = threading.Thread(target=worker.run, name=f"pod-{meta['name']}", daemon=True)
         self.workers[meta["uid"]] = (worker, thread)
         thread.start()

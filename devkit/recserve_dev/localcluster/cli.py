@@ -25,11 +25,25 @@ def _up(args: argparse.Namespace) -> int:
         pass
     try:
         tools = find_tools(build=args.build)
+        if args.keda and args.build:
+            from recserve_dev.localcluster.keda import find_keda_tools
+
+            find_keda_tools(build=True)
     except ToolsMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     simulated = {"gpu": args.sim_gpu, "fpga": args.sim_fpga, "cpu": args.sim_cpu}
-    cluster = LocalCluster(root, tools, simulated=simulated, prometheus=not args.no_prometheus)
+    try:
+        cluster = LocalCluster(
+            root,
+            tools,
+            simulated=simulated,
+            prometheus=not args.no_prometheus,
+            keda=True if args.keda else None,  # None: RECSERVE_CLUSTER_KEDA decides
+        )
+    except ToolsMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"starting local control plane in {root} ...", flush=True)
     try:
         state = cluster.start(timeout=args.timeout)
@@ -99,6 +113,11 @@ def register(sub: Any) -> None:
     up.add_argument("--sim-fpga", type=int, default=1, help="kwok FPGA nodes (default: 1)")
     up.add_argument("--sim-cpu", type=int, default=2, help="kwok CPU nodes (default: 2)")
     up.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
+    up.add_argument(
+        "--keda",
+        action="store_true",
+        help="also start KEDA's operator and metrics adapter (docs/keda.md)",
+    )
     up.add_argument("--timeout", type=float, default=120, help="seconds to wait for readiness")
     up.set_defaults(handler=_up)
     down = verbs.add_parser("down", help="stop it")

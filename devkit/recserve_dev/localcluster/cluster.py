@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from recserve_dev.localcluster import keda as keda_support
 from recserve_dev.localcluster.nodes import agent_nodes, simulated_nodes
 from recserve_dev.localcluster.tools import Tools, find_tools
 
@@ -127,12 +128,16 @@ class LocalCluster:
         simulated: dict[str, int] | None = None,
         agent: bool = True,
         prometheus: bool = True,
+        keda: bool | None = None,
     ) -> None:
         self.root = root.resolve()
         self.tools = tools or find_tools()
         self.simulated = DEFAULT_SIMULATED if simulated is None else simulated
         self.with_agent = agent
         self.with_prometheus = prometheus
+        # KEDA (keda.py) is opt-in: keda=True, or RECSERVE_CLUSTER_KEDA=1 when not given.
+        self.with_keda = os.environ.get("RECSERVE_CLUSTER_KEDA") == "1" if keda is None else keda
+        self.keda_tools = keda_support.find_keda_tools() if self.with_keda else None
         self.state: ClusterState | None = None
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -177,6 +182,8 @@ class LocalCluster:
             if self.with_prometheus:
                 self._start_prometheus(timeout)
             self._wait_schedulable(timeout)
+            if self.keda_tools:
+                self._start_keda(timeout)
         except BaseException:
             self.stop()
             raise
@@ -303,6 +310,7 @@ class LocalCluster:
                 "--enable-priority-and-fairness=false",
                 "--endpoint-reconciler-type=none",
                 "--v=1",
+                *self._keda_apiserver_flags(certs),
             ],
         )
         # The API server writes its self-signed serving cert on start; until it exists,
@@ -424,6 +432,15 @@ class LocalCluster:
                 return bool(resp.status == 200)
 
         wait_for(ready, timeout, "prometheus /-/ready")
+
+    # -- KEDA (opt-in, see keda.py) -----------------------------------------------
+    def _keda_apiserver_flags(self, certs: Path) -> list[str]:
+        """The aggregation layer KEDA's external metrics API needs; none without KEDA."""
+        return keda_support.aggregation_flags(certs) if self.keda_tools else []
+
+    def _start_keda(self, timeout: float) -> None:
+        assert self.keda_tools is not None
+        keda_support.start_keda(self, self.keda_tools, timeout)
 
     def _wait_schedulable(self, timeout: float) -> None:
         """Ready nodes and the default ServiceAccount (pods are refused without it)."""

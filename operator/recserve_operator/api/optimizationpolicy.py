@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, ClassVar
 
 from pydantic import ConfigDict, Field, Strict, ValidationInfo, field_validator
@@ -110,39 +111,72 @@ class Compression(ApiModel):
     distillation: Distillation = nested(Distillation, "Distillation settings.")
 
 
-class Autoscaling(ApiModel):
-    """Bounds and pace of replica and batch-size scaling."""
+class ReplicaScaling(StrEnum):
+    """Who sets a serving Deployment's replicas."""
 
-    min_replicas: Int = Field(default=1, ge=0, le=10000, description="Fewest replicas per pool.")
+    AUTO = "Auto"
+    STATIC = "Static"
+    EXTERNAL = "External"
+
+
+class Autoscaling(ApiModel):
+    """Bounds and pace of replica and batch-size scaling (docs/autoscaling.md)."""
+
+    replicas: ReplicaScaling = Field(
+        default=ReplicaScaling.AUTO,
+        description="Auto: the operator scales each pool's replicas from live Prometheus "
+        "metrics and the variant's measured capacity, within minReplicas..maxReplicas "
+        "and the pool's ceiling. Static: the plan's replicas for the peak "
+        "(traffic.expectedRequestsPerSecond x peakFactorPercent), fixed. External: "
+        "another autoscaler (an HPA, KEDA) owns the replicas; the operator sets the "
+        "plan's count once, when it creates the Deployment.",
+    )
+    batch_tuning: bool = Field(
+        default=True,
+        description="Set each pool's batching limits (batch ceiling, queue delay, share of "
+        "the p99 target one batch may use) from the observed p99 and load; false: the "
+        "plan's batch ceiling, fixed. The server's own controller adapts the batch size "
+        "per batch within these limits either way.",
+    )
+    min_replicas: Int = Field(default=1, ge=1, le=10000, description="Fewest replicas per pool.")
     max_replicas: Int = Field(
         default=8, ge=1, le=10000, description="Most replicas per pool (also capped by the pool)."
     )
     min_batch_size: Int = Field(
-        default=1, ge=1, le=65536, description="Smallest batch the server's batcher may use."
+        default=1,
+        ge=1,
+        le=65536,
+        description="Smallest batch row limit the server's batcher may fall to (raised to "
+        "the RecModel's candidatesPerRequest when that is larger).",
     )
     max_batch_size: Int = Field(
-        default=1024, ge=1, le=65536, description="Largest batch the server's batcher may use."
+        default=1024,
+        ge=1,
+        le=65536,
+        description="Largest batch row limit: the planner's batch and batch tuning stay within it.",
     )
     interval_seconds: Int = Field(
         default=15,
         ge=1,
         le=3600,
-        description="How often live metrics are read and acted on."
-        " Not acted on yet: wired by the autoscaling issue.",
+        description="How often live metrics are read and acted on (the operator's "
+        "autoscaling tick, RECSERVE_AUTOSCALE_TICK_SECONDS, is the finest grain).",
     )
     scale_up_cooldown_seconds: Int = Field(
         default=30,
         ge=0,
         le=86400,
-        description="Least time between two scale-ups."
-        " Not acted on yet: wired by the autoscaling issue.",
+        description="Least time between two scale-ups, except in panic (the last "
+        "interval's demand needs at least twice the current replicas), which is acted on "
+        "at once.",
     )
     scale_down_cooldown_seconds: Int = Field(
         default=300,
         ge=0,
         le=86400,
-        description="Least time after any change before a scale-down."
-        " Not acted on yet: wired by the autoscaling issue.",
+        description="Least time after any change before a scale-down, and the window "
+        "whose highest recommendation a scale-down may not go below (no flapping). A "
+        "scale-down removes at most half the replicas.",
     )
 
     model_config = ConfigDict(

@@ -136,13 +136,36 @@ class RecModelSpec(ApiModel):
 
 
 class PoolPlacement(ApiModel):
-    """What runs in one pool."""
+    """What runs in one pool, and the autoscaler's last word on it."""
 
     pool: str = Field(description="HardwarePool name.")
     variant: str = Field(description="ModelVariant served there.")
-    replicas: Int = Field(ge=0, description="Replicas planned.")
+    replicas: Int = Field(ge=0, description="Replicas the Deployment is scaled to.")
+    planned_replicas: Int | None = Field(
+        default=None, ge=0, description="Replicas the plan gives for the peak traffic."
+    )
     ready_replicas: Int = Field(default=0, ge=0, description="Replicas ready.")
-    batch_size: Int = Field(default=1, ge=1, description="Current maximum batch size.")
+    batch_size: Int = Field(
+        default=1, ge=1, description="Batch row ceiling the pool's servers are given."
+    )
+    capacity_requests_per_second: Int | None = Field(
+        default=None,
+        ge=0,
+        description="Requests per second one replica serves at full load: the profile, or "
+        "live throughput where replicas were saturated.",
+    )
+    observed_requests_per_second: Int | None = Field(
+        default=None, ge=0, description="Requests per second the pool received (live)."
+    )
+    observed_p99_milliseconds: Int | None = Field(
+        default=None, ge=0, description="Live p99 latency in the pool's servers."
+    )
+    reason: str | None = Field(
+        default=None, max_length=1024, description="Why the replicas and batch are what they are."
+    )
+    last_scale_time: str | None = Field(
+        default=None, description="When the autoscaler last changed the replicas (RFC 3339)."
+    )
 
 
 class RecModelStatus(ApiModel):
@@ -167,7 +190,10 @@ class RecModelStatus(ApiModel):
         default_factory=list, max_length=16, description="Placement per pool."
     )
     observed_p99_milliseconds: Int | None = Field(
-        default=None, description="Live p99 latency over the last interval, all pools."
+        default=None, description="Live p99 latency in the servers, the worst pool."
+    )
+    observed_requests_per_second: Int | None = Field(
+        default=None, description="Requests per second over all pools (live)."
     )
     endpoint: str | None = Field(
         default=None, description="URL of the router that serves this model."

@@ -60,6 +60,7 @@ KINDS: list[CrdKind] = [
             column("Ready", "string", READY, "Whether the model is served within its objectives."),
             column("Replicas", "integer", ".status.replicas", "Ready replicas over all pools."),
             column("P99ms", "integer", ".status.observedP99Milliseconds", "Live p99 latency."),
+            column("RPS", "integer", ".status.observedRequestsPerSecond", "Live request rate."),
             column("Endpoint", "string", ".status.endpoint", "Router URL.", priority=1),
             AGE,
         ],

@@ -33,12 +33,20 @@ from recserve_operator.api.modelvariant import (
     ProfilePoint,
     Recipe,
 )
-from recserve_operator.api.optimizationpolicy import OptimizationPolicy
+from recserve_operator.api.optimizationpolicy import OptimizationPolicy, ReplicaScaling
 from recserve_operator.api.recmodel import PoolPlacement, RecModel
 from recserve_operator.api.validation import ManifestError, field_errors, parse_object
 from recserve_operator.config import OperatorConfig
 from recserve_operator.kube import Kube
-from recserve_operator.planner import Objectives, Plan, PoolCapacity, VariantProfile, plan
+from recserve_operator.planner import (
+    Objectives,
+    Plan,
+    PoolCapacity,
+    VariantProfile,
+    plan,
+    replica_limit,
+)
+from recserve_operator.reconcilers.scaling import PlannedPool, batch_range, limits_config_map
 from recserve_runtime.artifacts import (
     MANIFEST,
     BuildReport,
@@ -61,6 +69,8 @@ class Outcome:
 
     status: dict[str, Any]
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    # the pools planned and served, for the autoscaler's ticks (empty: nothing to scale)
+    planned: list[PlannedPool] = field(default_factory=list)
 
 
 @dataclass
@@ -282,10 +292,12 @@ def reconcile_recmodel(model: RecModel, kube: Kube, config: OperatorConfig) -> O
     )
 
     # 4. plan
+    capacities = {name: PoolCapacity.of(pool, profiles.get(name)) for name, pool in pools.items()}
+    objectives = Objectives.of(policy.spec, spec.traffic)
     decision = plan(
         [VariantProfile.of(b.key, b.manifest, profiles) for b in built],
-        [PoolCapacity.of(pool, profiles.get(name)) for name, pool in pools.items()],
-        Objectives.of(policy.spec, spec.traffic),
+        list(capacities.values()),
+        objectives,
     )
     variant_writes = _variant_writes(p, built, budget, profiles, decision)
     message = decision.message[:PLAN_MESSAGE_LIMIT]
@@ -298,7 +310,20 @@ def reconcile_recmodel(model: RecModel, kube: Kube, config: OperatorConfig) -> O
     p.cond("Placed", decision.feasible, decision.reason, message)
 
     # 5. apply serving objects
-    placements, router = _apply_serving(p, pools, built, decision, policy, variant_writes)
+    planned = [
+        PlannedPool(
+            pool=pp.pool,
+            variant=variant_object_name(p.name, pp.variant),
+            deployment=children.dns_name(p.name, pp.pool),
+            limits_config_map=children.limits_config_map_name(p.name, pp.pool),
+            planned_replicas=pp.replicas,
+            capacity_rps=pp.capacity_rps,
+            batch_size=pp.batch_size,
+            ceiling=replica_limit(capacities[pp.pool], objectives),
+        )
+        for pp in decision.placements
+    ]
+    placements, router = _apply_serving(p, pools, built, decision, policy, variant_writes, planned)
 
     # 6. report
     ready_pools = [pl for pl in placements if pl.ready_replicas > 0]
@@ -322,7 +347,9 @@ def reconcile_recmodel(model: RecModel, kube: Kube, config: OperatorConfig) -> O
         p.cond("Ready", False, c.WAITING_FOR_REPLICAS, "placed; waiting for ready replicas")
     else:
         p.cond("Ready", True, c.READY, "serving within the plan")
-    return p.finish()
+    outcome = p.finish()
+    outcome.planned = planned
+    return outcome
 
 
 class _Unreadable(Exception):
@@ -515,6 +542,7 @@ def _apply_serving(
     decision: Plan,
     policy: OptimizationPolicy,
     variant_writes: list[Callable[[], None]],
+    planned: list[PlannedPool],
 ) -> tuple[list[PoolPlacement], dict[str, Any]]:
     """Deployments + Services per placed pool, the router; stale pools are removed.
 
@@ -535,6 +563,7 @@ def _apply_serving(
             ("v1", "ServiceAccount"),
             ("rbac.authorization.k8s.io/v1", "Role"),
             ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+            ("v1", "ConfigMap"),
         )
     }
 
@@ -542,18 +571,28 @@ def _apply_serving(
         return p.kube.apply_if_changed(body, observed[body["kind"]])
 
     target_ms = policy.spec.objectives.p99_latency_target_milliseconds
+    mode = policy.spec.autoscaling.replicas
+    static = mode == ReplicaScaling.STATIC
     servers = [
         children.server_deployment(
             p.model,
             pools[pp.pool],
             by_name[pp.variant].artifact.uri,
             pp.variant,
-            pp.replicas,
+            pp.replicas if static else None,
             pp.batch_size,
             target_ms,
             p.config,
         )
         for pp in decision.placements
+    ]
+    # a pool's limits ConfigMap starts at the plan's limits; the autoscaler owns it after
+    new_limits = [
+        limits_config_map(
+            p.model, pl.limits_config_map, batch_range(p.model, policy, pl).planned_limits()
+        )
+        for pl in planned
+        if pl.limits_config_map not in observed["ConfigMap"]
     ]
     router = children.router_deployment(p.model, p.config)
     rbac = children.router_rbac(p.model)
@@ -569,30 +608,59 @@ def _apply_serving(
         *(obj for obj in rbac if obj["kind"] != "ServiceAccount"),
         children.service(router, p.model),
     ]
-    writes: list[Callable[[], Any]] = [
+    writes: list[Callable[[], Any]] = (
+        [
+            *(functools.partial(p.kube.create_once, body) for body in new_limits),
+        ]
+        if new_limits
+        else []
+    )
+    if new_limits:  # before the servers that mount them
+        p.kube.map(_call, writes)
+    writes = [
         *(functools.partial(apply, deployment) for deployment in servers),
         router_after_its_account,
         *(functools.partial(apply, obj) for obj in others),
         *variant_writes,
     ]
     applied: list[Any] = p.kube.map(_call, writes)
-    placements = [
-        PoolPlacement(
+    # A Deployment the autoscaler (or another one) will own starts at the plan's count.
+    for pl, server in zip(planned, applied[: len(servers)], strict=True):
+        if not static and pl.deployment not in observed["Deployment"]:
+            p.kube.scale_deployment(pl.deployment, p.namespace, pl.planned_replicas)
+            server.setdefault("spec", {})["replicas"] = pl.planned_replicas
+    before = {pl.pool: pl for pl in (p.model.status.placements if p.model.status else [])}
+    placements = []
+    for pp, pl, server in zip(decision.placements, planned, applied[: len(servers)], strict=True):
+        last = before.get(pp.pool)
+        placement = PoolPlacement(
             pool=pp.pool,
-            variant=variant_object_name(p.name, pp.variant),
-            replicas=pp.replicas,
+            variant=pl.variant,
+            replicas=int((server.get("spec") or {}).get("replicas") or 0),
+            planned_replicas=pp.replicas,
             ready_replicas=int((server.get("status") or {}).get("readyReplicas") or 0),
-            batch_size=pp.batch_size,
+            batch_size=last.batch_size if last and last.variant == pl.variant else pp.batch_size,
+            capacity_requests_per_second=round(pp.capacity_rps),
         )
-        for pp, server in zip(decision.placements, applied[: len(servers)], strict=True)
-    ]
+        if last is not None and last.variant == pl.variant:  # the autoscaler's last word
+            placement.observed_requests_per_second = last.observed_requests_per_second
+            placement.observed_p99_milliseconds = last.observed_p99_milliseconds
+            placement.reason = last.reason
+            placement.last_scale_time = last.last_scale_time
+            placement.capacity_requests_per_second = last.capacity_requests_per_second
+        placements.append(placement)
     placed = {pp.pool for pp in decision.placements}
     for old in observed["Deployment"].values():
         labels = old["metadata"].get("labels", {})
         if labels.get(children.COMPONENT_LABEL) == "server" and (
             labels.get(children.POOL_LABEL) not in placed
         ):
-            p.kube.delete("apps/v1", "Deployment", old["metadata"]["name"], p.namespace)
-            p.kube.delete("v1", "Service", old["metadata"]["name"], p.namespace)
+            gone = old["metadata"]["name"]
+            p.kube.delete("apps/v1", "Deployment", gone, p.namespace)
+            p.kube.delete("v1", "Service", gone, p.namespace)
+            pool = labels.get(children.POOL_LABEL) or ""
+            p.kube.delete(
+                "v1", "ConfigMap", children.limits_config_map_name(p.name, pool), p.namespace
+            )
     applied_router: dict[str, Any] = applied[len(servers)]
     return placements, applied_router

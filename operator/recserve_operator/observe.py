@@ -1,0 +1,250 @@
+"""Live serving metrics from Prometheus, per (namespace, RecModel, pool).
+
+The queries are written once, here, and each is asked once per refresh for every model
+at once (grouped by namespace, model and pool), so the cost does not grow with the
+number of RecModels. Series come from the servers' own ``/metrics``
+(``recserve_runtime/server/metrics.py``), scraped with their pod labels mapped onto
+series labels (``recserve.io/model`` -> ``recserve_io_model``), as the local control
+plane and the Prometheus community chart's ``kubernetes-pods`` job do.
+
+Unknown is never zero: a pool whose servers have not been scraped within
+``STALE_AFTER_SCRAPES`` scrape intervals, or a Prometheus that does not answer, gives
+:class:`Unknown` with the reason, and the autoscaler holds. A pool whose servers are
+scraped but that received no request has a known rate of 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("recserve.observe")
+
+MODEL = "recserve_io_model"
+POOL = "recserve_io_pool"
+BY = f"namespace, {MODEL}, {POOL}"
+STALE_AFTER_SCRAPES = 3
+SERVED = 'endpoint=~"infer|rank", code=~"2.."'
+REFUSED = 'endpoint=~"infer|rank", code=~"429|503"'
+Key = tuple[str, str, str]  # (namespace, model, pool)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Rate windows: ``fast`` reacts within a few scrapes (bursts), ``stable`` smooths
+    (scale-down, batch tuning)."""
+
+    scrape_seconds: float = 5.0
+    stable_seconds: float = 60.0
+
+    @property
+    def fast_seconds(self) -> float:
+        # rate() needs two samples; three scrapes leave room for one missed scrape
+        return 3 * self.scrape_seconds
+
+    @property
+    def stale_seconds(self) -> float:
+        return STALE_AFTER_SCRAPES * self.scrape_seconds
+
+
+def _range(seconds: float) -> str:
+    return f"{max(round(seconds), 1)}s"
+
+
+def queries(w: Windows) -> dict[str, str]:
+    """Every query the autoscaler asks, by name (a result per namespace/model/pool)."""
+    fast, stable = _range(w.fast_seconds), _range(w.stable_seconds)
+
+    def rate(metric: str, labels: str, window: str) -> str:
+        return f"sum by ({BY}) (rate({metric}{{{labels}}}[{window}]))"
+
+    def quantile(q: float, window: str) -> str:
+        return (
+            f"histogram_quantile({q}, sum by ({BY}, le) "
+            f"(rate(recserve_request_duration_seconds_bucket[{window}])))"
+        )
+
+    def mean(metric: str, window: str) -> str:
+        return f"{rate(metric + '_sum', '', window)} / {rate(metric + '_count', '', window)}"
+
+    return {
+        "served_fast": rate("recserve_requests_total", SERVED, fast),
+        "served_stable": rate("recserve_requests_total", SERVED, stable),
+        "refused_fast": rate("recserve_requests_total", REFUSED, fast),
+        "refused_stable": rate("recserve_requests_total", REFUSED, stable),
+        "p99_fast": quantile(0.99, fast),
+        "p99_stable": quantile(0.99, stable),
+        "p50_stable": quantile(0.5, stable),
+        "queue_wait_fast": mean("recserve_queue_duration_seconds", fast),
+        "batch_rows_fast": mean("recserve_batch_size_rows", fast),
+        "inflight": f"sum by ({BY}) (recserve_inflight_requests)",
+        "ready_pods": f"sum by ({BY}) (recserve_ready)",
+        # seconds since the pool's servers were last scraped (staleness)
+        "scrape_age": f"min by ({BY}) (time() - timestamp(recserve_ready))",
+    }
+
+
+@dataclass(frozen=True)
+class PoolMetrics:
+    """One pool's live figures (rates in requests per second, times in seconds).
+    ``None`` where Prometheus has no value (e.g. p99 of a pool without requests)."""
+
+    served_fast: float
+    served_stable: float
+    refused_fast: float
+    refused_stable: float
+    ready_pods: int
+    p99_fast: float | None = None
+    p99_stable: float | None = None
+    p50_stable: float | None = None
+    queue_wait_fast: float | None = None
+    batch_rows_fast: float | None = None
+    inflight: float | None = None
+
+    @property
+    def demand_fast(self) -> float:
+        """Requests per second that arrived (served or refused) over the fast window."""
+        return self.served_fast + self.refused_fast
+
+    @property
+    def demand_stable(self) -> float:
+        return self.served_stable + self.refused_stable
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """No trustworthy figures for a pool, and why."""
+
+    reason: str
+
+
+Observation = PoolMetrics | Unknown
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The answers of one refresh: every pool Prometheus knows, or the error for all."""
+
+    taken_at: float  # time.time() of the refresh
+    pools: dict[Key, PoolMetrics]
+    error: str | None = None
+
+    def of(self, namespace: str, model: str, pool: str) -> Observation:
+        """One pool's metrics, or why they are unknown."""
+        if self.error is not None:
+            return Unknown(self.error)
+        found = self.pools.get((namespace, model, pool))
+        if found is None:
+            return Unknown("no fresh series of the pool's servers in Prometheus")
+        return found
+
+
+def _number(sample: dict[str, Any]) -> float | None:
+    try:
+        value = float(sample["value"][1])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def snapshot_from_results(
+    results: dict[str, list[dict[str, Any]]], w: Windows, taken_at: float
+) -> Snapshot:
+    """Assemble query results (``custom_query`` answers by query name) into pools.
+
+    A pool is known when its servers were scraped within ``w.stale_seconds``; a rate
+    missing for a known pool is 0 (no request of that kind), any other missing figure
+    is None.
+    """
+    by_name: dict[str, dict[Key, float | None]] = {}
+    for name, samples in results.items():
+        values: dict[Key, float | None] = {}
+        for sample in samples:
+            labels = sample.get("metric") or {}
+            key = (labels.get("namespace"), labels.get(MODEL), labels.get(POOL))
+            if None in key:
+                continue
+            values[(str(key[0]), str(key[1]), str(key[2]))] = _number(sample)
+        by_name[name] = values
+    pools: dict[Key, PoolMetrics] = {}
+    for key, age in by_name.get("scrape_age", {}).items():
+        if age is None or age > w.stale_seconds:
+            continue
+
+        def get(name: str, pool: Key = key) -> float | None:
+            return by_name.get(name, {}).get(pool)
+
+        def rate(name: str) -> float:
+            return max(get(name) or 0.0, 0.0)
+
+        pools[key] = PoolMetrics(
+            served_fast=rate("served_fast"),
+            served_stable=rate("served_stable"),
+            refused_fast=rate("refused_fast"),
+            refused_stable=rate("refused_stable"),
+            ready_pods=round(get("ready_pods") or 0.0),
+            p99_fast=get("p99_fast"),
+            p99_stable=get("p99_stable"),
+            p50_stable=get("p50_stable"),
+            queue_wait_fast=get("queue_wait_fast"),
+            batch_rows_fast=get("batch_rows_fast"),
+            inflight=get("inflight"),
+        )
+    return Snapshot(taken_at, pools)
+
+
+Query = Callable[[str], list[dict[str, Any]]]
+
+
+def prometheus_query(url: str, timeout_s: float = 5.0) -> Query:
+    """``custom_query`` of prometheus-api-client against ``url`` (no retries: the next
+    refresh is the retry, and a hung Prometheus must not stall the autoscaler)."""
+    from prometheus_api_client import PrometheusConnect
+
+    connection = PrometheusConnect(url=url, disable_ssl=True, timeout=max(1, round(timeout_s)))
+
+    def ask(query: str) -> list[dict[str, Any]]:
+        return list(connection.custom_query(query))
+
+    return ask
+
+
+class MetricsCache:
+    """The latest :class:`Snapshot`, refreshed at most once per ``refresh_seconds``
+    whoever asks (one set of queries per tick for all RecModels), thread-safe."""
+
+    def __init__(self, query: Query | None, windows: Windows, refresh_seconds: float) -> None:
+        self._query = query
+        self.windows = windows
+        self.refresh_seconds = refresh_seconds
+        self._lock = threading.Lock()
+        self._latest: Snapshot | None = None
+        self.errors = 0  # refreshes that failed (the operator's own metrics export it)
+
+    def latest(self) -> Snapshot:
+        """A snapshot no older than ``refresh_seconds`` (refreshing it if needed)."""
+        with self._lock:
+            now = time.time()
+            if self._latest is not None and now - self._latest.taken_at < self.refresh_seconds:
+                return self._latest
+            self._latest = self._refresh(now)
+            return self._latest
+
+    def _refresh(self, now: float) -> Snapshot:
+        if self._query is None:
+            return Snapshot(now, {}, "no Prometheus URL configured (RECSERVE_PROMETHEUS_URL)")
+        results: dict[str, list[dict[str, Any]]] = {}
+        try:
+            for name, text in queries(self.windows).items():
+                results[name] = self._query(text)
+        except Exception as exc:  # any failure to get an answer means unknown, never 0
+            self.errors += 1
+            reason = f"Prometheus query failed: {type(exc).__name__}: {exc}"[:300]
+            log.warning("%s", reason)
+            return Snapshot(now, {}, reason)
+        return snapshot_from_results(results, self.windows, now)

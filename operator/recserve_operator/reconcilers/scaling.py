@@ -1,0 +1,280 @@
+"""One autoscaling tick of one RecModel: live metrics -> replicas and batch limits.
+
+The reconcile pass plans each pool (variant, replicas for the peak, per-replica
+capacity, batch ceiling) and creates its Deployment and limits ConfigMap; this tick,
+every ``autoscaling.intervalSeconds``, decides from the live metrics
+(:mod:`recserve_operator.autoscaler`) and says what to write: the Deployments' scale
+subresource, the limits ConfigMaps (mounted as the servers' ``--limits-file``), the
+RecModel's status (``placements[]``, live p99 and rps, the ``Scaling`` condition) and
+an Event per change. :func:`decide_tick` is pure; :func:`apply_tick` does the writes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from recserve_operator import children
+from recserve_operator import conditions as c
+from recserve_operator.api.optimizationpolicy import OptimizationPolicy, ReplicaScaling
+from recserve_operator.api.recmodel import PoolPlacement, RecModel
+from recserve_operator.autoscaler import (
+    BatchLimits,
+    BatchRange,
+    Bounds,
+    Memory,
+    decide_batch,
+    decide_replicas,
+)
+from recserve_operator.kube import Kube
+from recserve_operator.observe import PoolMetrics, Snapshot, Unknown
+
+log = logging.getLogger("recserve.scaling")
+SCALING = "Scaling"
+METRICS_KNOWN = "MetricsKnown"
+METRICS_UNKNOWN = "MetricsUnknown"
+STATIC = "Static"
+LIMITS_KEY = "limits.json"
+
+
+@dataclass(frozen=True)
+class PlannedPool:
+    """What the reconcile pass planned for one pool (the tick's fixed inputs)."""
+
+    pool: str
+    variant: str  # ModelVariant object name
+    deployment: str
+    limits_config_map: str
+    planned_replicas: int
+    capacity_rps: float  # one replica at full load, as profiled
+    batch_size: int  # the plan's batch ceiling
+    ceiling: int  # the lower of the policy's maxReplicas and the pool's
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One pool's Deployment and limits as the operator last saw them."""
+
+    replicas: int | None  # spec.replicas (None: no Deployment yet)
+    ready: int
+    limits: BatchLimits | None
+
+
+@dataclass
+class TickOutcome:
+    """What a tick decided for one RecModel."""
+
+    scale: dict[str, int] = field(default_factory=dict)  # Deployment -> replicas
+    limits: dict[str, BatchLimits] = field(default_factory=dict)  # ConfigMap -> limits
+    status: dict[str, Any] = field(default_factory=dict)  # merge patch of status
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    memory: dict[str, Memory] = field(default_factory=dict)  # pool -> memory
+    decisions: list[tuple[str, str]] = field(default_factory=list)  # (kind, reason) counted
+
+
+def stamp(at: float) -> str:
+    """RFC 3339 of a time.time() value."""
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_stamp(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def batch_range(model: RecModel, policy: OptimizationPolicy, planned: PlannedPool) -> BatchRange:
+    scaling = policy.spec.autoscaling
+    lowest = min(
+        max(scaling.min_batch_size, model.spec.traffic.candidates_per_request),
+        scaling.max_batch_size,
+    )
+    return BatchRange(
+        planned=planned.batch_size,
+        lowest=lowest,
+        highest=scaling.max_batch_size,
+        slo_ms=float(policy.spec.objectives.p99_latency_target_milliseconds),
+    )
+
+
+def limits_config_map(model: RecModel, name: str, limits: BatchLimits) -> dict[str, Any]:
+    """The ConfigMap a pool's servers read their batching limits from."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": children.owned_metadata(name, model, {children.COMPONENT_LABEL: "limits"}),
+        "data": {LIMITS_KEY: json.dumps(limits.to_doc(), sort_keys=True)},
+    }
+
+
+def limits_of(config_map: dict[str, Any] | None) -> BatchLimits | None:
+    """The limits a ConfigMap holds (None if absent or unreadable: then rewritten)."""
+    if not config_map:
+        return None
+    try:
+        doc = json.loads((config_map.get("data") or {}).get(LIMITS_KEY) or "")
+        return BatchLimits(
+            max_batch_rows=int(doc["max_batch_rows"]),
+            min_batch_rows=int(doc["min_batch_rows"]),
+            max_queue_delay_ms=float(doc.get("max_queue_delay_ms", 0.0)),
+            batch_budget_fraction=float(doc.get("batch_budget_fraction", 0.25)),
+            slo_p99_ms=float(doc["slo_p99_ms"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def decide_tick(
+    model: RecModel,
+    policy: OptimizationPolicy,
+    planned: list[PlannedPool],
+    observed: dict[str, Observed],
+    snapshot: Snapshot,
+    memory: dict[str, Memory],
+    now: float,
+) -> TickOutcome:
+    """Decide replicas and batch limits for every planned pool of ``model``."""
+    scaling = policy.spec.autoscaling
+    slo_s = policy.spec.objectives.p99_latency_target_milliseconds / 1000
+    out = TickOutcome()
+    placements: list[dict[str, Any]] = []
+    unknown: list[str] = []
+    total_rps = 0.0
+    worst_p99: float | None = None
+    old = {pl.pool: pl for pl in (model.status.placements if model.status else [])}
+    for pp in planned:
+        seen = observed.get(pp.pool) or Observed(None, 0, None)
+        if seen.replicas is None:  # the pass has not created the Deployment yet
+            continue
+        metrics = snapshot.of(str(model.namespace), model.name, pp.pool)
+        mem = memory.get(pp.pool)
+        if mem is None:  # after a restart: the last change is in status
+            last = parse_stamp(old[pp.pool].last_scale_time if pp.pool in old else None)
+            mem = Memory(last_up=last, last_down=last)
+        bounds = Bounds(
+            scaling.min_replicas,
+            min(scaling.max_replicas, pp.ceiling),
+            scaling.scale_up_cooldown_seconds,
+            scaling.scale_down_cooldown_seconds,
+        )
+        if scaling.replicas == ReplicaScaling.AUTO:
+            decision = decide_replicas(
+                now, seen.replicas, metrics, pp.capacity_rps, slo_s, bounds, mem
+            )
+            replicas, reason, mem = decision.replicas, decision.reason, decision.memory
+            capacity = decision.capacity_rps
+        else:
+            replicas, capacity = seen.replicas, pp.capacity_rps
+            reason = f"{scaling.replicas.value}: {seen.replicas} replicas" + (
+                " (the plan's, for the peak)"
+                if scaling.replicas == ReplicaScaling.STATIC
+                else " (set by another autoscaler)"
+            )
+        out.memory[pp.pool] = mem
+        if replicas != seen.replicas:
+            out.scale[pp.deployment] = replicas
+            out.events.append(("Normal", "Scaled", f"pool {pp.pool}: {reason}"))
+            out.decisions.append(
+                ("replicas_up" if replicas > seen.replicas else "replicas_down", _kind(reason))
+            )
+        rng = batch_range(model, policy, pp)
+        current_limits = seen.limits or rng.planned_limits()
+        if scaling.batch_tuning:
+            batch = decide_batch(current_limits, metrics, capacity, seen.ready, rng)
+            limits, batch_reason = batch.limits, batch.reason
+        else:
+            limits, batch_reason = (
+                rng.planned_limits(),
+                "batch tuning off: the plan's batch ceiling",
+            )
+        if limits != seen.limits:
+            out.limits[pp.limits_config_map] = limits
+            if seen.limits is not None and limits.max_batch_rows != seen.limits.max_batch_rows:
+                out.events.append(("Normal", "BatchLimits", f"pool {pp.pool}: {batch_reason}"))
+                out.decisions.append(("batch", _kind(batch_reason)))
+        if isinstance(metrics, Unknown):
+            unknown.append(f"{pp.pool}: {metrics.reason}")
+        placement = PoolPlacement(
+            pool=pp.pool,
+            variant=pp.variant,
+            replicas=replicas,
+            planned_replicas=pp.planned_replicas,
+            ready_replicas=seen.ready,
+            batch_size=limits.max_batch_rows,
+            capacity_requests_per_second=None if capacity is None else round(capacity),
+            reason=f"{reason}; {batch_reason}"[:1024],
+            last_scale_time=stamp(mem.last_change) if mem.last_change else None,
+        )
+        if isinstance(metrics, PoolMetrics):
+            placement.observed_requests_per_second = round(metrics.demand_fast)
+            total_rps += metrics.demand_fast
+            if metrics.p99_fast is not None:
+                placement.observed_p99_milliseconds = round(metrics.p99_fast * 1000)
+                worst_p99 = max(worst_p99 or 0.0, metrics.p99_fast)
+        elif pp.pool in old:  # unknown: keep the last figures, the reason says why
+            placement.observed_requests_per_second = old[pp.pool].observed_requests_per_second
+            placement.observed_p99_milliseconds = old[pp.pool].observed_p99_milliseconds
+        placements.append(placement.to_wire())
+    if not placements:
+        return out
+    conds = list((model.status.to_wire() if model.status else {}).get("conditions") or [])
+    if unknown:
+        message = "holding the last decision, metrics unknown: " + "; ".join(unknown)
+        conds = c.set_condition(conds, SCALING, False, METRICS_UNKNOWN, message, model.generation)
+    else:
+        tuning = "on" if scaling.batch_tuning else "off"
+        message = f"{scaling.replicas.value} replicas, batch tuning {tuning}"
+        conds = c.set_condition(conds, SCALING, True, METRICS_KNOWN, message, model.generation)
+    out.status = {"placements": placements, "conditions": conds}
+    if not unknown:
+        out.status["observedRequestsPerSecond"] = round(total_rps)
+        if worst_p99 is not None:
+            out.status["observedP99Milliseconds"] = round(worst_p99 * 1000)
+    return out
+
+
+def _kind(reason: str) -> str:
+    """A short label for the operator's decision counter, from a reason's wording."""
+    for word in ("panic", "minReplicas", "ceiling", "down", "up", "over the", "light load", "load"):
+        if word in reason:
+            return word.replace(" ", "_")
+    return "other"
+
+
+def observe_pools(kube: Kube, model: RecModel, planned: list[PlannedPool]) -> dict[str, Observed]:
+    """The planned pools' Deployments and limits ConfigMaps (from the operator's watch)."""
+    namespace = str(model.namespace)
+    selector = f"{children.MODEL_LABEL}={model.name}"
+    deployments = {
+        d["metadata"]["name"]: d for d in kube.list("apps/v1", "Deployment", namespace, selector)
+    }
+    config_maps = {
+        m["metadata"]["name"]: m for m in kube.list("v1", "ConfigMap", namespace, selector)
+    }
+    out: dict[str, Observed] = {}
+    for pp in planned:
+        dep = deployments.get(pp.deployment)
+        replicas = None if dep is None else int((dep.get("spec") or {}).get("replicas") or 0)
+        ready = 0 if dep is None else int((dep.get("status") or {}).get("readyReplicas") or 0)
+        out[pp.pool] = Observed(replicas, ready, limits_of(config_maps.get(pp.limits_config_map)))
+    return out
+
+
+def apply_tick(kube: Kube, model: RecModel, outcome: TickOutcome) -> None:
+    """Write what a tick decided: scale, limits, status (only what changed)."""
+    namespace = str(model.namespace)
+    for name, replicas in outcome.scale.items():
+        kube.scale_deployment(name, namespace, replicas)
+    for name, limits in outcome.limits.items():
+        kube.apply(limits_config_map(model, name, limits))
+    if not outcome.status:
+        return
+    old = model.status.to_wire() if model.status else {}
+    if any(old.get(k) != v for k, v in outcome.status.items()):
+        kube.patch_status("recmodels", model.name, namespace, outcome.status)

@@ -1,0 +1,142 @@
+"""The autoscaling loop: which RecModels are due for a tick, and one tick's I/O.
+
+Reconcile passes tell the loop what they planned per pool (:meth:`ScalingLoop.planned`);
+every ``tick_seconds`` the loop runs a tick for each model whose policy's
+``intervalSeconds`` has passed. A tick and a pass of the same model never overlap
+(:class:`KeyedLocks`): a pass waits for a running tick (a tick is one snapshot lookup
+and a few writes), a tick skips a model whose pass is running (the next tick comes).
+All models share one Prometheus snapshot per tick (:class:`observe.MetricsCache`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from recserve_operator import operator_metrics as om
+from recserve_operator.api.optimizationpolicy import OptimizationPolicy
+from recserve_operator.api.recmodel import RecModel
+from recserve_operator.api.validation import ManifestError, parse_object
+from recserve_operator.autoscaler import Memory
+from recserve_operator.kube import Kube
+from recserve_operator.observe import MetricsCache
+from recserve_operator.reconcilers.scaling import (
+    PlannedPool,
+    apply_tick,
+    decide_tick,
+    observe_pools,
+)
+
+log = logging.getLogger("recserve.scaling")
+Events = Callable[[Any, list[tuple[str, str, str]]], None]
+
+
+class KeyedLocks:
+    """One lock per key, made on first use."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def get(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    @contextmanager
+    def held(self, key: str) -> Iterator[None]:
+        """Hold ``key``'s lock (waiting for it)."""
+        with self.get(key):
+            yield
+
+
+class ScalingLoop:
+    """Planned pools, per-pool memory and due times of every RecModel the operator serves."""
+
+    def __init__(self, metrics: MetricsCache, tick_seconds: float) -> None:
+        self.metrics = metrics
+        self.tick_seconds = tick_seconds
+        self.locks = KeyedLocks()
+        self._guard = threading.Lock()
+        self._planned: dict[str, list[PlannedPool]] = {}
+        self._memory: dict[str, dict[str, Memory]] = {}
+        self._next: dict[str, float] = {}
+        self.ticks = 0
+
+    def planned(self, key: str, pools: list[PlannedPool]) -> None:
+        """What the last pass of ``key`` planned (empty: nothing to scale now)."""
+        with self._guard:
+            if pools:
+                self._planned[key] = pools
+                self._next.setdefault(key, 0.0)
+            else:
+                self._planned.pop(key, None)
+                self._next.pop(key, None)
+
+    def forget(self, key: str) -> None:
+        with self._guard:
+            self._planned.pop(key, None)
+            self._next.pop(key, None)
+            self._memory.pop(key, None)
+
+    def due(self, now: float) -> list[str]:
+        """Models whose next tick is due at ``now`` (monotonic seconds)."""
+        with self._guard:
+            return [key for key, at in self._next.items() if at <= now]
+
+    def tick(self, key: str, kube: Kube, post_events: Events) -> None:
+        """One tick of ``key``: read, decide, write (skipped while its pass runs)."""
+        lock = self.locks.get(key)
+        if not lock.acquire(blocking=False):
+            return
+        started = time.perf_counter()
+        try:
+            self._tick(key, kube, post_events)
+        finally:
+            lock.release()
+            om.RECONCILE_SECONDS.labels("autoscale").observe(time.perf_counter() - started)
+
+    def _tick(self, key: str, kube: Kube, post_events: Events) -> None:
+        namespace, name = key.split("/", 1)
+        with self._guard:
+            planned = list(self._planned.get(key) or [])
+            memory = dict(self._memory.get(key) or {})
+        raw = kube.get_custom("recmodels", name, namespace)
+        if not planned or raw is None:
+            self.forget(key)
+            return
+        try:
+            model = parse_object(RecModel, raw)
+            raw_policy = kube.get_custom(
+                "optimizationpolicies", model.spec.policy_ref.name, namespace
+            )
+            policy = parse_object(OptimizationPolicy, raw_policy or {})
+        except ManifestError as exc:  # the pass reports it; nothing to scale on
+            log.debug("%s: not scaling: %s", key, exc)
+            return
+        interval = policy.spec.autoscaling.interval_seconds
+        with self._guard:
+            if key in self._next:
+                self._next[key] = time.monotonic() + interval
+        if model.spec.paused:
+            return
+        snapshot = self.metrics.latest()
+        if snapshot.error is not None:
+            om.PROMETHEUS_ERRORS.inc()
+        observed = observe_pools(kube, model, planned)
+        outcome = decide_tick(model, policy, planned, observed, snapshot, memory, time.time())
+        with self._guard:
+            self._memory[key] = outcome.memory
+        held = [p for p in outcome.status.get("placements", []) if "metrics unknown" in str(p)]
+        if held:
+            om.HELD.inc(len(held))
+        for kind, reason in outcome.decisions:
+            om.DECISIONS.labels(kind, reason).inc()
+        apply_tick(kube, model, outcome)
+        self.ticks += 1
+        if outcome.events:
+            log.info("%s: %s", key, "; ".join(message for _, _, message in outcome.events))
+            post_events(raw, outcome.events)

@@ -1,0 +1,78 @@
+"""Assembling Prometheus answers into per-pool metrics: unknown is never zero."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from recserve_operator.observe import (
+    MetricsCache,
+    PoolMetrics,
+    Unknown,
+    Windows,
+    queries,
+    snapshot_from_results,
+)
+
+pytestmark = pytest.mark.unit
+W = Windows(scrape_seconds=5.0)
+LABELS = {"namespace": "ns", "recserve_io_model": "m", "recserve_io_pool": "cpu"}
+
+
+def sample(value: str, **labels: str) -> dict[str, Any]:
+    return {"metric": {**LABELS, **labels}, "value": [1700000000.0, value]}
+
+
+def test_a_scraped_pool_without_requests_has_a_known_rate_of_zero() -> None:
+    snap = snapshot_from_results(
+        {"scrape_age": [sample("2.5")], "ready_pods": [sample("2")]}, W, 0.0
+    )
+    m = snap.of("ns", "m", "cpu")
+    assert isinstance(m, PoolMetrics)
+    assert m.demand_fast == 0.0 and m.ready_pods == 2
+    assert m.p99_fast is None  # no request: no latency, not zero latency
+
+
+def test_stale_or_missing_series_and_errors_are_unknown() -> None:
+    stale = snapshot_from_results({"scrape_age": [sample("16")]}, W, 0.0)
+    assert isinstance(stale.of("ns", "m", "cpu"), Unknown)
+    empty = snapshot_from_results({}, W, 0.0)
+    assert "no fresh series" in str(empty.of("ns", "m", "cpu"))
+    nan = snapshot_from_results({"scrape_age": [sample("NaN")]}, W, 0.0)
+    assert isinstance(nan.of("ns", "m", "cpu"), Unknown)
+
+    def down(_: str) -> list[dict[str, Any]]:
+        raise ConnectionError("refused")
+
+    snap = MetricsCache(down, W, refresh_seconds=10).latest()
+    found = snap.of("ns", "m", "cpu")
+    assert isinstance(found, Unknown) and "ConnectionError" in found.reason
+    assert isinstance(MetricsCache(None, W, 10).latest().of("ns", "m", "cpu"), Unknown)
+
+
+def test_rates_add_refusals_to_demand_and_nan_latency_is_none() -> None:
+    results = {
+        "scrape_age": [sample("1")],
+        "served_fast": [sample("90")],
+        "refused_fast": [sample("10")],
+        "p99_fast": [sample("NaN")],
+        "p50_stable": [sample("0.004")],
+    }
+    m = snapshot_from_results(results, W, 0.0).of("ns", "m", "cpu")
+    assert isinstance(m, PoolMetrics)
+    assert m.demand_fast == 100.0 and m.p99_fast is None and m.p50_stable == 0.004
+
+
+def test_the_cache_asks_once_per_refresh_for_all_models() -> None:
+    asked: list[str] = []
+
+    def ask(query: str) -> list[dict[str, Any]]:
+        asked.append(query)
+        return []
+
+    cache = MetricsCache(ask, W, refresh_seconds=60)
+    cache.latest()
+    cache.latest()
+    assert len(asked) == len(queries(W))
+    assert all("by (namespace, recserve_io_model, recserve_io_pool" in q for q in asked)

@@ -1,0 +1,208 @@
+"""One autoscaling tick of a RecModel: decisions into scale, limits, status and Events,
+and every autoscaling field of the policy shown to have its effect."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from recserve_operator.api import OptimizationPolicy, RecModel
+from recserve_operator.autoscaler import Memory
+from recserve_operator.conditions import find
+from recserve_operator.observe import PoolMetrics, Snapshot
+from recserve_operator.reconcilers.scaling import (
+    LIMITS_KEY,
+    Observed,
+    PlannedPool,
+    apply_tick,
+    decide_tick,
+    limits_config_map,
+    limits_of,
+    observe_pools,
+)
+from tests.fakekube import FakeKube
+from tests.manifests import example
+
+pytestmark = pytest.mark.unit
+NS = "ns1"
+NOW = 1_700_000_000.0
+
+
+def model(**traffic: int) -> RecModel:
+    raw = example("movielens-dlrm")
+    raw["metadata"] = {"name": "m", "namespace": NS, "uid": "u1", "generation": 1}
+    raw["spec"]["traffic"].update(traffic)
+    return RecModel.model_validate(raw)
+
+
+def policy(**autoscaling: Any) -> OptimizationPolicy:
+    raw = example("latency-first")
+    raw["metadata"]["namespace"] = NS
+    raw["spec"]["objectives"]["p99LatencyTargetMilliseconds"] = 100
+    raw["spec"]["autoscaling"] = {
+        "minReplicas": 1,
+        "maxReplicas": 8,
+        "scaleUpCooldownSeconds": 0,
+        "scaleDownCooldownSeconds": 60,
+        **autoscaling,
+    }
+    return OptimizationPolicy.model_validate(raw)
+
+
+PLANNED = PlannedPool(
+    pool="cpu-pool",
+    variant="m-int8",
+    deployment="m-cpu-pool",
+    limits_config_map="m-cpu-pool-limits",
+    planned_replicas=2,
+    capacity_rps=100.0,
+    batch_size=128,
+    ceiling=6,
+)
+
+
+def snapshot(rps: float, p99: float = 0.02, ready: int = 2) -> Snapshot:
+    m = PoolMetrics(
+        served_fast=rps,
+        served_stable=rps,
+        refused_fast=0.0,
+        refused_stable=0.0,
+        ready_pods=ready,
+        p99_fast=p99,
+    )
+    return Snapshot(NOW, {(NS, "m", "cpu-pool"): m})
+
+
+def tick(
+    p: OptimizationPolicy,
+    snap: Snapshot,
+    replicas: int = 2,
+    memory: dict[str, Memory] | None = None,
+    rm: RecModel | None = None,
+) -> Any:
+    observed = {"cpu-pool": Observed(replicas, replicas, None)}
+    return decide_tick(rm or model(), p, [PLANNED], observed, snap, memory or {}, NOW)
+
+
+def test_a_burst_scales_up_explains_and_reports_live_figures() -> None:
+    out = tick(policy(), snapshot(400.0, p99=0.03))
+    assert out.scale == {"m-cpu-pool": 6}  # 400 rps at 70 rps per replica
+    placement = out.status["placements"][0]
+    assert placement["replicas"] == 6 and placement["plannedReplicas"] == 2
+    assert placement["observedRequestsPerSecond"] == 400
+    assert placement["observedP99Milliseconds"] == 30
+    assert placement["lastScaleTime"]
+    assert "2 -> 6" in placement["reason"]
+    assert out.status["observedRequestsPerSecond"] == 400
+    scaling = find(out.status["conditions"], "Scaling")
+    assert scaling is not None and scaling["status"] == "True"
+    assert [e[1] for e in out.events] == ["Scaled"]
+
+
+def test_max_replicas_and_the_pool_ceiling_bound_the_decision() -> None:
+    assert tick(policy(maxReplicas=3), snapshot(400.0)).scale == {"m-cpu-pool": 3}
+    assert tick(policy(maxReplicas=50), snapshot(4000.0)).scale == {"m-cpu-pool": 6}
+
+
+def test_min_replicas_is_kept_with_no_load() -> None:
+    out = tick(policy(minReplicas=3), snapshot(0.0), replicas=2)
+    assert out.scale == {"m-cpu-pool": 3}
+
+
+def test_cooldowns_are_the_policy_s() -> None:
+    memory = {"cpu-pool": Memory(last_up=NOW - 10)}
+    assert tick(policy(scaleUpCooldownSeconds=30), snapshot(250.0), 3, memory).scale == {}
+    assert tick(policy(scaleUpCooldownSeconds=5), snapshot(250.0), 3, memory).scale == {
+        "m-cpu-pool": 4
+    }
+    # down: the window must have been watched, and the last change be old enough
+    watched = {"cpu-pool": Memory(last_up=NOW - 100, watching_since=NOW - 100)}
+    assert tick(policy(scaleDownCooldownSeconds=200), snapshot(10.0), 4, watched).scale == {}
+    assert tick(policy(scaleDownCooldownSeconds=60), snapshot(10.0), 4, watched).scale == {
+        "m-cpu-pool": 2
+    }
+
+
+def test_static_and_external_never_scale() -> None:
+    for mode in ("Static", "External"):
+        out = tick(policy(replicas=mode), snapshot(4000.0))
+        assert out.scale == {}
+        assert mode in out.status["placements"][0]["reason"]
+
+
+def test_unknown_metrics_hold_replicas_and_say_so_in_the_condition() -> None:
+    out = tick(policy(), Snapshot(NOW, {}, "Prometheus query failed: ConnectionError"))
+    assert out.scale == {}
+    scaling = find(out.status["conditions"], "Scaling")
+    assert scaling is not None and scaling["status"] == "False"
+    assert scaling["reason"] == "MetricsUnknown"
+    assert "ConnectionError" in scaling["message"]
+    assert "observedRequestsPerSecond" not in out.status
+
+
+def test_batch_tuning_follows_load_and_can_be_turned_off() -> None:
+    loaded = snapshot(180.0, p99=0.02, ready=2)  # 90% of two replicas' capacity
+    on = tick(policy(maxBatchSize=1024), loaded)
+    assert on.limits["m-cpu-pool-limits"].max_batch_rows == 256
+    assert on.status["placements"][0]["batchSize"] == 256
+    off = tick(policy(batchTuning=False), loaded)
+    assert off.limits["m-cpu-pool-limits"].max_batch_rows == 128  # the plan's
+
+
+def test_batch_bounds_are_the_policy_s_and_one_request_fits() -> None:
+    loaded = snapshot(180.0, p99=0.02, ready=2)
+    capped = tick(policy(maxBatchSize=200), loaded)
+    assert capped.limits["m-cpu-pool-limits"].max_batch_rows == 200
+    floor = tick(policy(minBatchSize=16), loaded, rm=model(candidatesPerRequest=100))
+    assert floor.limits["m-cpu-pool-limits"].min_batch_rows == 100
+
+
+def test_interval_is_the_policy_s() -> None:
+    # the loop schedules the next tick intervalSeconds later (scaling_loop), here the field
+    assert policy(intervalSeconds=7).spec.autoscaling.interval_seconds == 7
+
+
+def test_apply_writes_scale_limits_and_status_once() -> None:
+    kube = FakeKube()
+    rm = model()
+    stored = kube.add({**rm.to_wire(), "apiVersion": "recserve.io/v1alpha1", "kind": "RecModel"})
+    kube.add(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": "m-cpu-pool",
+                "namespace": NS,
+                "labels": {"recserve.io/model": "m"},
+            },
+            "spec": {"replicas": 2},
+            "status": {"readyReplicas": 2},
+        }
+    )
+    observed = observe_pools(kube, rm, [PLANNED])
+    assert observed["cpu-pool"] == Observed(2, 2, None)
+    out = decide_tick(rm, policy(), [PLANNED], observed, snapshot(400.0), {}, NOW)
+    apply_tick(kube, RecModel.model_validate(stored), out)
+    assert kube.verbs("scale") == ["m-cpu-pool"]
+    assert (kube.find("Deployment", "m-cpu-pool", NS) or {})["spec"]["replicas"] == 6
+    cm = kube.find("ConfigMap", "m-cpu-pool-limits", NS)
+    assert cm is not None and json.loads(cm["data"][LIMITS_KEY])["max_batch_rows"] == 256
+    assert limits_of(cm) == out.limits["m-cpu-pool-limits"]
+    assert kube.verbs("patch_status") == ["m"]
+    # the same decision again writes no status
+    again = RecModel.model_validate(kube.find("RecModel", "m", NS))
+    apply_tick(
+        kube,
+        again,
+        decide_tick(again, policy(), [PLANNED], observed, snapshot(400.0), out.memory, NOW),
+    )
+    assert kube.verbs("patch_status") == ["m"]
+
+
+def test_a_limits_config_map_that_does_not_parse_is_rewritten() -> None:
+    cm = limits_config_map(model(), "x", tick(policy(), snapshot(1.0)).limits["m-cpu-pool-limits"])
+    assert limits_of(cm) is not None
+    cm["data"][LIMITS_KEY] = "{not json"
+    assert limits_of(cm) is None
