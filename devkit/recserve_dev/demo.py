@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from recserve_dev.localcluster.prometheus import SCRAPE_INTERVAL_SECONDS
 from recserve_operator.api import GROUP, VERSION
 
 MODEL = "movielens-dlrm"
@@ -73,6 +74,13 @@ def _install(cluster: Any, repo: Path, store: Path, quick: bool) -> None:
         "--set-string",
         "extraEnv[0].value=3",
     ]
+    if cluster.state.prometheus_url:  # the autoscaler reads the local Prometheus
+        args += [
+            "--set",
+            f"prometheus.url={cluster.state.prometheus_url}",
+            "--set",
+            f"prometheus.scrapeIntervalSeconds={SCRAPE_INTERVAL_SECONDS}",
+        ]
     if quick:
         args += [
             "--set",

@@ -295,6 +295,7 @@ def server_deployment(
         f"--slo-p99-ms={p99_target_ms}",
         f"--max-batch-rows={max(batch_size, 1)}",
         f"--limits-file={LIMITS_MOUNT}/limits.json",
+        *config.server_args,
     ]
     container = {
         "name": "server",

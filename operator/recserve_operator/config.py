@@ -69,6 +69,9 @@ class OperatorConfig:
     reconcile_interval_seconds: float = 30.0
     # Extra arguments for `recserve optimize` (e.g. --quick in tests and the demo).
     optimize_args: tuple[str, ...] = field(default_factory=tuple)
+    # Extra arguments for every server container (RECSERVE_SERVER_ARGS), e.g.
+    # --emulate-us-per-row for benchmarks whose replicas share one machine.
+    server_args: tuple[str, ...] = field(default_factory=tuple)
     # Most profile Jobs of one RecModel that run at once (0: one per pool, all at once).
     # 1 where the pools share one machine (the local control plane): profiles measure
     # the machine, and concurrent ones would measure each other.
@@ -91,6 +94,7 @@ class OperatorConfig:
             prometheus_url=env.get("RECSERVE_PROMETHEUS_URL") or None,
             reconcile_interval_seconds=float(env.get("RECSERVE_RECONCILE_INTERVAL_SECONDS", 30)),
             optimize_args=tuple(env.get("RECSERVE_OPTIMIZE_ARGS", "").split()),
+            server_args=tuple(env.get("RECSERVE_SERVER_ARGS", "").split()),
             profile_jobs_at_once=_count(env, "RECSERVE_PROFILE_JOBS_AT_ONCE"),
             autoscale_tick_seconds=_seconds(env, "RECSERVE_AUTOSCALE_TICK_SECONDS", 5.0),
             scrape_interval_seconds=_seconds(env, "RECSERVE_PROMETHEUS_SCRAPE_SECONDS", 5.0),

@@ -263,6 +263,9 @@ def hardwarepool(body: kopf.Body, **_: Any) -> None:
 def recmodel(body: kopf.Body, **kwargs: Any) -> None:
     """Move the model through build, profile, plan and serve as far as it can go."""
     _use_indexes(_kube(), kwargs)
+    # kopf's context as its handlers see it (kopf.event needs it): autoscaling ticks,
+    # which no kopf handler runs, post their Events in a copy of it
+    _state.setdefault("handler_context", contextvars.copy_context())
     raw = _plain(body)
     meta = raw["metadata"]
     PASSES.run(_key(meta["namespace"], meta["name"]), raw, body)
@@ -437,6 +440,11 @@ async def stop_autoscaler(**_: Any) -> None:
         task.cancel()
 
 
+async def _tick_in_thread(context: contextvars.Context, loop: ScalingLoop, key: str) -> None:
+    call = functools.partial(context.copy().run, loop.tick, key, _kube(), post_events)
+    await asyncio.get_running_loop().run_in_executor(_state.get("executor"), call)
+
+
 async def _autoscale_forever() -> None:
     loop = _loop()
     while True:
@@ -444,9 +452,11 @@ async def _autoscale_forever() -> None:
         due = loop.due(time.monotonic())
         if not due:
             continue
+        context = _state.get("handler_context")
+        if context is None:  # no reconcile pass has run yet: nothing is planned either
+            continue
         results = await asyncio.gather(
-            *(_in_thread(loop.tick, key, _kube(), post_events) for key in due),
-            return_exceptions=True,
+            *(_tick_in_thread(context, loop, key) for key in due), return_exceptions=True
         )
         for key, result in zip(due, results, strict=True):
             if isinstance(result, BaseException):

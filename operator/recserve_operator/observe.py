@@ -8,7 +8,8 @@ series labels (``recserve.io/model`` -> ``recserve_io_model``), as the local con
 plane and the Prometheus community chart's ``kubernetes-pods`` job do.
 
 Unknown is never zero: a pool whose servers have not been scraped within
-``STALE_AFTER_SCRAPES`` scrape intervals, or a Prometheus that does not answer, gives
+``STALE_AFTER_SCRAPES`` scrape intervals or twice within the fast window (the least
+``rate()`` needs), or a Prometheus that does not answer, gives
 :class:`Unknown` with the reason, and the autoscaler holds. A pool whose servers are
 scraped but that received no request has a known rate of 0.
 """
@@ -86,6 +87,9 @@ def queries(w: Windows) -> dict[str, str]:
         "ready_pods": f"sum by ({BY}) (recserve_ready)",
         # seconds since the pool's servers were last scraped (staleness)
         "scrape_age": f"min by ({BY}) (time() - timestamp(recserve_ready))",
+        # scrapes within the fast window: rate() needs two, or an empty rate would read
+        # as no requests (e.g. just after a Prometheus outage)
+        "fast_samples": f"max by ({BY}) (count_over_time(recserve_ready[{fast}]))",
     }
 
 
@@ -175,6 +179,8 @@ def snapshot_from_results(
     for key, age in by_name.get("scrape_age", {}).items():
         if age is None or age > w.stale_seconds:
             continue
+        if "fast_samples" in by_name and (by_name["fast_samples"].get(key) or 0) < 2:
+            continue
 
         def get(name: str, pool: Key = key) -> float | None:
             return by_name.get(name, {}).get(pool)
@@ -205,8 +211,11 @@ def prometheus_query(url: str, timeout_s: float = 5.0) -> Query:
     """``custom_query`` of prometheus-api-client against ``url`` (no retries: the next
     refresh is the retry, and a hung Prometheus must not stall the autoscaler)."""
     from prometheus_api_client import PrometheusConnect
+    from urllib3.util.retry import Retry
 
-    connection = PrometheusConnect(url=url, disable_ssl=True, timeout=max(1, round(timeout_s)))
+    connection = PrometheusConnect(
+        url=url, disable_ssl=True, timeout=max(1, round(timeout_s)), retry=Retry(total=0)
+    )
 
     def ask(query: str) -> list[dict[str, Any]]:
         return list(connection.custom_query(query))

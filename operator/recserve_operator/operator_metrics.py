@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry()
@@ -30,6 +32,12 @@ HELD = Counter(
 )
 
 
-def serve(port: int, host: str = "0.0.0.0") -> None:
-    """Expose the registry over HTTP (a daemon thread)."""
-    start_http_server(port, addr=host, registry=REGISTRY)
+def serve(port: int, host: str = "0.0.0.0") -> bool:
+    """Expose the registry over HTTP (a daemon thread); False (and a log line) when the
+    port is taken: the operator's work does not depend on its own metrics."""
+    try:
+        start_http_server(port, addr=host, registry=REGISTRY)
+    except OSError as exc:
+        logging.getLogger("recserve.metrics").error("no /metrics on port %d: %s", port, exc)
+        return False
+    return True

@@ -41,6 +41,16 @@ def test_stale_or_missing_series_and_errors_are_unknown() -> None:
     assert "no fresh series" in str(empty.of("ns", "m", "cpu"))
     nan = snapshot_from_results({"scrape_age": [sample("NaN")]}, W, 0.0)
     assert isinstance(nan.of("ns", "m", "cpu"), Unknown)
+    # fresh, but one scrape in the fast window (just after an outage): rate() is empty,
+    # which must not read as no requests
+    one = snapshot_from_results(
+        {"scrape_age": [sample("1")], "fast_samples": [sample("1")]}, W, 0.0
+    )
+    assert isinstance(one.of("ns", "m", "cpu"), Unknown)
+    two = snapshot_from_results(
+        {"scrape_age": [sample("1")], "fast_samples": [sample("3")]}, W, 0.0
+    )
+    assert isinstance(two.of("ns", "m", "cpu"), PoolMetrics)
 
     def down(_: str) -> list[dict[str, Any]]:
         raise ConnectionError("refused")

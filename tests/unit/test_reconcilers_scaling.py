@@ -206,3 +206,48 @@ def test_a_limits_config_map_that_does_not_parse_is_rewritten() -> None:
     assert limits_of(cm) is not None
     cm["data"][LIMITS_KEY] = "{not json"
     assert limits_of(cm) is None
+
+
+def test_the_loop_ticks_each_model_at_its_policy_s_interval() -> None:
+    from recserve_operator.observe import MetricsCache, Windows
+    from recserve_operator.scaling_loop import ScalingLoop
+
+    kube = FakeKube()
+    kube.add({**model().to_wire(), "apiVersion": "recserve.io/v1alpha1", "kind": "RecModel"})
+    raw_policy = policy(intervalSeconds=7).to_wire()
+    raw_policy["metadata"]["name"] = model().spec.policy_ref.name
+    kube.add({**raw_policy, "apiVersion": "recserve.io/v1alpha1", "kind": "OptimizationPolicy"})
+    kube.add(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": "m-cpu-pool",
+                "namespace": NS,
+                "labels": {"recserve.io/model": "m"},
+            },
+            "spec": {"replicas": 2},
+            "status": {"readyReplicas": 2},
+        }
+    )
+    loop = ScalingLoop(MetricsCache(lambda _: [], Windows(), 1.0), tick_seconds=1.0)
+    key = f"{NS}/m"
+    loop.planned(key, [PLANNED])
+    assert loop.due(0.0) == [key]  # a new model is due at once
+    posted: list[Any] = []
+    loop.tick(key, kube, lambda _, events: posted.extend(events))
+    import time
+
+    now = time.monotonic()
+    assert loop.due(now) == []
+    assert loop.due(now + 6.5) == []
+    assert loop.due(now + 7.5) == [key]
+    # no fresh series: held, said in the status the tick wrote
+    status = (kube.find("RecModel", "m", NS) or {})["status"]
+    assert find(status["conditions"], "Scaling")["reason"] == "MetricsUnknown"
+    # a pass running for the model: the tick skips it
+    with loop.locks.held(key):
+        loop.tick(key, kube, lambda _, events: posted.extend(events))
+    assert loop.ticks == 1
+    loop.planned(key, [])
+    assert loop.due(now + 100) == []

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-SCRAPE_INTERVAL = "5s"
+# Short enough for the autoscaler's reaction time (its fast window is 3 scrapes); the
+# operator is told it (chart value prometheus.scrapeIntervalSeconds).
+SCRAPE_INTERVAL_SECONDS = 5
+SCRAPE_INTERVAL = f"{SCRAPE_INTERVAL_SECONDS}s"
 
 
 def prometheus_config(kubeconfig: Path) -> dict[str, Any]:

@@ -58,12 +58,14 @@ class Batcher:
         metrics: ServerMetrics,
         workers: int = 1,
         emulate_us_per_row: float = 0.0,
+        emulate_us_per_batch: float = 0.0,
     ) -> None:
         self._run = run
         self.limits = limits
         self.metrics = metrics
         self.workers = workers
         self.emulate_s_per_row = emulate_us_per_row / 1e6
+        self.emulate_s_per_batch = emulate_us_per_batch / 1e6
         self.aimd = AIMD(limits)
         self.cost = CostModel()
         self.admission = Admission(limits, self.cost)
@@ -230,8 +232,9 @@ class Batcher:
         except Exception as exc:  # a model failure fails this batch, not the server
             return [(i, exc) for i in items]
         took = time.perf_counter() - start
-        if self.emulate_s_per_row > 0:  # benchmark aid: a slower device, without using CPU
-            device_s = rows * self.emulate_s_per_row
+        if self.emulate_s_per_row > 0 or self.emulate_s_per_batch > 0:
+            # benchmark aid: a slower device, without using CPU
+            device_s = self.emulate_s_per_batch + rows * self.emulate_s_per_row
             if device_s > took:
                 time.sleep(device_s - took)
                 took = device_s

@@ -49,6 +49,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="benchmark/test aid: emulate a slower device: a batch takes at least this many "
         "microseconds per row (the worker sleeps the difference, using no CPU; default 0 = off)",
     )
+    p.add_argument(
+        "--emulate-us-per-batch",
+        type=float,
+        default=0.0,
+        help="benchmark/test aid, with --emulate-us-per-row: a fixed cost per batch as well "
+        "(a device's launch and transfer cost, which larger batches amortize; default 0)",
+    )
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(handler=_serve)
 
@@ -78,6 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
         limits_file=args.limits_file,
         drain_timeout_s=args.drain_timeout_s,
         emulate_us_per_row=args.emulate_us_per_row,
+        emulate_us_per_batch=args.emulate_us_per_batch,
     )
     server = InferenceServer(config)
     logging.getLogger("recserve.server").info(

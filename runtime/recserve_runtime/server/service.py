@@ -93,6 +93,7 @@ class ServeConfig:
     limits_file: Path | None = None
     drain_timeout_s: float = 30.0
     emulate_us_per_row: float = 0.0
+    emulate_us_per_batch: float = 0.0
 
 
 def limits_to_doc(limits: Limits) -> dict[str, Any]:
@@ -185,7 +186,12 @@ class InferenceServer:
         self.version = m.artifact.sha256[:16]
         self.validator = Validator(m, cfg.limits.max_batch_rows)
         self.batcher = Batcher(
-            model.run, cfg.limits, self.metrics, cfg.workers, cfg.emulate_us_per_row
+            model.run,
+            cfg.limits,
+            self.metrics,
+            cfg.workers,
+            cfg.emulate_us_per_row,
+            cfg.emulate_us_per_batch,
         )
         self.batcher.start(asyncio.get_running_loop())
         # warm up: first runs allocate arenas

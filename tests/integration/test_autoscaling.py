@@ -1,0 +1,314 @@
+"""The autoscaler on the local control plane: real Prometheus, real servers, real load.
+
+The operator is installed with the chart and reads the local Prometheus. Servers run in
+emulated-device mode (a fixed cost per batch plus one per row, slept, not computed), so a
+replica has a fixed capacity on a shared two-core machine, and the variant's profile is
+written to match it (the store is laid out in advance: no build, no profile Jobs). A load
+step through the router makes replicas and the batch ceiling rise; with Prometheus
+stopped, decisions are held and the Scaling condition says why; after the load, both
+fall back once the cooldown has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from recserve_dev.loadgen import RunResult, Target, open_loop
+from recserve_dev.localcluster.prometheus import SCRAPE_INTERVAL_SECONDS
+from recserve_dev.testmodel import rank_bodies, write_variant
+from recserve_operator.api import GROUP, VERSION, OptimizationPolicy, RecModel
+from recserve_operator.children import content_hash
+from recserve_operator.observe import Windows, queries
+from recserve_runtime.artifacts import (
+    BuildReport,
+    ProfilePoint,
+    ProfileReport,
+    StoreLayout,
+    load_manifest,
+)
+from tests.helpers import eventually, helm
+from tests.manifests import REPO, example
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+RELEASE = NS_OPERATOR = "recserve-autoscale"
+US_PER_BATCH, US_PER_ROW = 20000.0, 50.0  # the emulated device
+CANDIDATES = 64
+SLO_MS = 1000
+POOL = "cpu-pool"
+MODEL = "as-model"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _emulated_profile(real: ProfileReport) -> ProfileReport:
+    """The real profile's shape with the emulated device's times (no serving overhead:
+    the planner counts the model only), batches up to 128 rows (two requests)."""
+    variants = {}
+    for key, measured in real.variants.items():
+        pts = []
+        for batch in (1, 8, 64, 128):
+            p50 = US_PER_BATCH + US_PER_ROW * batch
+            pts.append(
+                ProfilePoint(
+                    batch_size=batch,
+                    p50_us=p50,
+                    p99_us=p50 * 1.2,
+                    samples_per_second=batch / (p50 / 1e6),
+                )
+            )
+        variants[key] = measured.model_copy(update={"points": pts})
+    return real.model_copy(update={"variants": variants, "serving": None})
+
+
+@pytest.fixture(scope="module")
+def autoscaling(
+    local_cluster: Any,
+    k8s: client.ApiClient,
+    crds: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Any]]:
+    """The chart installed against the local Prometheus, servers in emulated-device mode."""
+    assert local_cluster.state.prometheus_url, "the local control plane runs Prometheus"
+    root = tmp_path_factory.mktemp("autoscale")
+    store = root / "store"
+    store.mkdir()
+    variants = root / "template" / "variants"
+    folder = write_variant(variants)
+    out = root / "template" / "profile.json"
+    subprocess.run(
+        [sys.executable, "-m", "recserve_runtime.cli", "profile", f"--variants={variants}",
+         f"--json={out}", "--seconds=0.1", "--no-serving"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    profile = _emulated_profile(ProfileReport.read(out))
+    helm(
+        local_cluster,
+        "install", RELEASE, str(REPO / "charts" / "recserve"),
+        "-n", NS_OPERATOR, "--create-namespace",
+        "--set", f"artifactStore.uri={store}",
+        "--set", f"prometheus.url={local_cluster.state.prometheus_url}",
+        "--set", f"prometheus.scrapeIntervalSeconds={SCRAPE_INTERVAL_SECONDS}",
+        "--set", "autoscaler.tickSeconds=1",
+        "--set", f"metrics.port={_free_port()}",
+        "--set", f"serverArgs[0]=--emulate-us-per-row={US_PER_ROW}",
+        "--set", f"serverArgs[1]=--emulate-us-per-batch={US_PER_BATCH}",
+        "--set", "extraEnv[0].name=RECSERVE_RECONCILE_INTERVAL_SECONDS",
+        "--set-string", "extraEnv[0].value=2",
+    )  # fmt: skip
+    custom = client.CustomObjectsApi(k8s)
+    custom.create_cluster_custom_object(GROUP, VERSION, "hardwarepools", example(POOL))
+    yield {"store": store, "folder": folder, "profile": profile}
+    custom.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", POOL)
+    helm(local_cluster, "uninstall", RELEASE, "-n", NS_OPERATOR)
+    client.CoreV1Api(k8s).delete_namespace(NS_OPERATOR)
+
+
+def _policy(namespace: str) -> dict[str, Any]:
+    policy = example("latency-first")
+    policy["metadata"] = {"name": "autoscaled", "namespace": namespace}
+    policy["spec"]["objectives"]["p99LatencyTargetMilliseconds"] = SLO_MS
+    policy["spec"]["autoscaling"] = {
+        "minReplicas": 1,
+        "maxReplicas": 2,
+        "maxBatchSize": 512,
+        "intervalSeconds": 2,
+        "scaleUpCooldownSeconds": 0,
+        "scaleDownCooldownSeconds": 30,
+    }
+    return policy
+
+
+def _model(namespace: str) -> dict[str, Any]:
+    model = example("movielens-dlrm")
+    model["metadata"] = {"name": MODEL, "namespace": namespace}
+    model["spec"]["policyRef"] = {"name": "autoscaled"}
+    model["spec"]["hardwarePoolRefs"] = [{"name": POOL}]
+    model["spec"]["traffic"] = {
+        "expectedRequestsPerSecond": 20,
+        "peakFactorPercent": 100,
+        "candidatesPerRequest": CANDIDATES,
+    }
+    return model
+
+
+class Load:
+    """Open-loop load through the router on a thread of its own."""
+
+    def __init__(self, target: Target, rate: float, seconds: float) -> None:
+        self.result: RunResult | None = None
+        self._thread = threading.Thread(
+            target=lambda: setattr(self, "result", asyncio.run(open_loop(target, rate, seconds))),
+            daemon=True,
+        )
+        self._thread.start()
+
+    def join(self) -> RunResult:
+        self._thread.join()
+        assert self.result is not None
+        return self.result
+
+
+def _prometheus(url: str, query: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(
+        f"{url}/api/v1/query?query={urllib.parse.quote(query)}", timeout=5
+    ) as r:
+        doc = json.load(r)
+    assert doc["status"] == "success", doc
+    return list(doc["data"]["result"])
+
+
+def test_load_step_scales_up_holds_without_prometheus_and_scales_back(
+    autoscaling: dict[str, Any], local_cluster: Any, k8s: client.ApiClient, namespace: str
+) -> None:
+    custom, core, apps = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s), client.AppsV1Api(k8s)
+    policy = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "optimizationpolicies", _policy(namespace)
+    )
+    stored = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "recmodels", _model(namespace)
+    )
+    digest = content_hash(
+        RecModel.model_validate(stored).spec,
+        OptimizationPolicy.model_validate(policy).spec.compression,
+    )
+    layout = StoreLayout.of(autoscaling["store"], namespace, MODEL, digest)
+    shutil.copytree(autoscaling["folder"], layout.variant(autoscaling["folder"].name))
+    autoscaling["profile"].write(layout.profile(POOL))
+    BuildReport(hardware="cpu", threads=1, model={"synthetic": True}).write(layout.report)
+
+    def model() -> dict[str, Any]:
+        return dict(
+            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", MODEL)
+        )
+
+    def condition(type_: str) -> dict[str, Any]:
+        return next(
+            (c for c in model().get("status", {}).get("conditions", []) if c["type"] == type_), {}
+        )
+
+    def state() -> Any:
+        status = model().get("status", {})
+        return {"placements": status.get("placements"), "conditions": status.get("conditions")}
+
+    eventually(lambda: condition("Ready").get("status") == "True", 240, 1, "Ready", state)
+    deployment = f"{MODEL}-{POOL}"
+    limits_name = f"{MODEL}-{POOL}-limits"
+
+    def replicas() -> int:
+        return int(apps.read_namespaced_deployment(deployment, namespace).spec.replicas)
+
+    def ceiling() -> int:
+        cm = core.read_namespaced_config_map(limits_name, namespace)
+        return int(json.loads(cm.data["limits.json"])["max_batch_rows"])
+
+    assert replicas() == 1  # the plan: 20 rps at ~53 rps per replica (70% of 76)
+    assert ceiling() == 128  # the plan's batch: two requests
+    # metrics known while idle: a rate of 0, not unknown
+    eventually(
+        lambda: condition("Scaling").get("reason") == "MetricsKnown", 60, 1, "Scaling known", state
+    )
+
+    # the operator's queries, as written once, answer on this Prometheus
+    prom = local_cluster.state.prometheus_url
+    for _name, text in queries(Windows(scrape_seconds=SCRAPE_INTERVAL_SECONDS)).items():
+        _prometheus(prom, text)  # raises on a query Prometheus refuses
+    dashboard = json.loads((REPO / "charts/recserve/dashboards/recserve.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            _prometheus(prom, target["expr"].replace("$namespace", ".*").replace("$model", ".*"))
+
+    router = next(
+        p.status.pod_ip
+        for p in core.list_namespaced_pod(
+            namespace,
+            label_selector=f"recserve.io/model={MODEL},app.kubernetes.io/component=router",
+        ).items
+    )
+    bodies = rank_bodies(load_manifest(autoscaling["folder"]), count=64, candidates=CANDIDATES)
+    target = Target(router, 8080, "/v1/rank", bodies)
+
+    # 1. a step to 130 rps: more than one replica serves (76 rps) -> the ceiling of 2
+    started = time.monotonic()
+    load = Load(target, rate=130, seconds=150)
+    eventually(lambda: replicas() == 2, 60, 1, "scaled up to the ceiling", state)
+    up_after = time.monotonic() - started
+    placement = model()["status"]["placements"][0]
+    assert "over the ceiling of 2" in placement["reason"] or "up for" in placement["reason"]
+    eventually(lambda: ceiling() > 128, 90, 1, "a higher batch ceiling under load", state)
+    raised = ceiling()
+    # the servers got it the way a pod does: the mounted ConfigMap, re-read
+    server = next(
+        p.status.pod_ip
+        for p in core.list_namespaced_pod(
+            namespace,
+            label_selector=f"recserve.io/model={MODEL},app.kubernetes.io/component=server",
+        ).items
+        if p.status.pod_ip
+    )
+
+    def server_ceiling() -> int:
+        with urllib.request.urlopen(f"http://{server}:8000/admin/limits", timeout=5) as r:
+            return int(json.load(r)["max_batch_rows"])
+
+    eventually(
+        lambda: server_ceiling() == ceiling(), 30, 1, "the server applies the ConfigMap", state
+    )
+    status = model()["status"]
+    assert status["observedRequestsPerSecond"] > 60
+    assert status["placements"][0]["observedRequestsPerSecond"] > 60
+
+    # 2. Prometheus stopped at peak: decisions held, the condition says why, nothing scaled
+    prometheus_pid = local_cluster.state.pids["prometheus"]
+    os.kill(prometheus_pid, signal.SIGSTOP)
+    try:
+        eventually(
+            lambda: condition("Scaling").get("reason") == "MetricsUnknown", 45, 1, "held", state
+        )
+        message = condition("Scaling")["message"]
+        assert "Prometheus query failed" in message or "no fresh series" in message
+        for _ in range(20):
+            assert replicas() == 2
+            time.sleep(1)
+    finally:
+        os.kill(prometheus_pid, signal.SIGCONT)
+    eventually(
+        lambda: condition("Scaling").get("reason") == "MetricsKnown", 60, 1, "known again", state
+    )
+    result = load.join()
+    assert result.sent > 0 and result.ok > 0.9 * result.sent, result.summary()
+
+    # 3. the load is over: batch ceiling back to the plan's, replicas down after the cooldown
+    ended = time.monotonic()
+    eventually(lambda: ceiling() == 128, 60, 1, "the plan's batch ceiling again", state)
+    eventually(lambda: replicas() == 1, 150, 1, "scaled back down", state)
+    down_after = time.monotonic() - ended
+    assert down_after >= 30 - 5, "no scale-down before the cooldown"
+    events = core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={MODEL}"
+    ).items
+    reasons = {e.reason for e in events}
+    assert {"Scaled", "BatchLimits"} <= reasons, reasons
+    print(
+        f"\nscaled up {up_after:.1f} s after the step; ceiling raised to {raised}; "
+        f"scaled down {down_after:.1f} s after the load; load: {result.summary()}"
+    )
