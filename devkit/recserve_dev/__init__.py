@@ -12,4 +12,5 @@ PLUGINS: list[str] = [
     "recserve_dev.localcluster.cli",
     "recserve_dev.demo",
     "recserve_dev.bench.serving",
+    "recserve_dev.bench.autoscale",
 ]

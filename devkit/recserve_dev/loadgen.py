@@ -218,6 +218,95 @@ async def open_loop(
     return RunResult(rate, duration_s, n, len(latencies), dict(codes), lat, p99_all)
 
 
+def thinned_arrivals(
+    rate: Callable[[float], float], duration_s: float, max_rate: float, seed: int = 0
+) -> np.ndarray:
+    """Send offsets (seconds) of a Poisson process whose rate varies as ``rate(t)``.
+
+    Thinning (Lewis and Shedler): candidates of a homogeneous process at ``max_rate``,
+    each kept with probability ``rate(t) / max_rate``. ``rate(t)`` must never exceed
+    ``max_rate``. The same seed and rate give the same offsets (systems compared on a
+    trace get identical arrivals).
+    """
+    if max_rate <= 0:
+        return np.zeros(0)
+    rng = np.random.default_rng(seed)
+    # enough candidates for the duration with a wide margin, drawn in one go
+    n = int(max_rate * duration_s + 10 * math.sqrt(max_rate * duration_s + 1) + 10)
+    times = np.cumsum(rng.exponential(1.0 / max_rate, size=n))
+    times = times[times < duration_s]
+    keep = rng.random(len(times)) * max_rate < np.array([rate(float(t)) for t in times])
+    return times[keep]
+
+
+@dataclass
+class TraceResult:
+    """Per request of a trace run: scheduled send offset (s from the start), latency
+    from that scheduled time (s; the time it failed for a failure) and HTTP status (0
+    for a timeout or a connection error)."""
+
+    started_at: float  # time.time() of offset 0
+    send_s: np.ndarray
+    latency_s: np.ndarray
+    status: np.ndarray
+    codes: dict[str, int]
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Mask of successful requests."""
+        return np.asarray(self.status == 200)
+
+
+async def open_loop_trace(
+    target: Target,
+    offsets: np.ndarray,
+    *,
+    timeout_s: float = 5.0,
+    max_connections: int = 1024,
+    on_start: Callable[[float], None] | None = None,
+) -> TraceResult:
+    """Send one request at each offset (seconds, e.g. :func:`thinned_arrivals`), open loop.
+
+    Latency is measured from each request's scheduled send time, as :func:`open_loop`
+    does; every request is recorded. ``on_start`` gets the ``time.monotonic()`` of offset
+    0 (to align other samplers with the trace).
+    """
+    pool = _Pool(target, max_connections)
+    n = len(offsets)
+    latency = np.full(n, math.inf)
+    status = np.zeros(n, dtype=np.int32)
+    codes: Counter[str] = Counter()
+
+    async def one(i: int, scheduled: float) -> None:
+        conn: _Conn | None = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                conn = await pool.get()
+                code = await conn.request(target.raw(i))
+            pool.put(conn)
+            codes[str(code)] += 1
+            status[i] = code
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            if conn is not None:
+                pool.drop(conn)
+            codes[type(exc).__name__] += 1
+        latency[i] = time.perf_counter() - scheduled
+
+    tasks: list[asyncio.Task[None]] = []
+    started_at = time.time()
+    start = time.perf_counter()
+    if on_start is not None:
+        on_start(time.monotonic())
+    for i, t in enumerate(offsets):
+        now = time.perf_counter() - start
+        if t > now:
+            await asyncio.sleep(t - now)
+        tasks.append(asyncio.create_task(one(i, start + float(t))))
+    await asyncio.gather(*tasks)
+    pool.close()
+    return TraceResult(started_at, np.asarray(offsets, dtype=float), latency, status, dict(codes))
+
+
 async def closed_loop(
     target: Target, concurrency: int, duration_s: float, timeout_s: float = 5.0
 ) -> RunResult:

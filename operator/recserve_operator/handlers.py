@@ -419,7 +419,7 @@ def _pass(raw: dict[str, Any], event_target: Any) -> None:
     loop = _loop()
     started = time.perf_counter()
     with loop.locks.held(key), api_errors_typed():
-        outcome = recmodel_pass(raw, _kube(), _config())
+        outcome = recmodel_pass(raw, _kube(), _config(), loop.live_demand(key))
         if outcome.status != (raw.get("status") or {}):
             _kube().patch_status("recmodels", meta["name"], meta["namespace"], outcome.status)
         loop.planned(key, outcome.planned)
@@ -441,8 +441,15 @@ async def stop_autoscaler(**_: Any) -> None:
 
 
 async def _tick_in_thread(context: contextvars.Context, loop: ScalingLoop, key: str) -> None:
-    call = functools.partial(context.copy().run, loop.tick, key, _kube(), post_events)
+    call = functools.partial(context.copy().run, loop.tick, key, _kube(), post_events, _replan)
     await asyncio.get_running_loop().run_in_executor(_state.get("executor"), call)
+
+
+def _replan(key: str) -> None:
+    """Ask for a pass of ``key`` now (from a tick's thread, once its lock is released)."""
+    executor = _state.get("executor")
+    if executor is not None:
+        executor.submit(contextvars.copy_context().run, PASSES.run, key, None, None)
 
 
 async def _autoscale_forever() -> None:
@@ -463,14 +470,16 @@ async def _autoscale_forever() -> None:
                 log.warning("autoscaling tick of %s failed: %s", key, result)
 
 
-def recmodel_pass(raw: dict[str, Any], kube: Kube, config: OperatorConfig) -> Outcome:
+def recmodel_pass(
+    raw: dict[str, Any], kube: Kube, config: OperatorConfig, live_demand_rps: float | None = None
+) -> Outcome:
     """Validate a RecModel body into its type and reconcile it, or say why it is refused."""
     try:
         model = parse_object(RecModel, raw)
     except ManifestError as exc:
         log.warning("%s", exc)
         return rejected(raw, exc)
-    return reconcile_recmodel(model, kube, config)
+    return reconcile_recmodel(model, kube, config, live_demand_rps)
 
 
 def post_events(target: Any, events: list[tuple[str, str, str]]) -> None:

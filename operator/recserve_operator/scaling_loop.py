@@ -21,7 +21,7 @@ from recserve_operator import operator_metrics as om
 from recserve_operator.api.optimizationpolicy import OptimizationPolicy
 from recserve_operator.api.recmodel import RecModel
 from recserve_operator.api.validation import ManifestError, parse_object
-from recserve_operator.autoscaler import Memory
+from recserve_operator.autoscaler import UTILIZATION, Memory
 from recserve_operator.kube import Kube
 from recserve_operator.observe import MetricsCache
 from recserve_operator.reconcilers.scaling import (
@@ -33,6 +33,7 @@ from recserve_operator.reconcilers.scaling import (
 
 log = logging.getLogger("recserve.scaling")
 Events = Callable[[Any, list[tuple[str, str, str]]], None]
+Replan = Callable[[str], None]
 
 
 class KeyedLocks:
@@ -64,7 +65,10 @@ class ScalingLoop:
         self._planned: dict[str, list[PlannedPool]] = {}
         self._memory: dict[str, dict[str, Memory]] = {}
         self._next: dict[str, float] = {}
+        # live demand (time.time(), rps, how long it counts) per model, for re-plans
+        self._demand: dict[str, list[tuple[float, float, float]]] = {}
         self.ticks = 0
+        self.replans = 0
 
     def planned(self, key: str, pools: list[PlannedPool]) -> None:
         """What the last pass of ``key`` planned (empty: nothing to scale now)."""
@@ -81,25 +85,45 @@ class ScalingLoop:
             self._planned.pop(key, None)
             self._next.pop(key, None)
             self._memory.pop(key, None)
+            self._demand.pop(key, None)
+
+    def live_demand(self, key: str, now: float | None = None) -> float | None:
+        """The highest demand seen of ``key`` within its scale-down window (what a re-plan
+        must carry while it lasts), or None."""
+        now = time.time() if now is None else now
+        with self._guard:
+            recent = [rps for at, rps, keep in self._demand.get(key, []) if now - at < keep]
+        return max(recent) if recent else None
+
+    def _record_demand(self, key: str, rps: float, keep: float) -> None:
+        now = time.time()
+        with self._guard:
+            kept = [d for d in self._demand.get(key, []) if now - d[0] < d[2]]
+            self._demand[key] = [*kept, (now, rps, keep)]
 
     def due(self, now: float) -> list[str]:
         """Models whose next tick is due at ``now`` (monotonic seconds)."""
         with self._guard:
             return [key for key, at in self._next.items() if at <= now]
 
-    def tick(self, key: str, kube: Kube, post_events: Events) -> None:
-        """One tick of ``key``: read, decide, write (skipped while its pass runs)."""
+    def tick(self, key: str, kube: Kube, post_events: Events, replan: Replan | None = None) -> None:
+        """One tick of ``key``: read, decide, write (skipped while its pass runs). When a
+        pool's demand is over its ceiling, ``replan(key)`` asks for a pass, which plans
+        for the live demand (the surplus goes to the next pool by cost)."""
         lock = self.locks.get(key)
         if not lock.acquire(blocking=False):
             return
         started = time.perf_counter()
         try:
-            self._tick(key, kube, post_events)
+            over = self._tick(key, kube, post_events)
         finally:
             lock.release()
             om.RECONCILE_SECONDS.labels("autoscale").observe(time.perf_counter() - started)
+        if over and replan is not None:
+            self.replans += 1
+            replan(key)
 
-    def _tick(self, key: str, kube: Kube, post_events: Events) -> None:
+    def _tick(self, key: str, kube: Kube, post_events: Events) -> bool:
         namespace, name = key.split("/", 1)
         with self._guard:
             planned = list(self._planned.get(key) or [])
@@ -107,7 +131,7 @@ class ScalingLoop:
         raw = kube.get_custom("recmodels", name, namespace)
         if not planned or raw is None:
             self.forget(key)
-            return
+            return False
         try:
             model = parse_object(RecModel, raw)
             raw_policy = kube.get_custom(
@@ -116,13 +140,13 @@ class ScalingLoop:
             policy = parse_object(OptimizationPolicy, raw_policy or {})
         except ManifestError as exc:  # the pass reports it; nothing to scale on
             log.debug("%s: not scaling: %s", key, exc)
-            return
+            return False
         interval = policy.spec.autoscaling.interval_seconds
         with self._guard:
             if key in self._next:
                 self._next[key] = time.monotonic() + interval
         if model.spec.paused:
-            return
+            return False
         snapshot = self.metrics.latest()
         if snapshot.error is not None:
             om.PROMETHEUS_ERRORS.inc()
@@ -140,3 +164,8 @@ class ScalingLoop:
         if outcome.events:
             log.info("%s: %s", key, "; ".join(message for _, _, message in outcome.events))
             post_events(raw, outcome.events)
+        if outcome.demand_rps is not None:
+            keep = float(policy.spec.autoscaling.scale_down_cooldown_seconds)
+            self._record_demand(key, outcome.demand_rps, max(keep, interval))
+        planned_rps = sum(p.capacity_rps * UTILIZATION * p.ceiling for p in planned)
+        return outcome.over_ceiling and (outcome.demand_rps or 0.0) > planned_rps

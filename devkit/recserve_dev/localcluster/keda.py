@@ -20,6 +20,7 @@ off; the certificates are made here with openssl, like the rest of the cluster's
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import subprocess
@@ -209,11 +210,19 @@ def start_keda(cluster: LocalCluster, tools: KedaTools, timeout: float) -> None:
     assert cluster.state is not None
     certs = keda_certs(cluster.root)
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(tools.crds))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/scaledobjects.keda.sh", "crd/scaledjobs.keda.sh",
-        "crd/triggerauthentications.keda.sh", "crd/clustertriggerauthentications.keda.sh",
-    )  # fmt: skip
+
+    def established() -> bool:
+        crds = json.loads(cluster.kubectl("get", "crd", "-o", "json"))["items"]
+        keda_crds = [c for c in crds if c["spec"]["group"].endswith("keda.sh")]
+        return len(keda_crds) == len(list(tools.crds.glob("*.yaml"))) and all(
+            any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in crd.get("status", {}).get("conditions", [])
+            )
+            for crd in keda_crds
+        )
+
+    wait_for(established, 60, "KEDA's CRDs Established", interval=0.5)
     grpc_port, adapter_port = free_port(), free_port()
     cluster.kubectl_apply(registration(certs / "ca.crt", adapter_port))
     env = {
@@ -260,8 +269,6 @@ def start_keda(cluster: LocalCluster, tools: KedaTools, timeout: float) -> None:
     def available() -> bool:
         cluster._check_alive("keda-operator")
         cluster._check_alive("keda-adapter")
-        import json
-
         status = json.loads(cluster.kubectl("get", "apiservice", APISERVICE_NAME, "-o", "json"))
         conditions = status.get("status", {}).get("conditions", [])
         if not any(c["type"] == "Available" and c["status"] == "True" for c in conditions):

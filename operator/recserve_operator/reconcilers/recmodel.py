@@ -13,6 +13,7 @@ through the artifact types of :mod:`recserve_runtime.artifacts`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -149,8 +150,12 @@ def rejected(raw: dict[str, Any], error: ManifestError) -> Outcome:
     return Outcome(status, [("Warning", c.INVALID_SPEC, str(new.get("message")))])
 
 
-def reconcile_recmodel(model: RecModel, kube: Kube, config: OperatorConfig) -> Outcome:
-    """One pass; see the module docstring."""
+def reconcile_recmodel(
+    model: RecModel, kube: Kube, config: OperatorConfig, live_demand_rps: float | None = None
+) -> Outcome:
+    """One pass; see the module docstring. ``live_demand_rps``: the demand the
+    autoscaler saw lately (when it is over the planned peak, the plan carries it: the
+    surplus over a pool's ceiling goes to the next pool by cost)."""
     p = Pass(model, kube, config)
     spec = model.spec
     if spec.paused:
@@ -294,13 +299,23 @@ def reconcile_recmodel(model: RecModel, kube: Kube, config: OperatorConfig) -> O
     # 4. plan
     capacities = {name: PoolCapacity.of(pool, profiles.get(name)) for name, pool in pools.items()}
     objectives = Objectives.of(policy.spec, spec.traffic)
+    live = (
+        live_demand_rps
+        if live_demand_rps is not None
+        and policy.spec.autoscaling.replicas == ReplicaScaling.AUTO
+        and live_demand_rps > objectives.required_rps
+        else None
+    )
+    if live is not None:
+        objectives = dataclasses.replace(objectives, required_rps=live)
     decision = plan(
         [VariantProfile.of(b.key, b.manifest, profiles) for b in built],
         list(capacities.values()),
         objectives,
     )
     variant_writes = _variant_writes(p, built, budget, profiles, decision)
-    message = decision.message[:PLAN_MESSAGE_LIMIT]
+    live_note = f"live demand {live:.0f} req/s over the planned peak; " if live else ""
+    message = (live_note + decision.message)[:PLAN_MESSAGE_LIMIT]
     if not decision.placements:
         p.kube.map(_call, variant_writes)
         return p.stop("Placed", decision.reason, message, warn=True)

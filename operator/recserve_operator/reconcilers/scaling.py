@@ -73,6 +73,10 @@ class TickOutcome:
     events: list[tuple[str, str, str]] = field(default_factory=list)
     memory: dict[str, Memory] = field(default_factory=dict)  # pool -> memory
     decisions: list[tuple[str, str]] = field(default_factory=list)  # (kind, reason) counted
+    # requests per second that arrived at all pools (stable window); None if any unknown
+    demand_rps: float | None = None
+    # some pool's demand wants more replicas than its ceiling: a re-plan may add a pool
+    over_ceiling: bool = False
 
 
 def stamp(at: float) -> str:
@@ -146,6 +150,7 @@ def decide_tick(
     placements: list[dict[str, Any]] = []
     unknown: list[str] = []
     total_rps = 0.0
+    demand = 0.0
     worst_p99: float | None = None
     old = {pl.pool: pl for pl in (model.status.placements if model.status else [])}
     for pp in planned:
@@ -169,6 +174,8 @@ def decide_tick(
             )
             replicas, reason, mem = decision.replicas, decision.reason, decision.memory
             capacity = decision.capacity_rps
+            if decision.wanted is not None and decision.wanted > bounds.max_replicas:
+                out.over_ceiling = True
         else:
             replicas, capacity = seen.replicas, pp.capacity_rps
             reason = f"{scaling.replicas.value}: {seen.replicas} replicas" + (
@@ -214,6 +221,7 @@ def decide_tick(
         if isinstance(metrics, PoolMetrics):
             placement.observed_requests_per_second = round(metrics.demand_fast)
             total_rps += metrics.demand_fast
+            demand += metrics.demand_stable
             if metrics.p99_fast is not None:
                 placement.observed_p99_milliseconds = round(metrics.p99_fast * 1000)
                 worst_p99 = max(worst_p99 or 0.0, metrics.p99_fast)
@@ -233,6 +241,7 @@ def decide_tick(
         conds = c.set_condition(conds, SCALING, True, METRICS_KNOWN, message, model.generation)
     out.status = {"placements": placements, "conditions": conds}
     if not unknown:
+        out.demand_rps = demand
         out.status["observedRequestsPerSecond"] = round(total_rps)
         if worst_p99 is not None:
             out.status["observedP99Milliseconds"] = round(worst_p99 * 1000)
