@@ -121,7 +121,9 @@ def test_keda_scales_a_deployment_through_the_real_hpa(keda_cluster: Any, api: A
 
     def hpa_state() -> object:
         hpa = autoscaling.read_namespaced_horizontal_pod_autoscaler(f"keda-hpa-{name}", ns)
-        return hpa.status.to_dict()
+        pods = core.list_namespaced_pod(ns, label_selector=f"app={name}").items
+        phases = sorted(f"{p.metadata.name}:{p.status.phase}:{p.spec.node_name}" for p in pods)
+        return {"replicas": replicas(), "pods": phases, "hpa": hpa.status.to_dict()}
 
     eventually(lambda: replicas() == (1, 1), timeout=60, what="1 ready replica", state=replicas)
 

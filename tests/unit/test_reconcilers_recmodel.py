@@ -552,3 +552,26 @@ def test_a_status_the_types_refuse_does_not_stop_the_pass(world: World) -> None:
     world.kube.set_status("RecModel", MODEL, NS, {"replicas": "three"})
     world.reconcile()
     assert world.reason("VariantsBuilt") == "Building"
+
+
+def test_live_demand_over_the_planned_peak_is_planned_for_on_the_next_pool(world: World) -> None:
+    world.built_and_profiled()
+    world.edit("RecModel", MODEL, {"traffic": {"expectedRequestsPerSecond": 1}})
+    world.reconcile()
+    assert len(world.status()["placements"]) == 1
+    one_pool = world.status()["placements"][0]["pool"]
+    # the autoscaler saw far more than any one pool carries at its ceiling: a re-plan
+    loop = handlers._loop()
+    key = f"{NS}/{MODEL}"
+    loop._record_demand(key, 10**6, 300)
+    try:
+        world.reconcile()
+        pools = [pl["pool"] for pl in world.status()["placements"]]
+        assert len(pools) > 1 and one_pool in pools
+        assert world.status()["plan"].startswith("live demand 1000000 req/s over the planned peak")
+        # Static replicas stay with the planned peak
+        world.edit("OptimizationPolicy", "latency-first", {"autoscaling": {"replicas": "Static"}})
+        world.reconcile()
+        assert [pl["pool"] for pl in world.status()["placements"]] == [one_pool]
+    finally:
+        loop.forget(key)

@@ -25,7 +25,7 @@ every system; latency from each request's scheduled send time): a 4x step (with
 Prometheus stopped (SIGSTOP) for a while at the peak: replicas lost), a diurnal sine
 (4x peak to trough, a day compressed to 20 minutes), a 10x flash crowd for 60 s, and a
 steady load. ``--quick`` compresses them (about 20 minutes for all four systems; the
-full mode takes about 2 h 10 min). Every system starts each trace from a fresh RecModel
+full mode about 3 h 15 min). Every system starts each trace from a fresh RecModel
 (same starting replicas, except static, which is sized for the peak).
 
 The last stdout line is one JSON object; a PNG per trace (load, replicas, batch
@@ -109,9 +109,9 @@ def make_traces(quick: bool, base_rps: float) -> dict[str, Trace]:
     b = base_rps
     if quick:
         return {
-            "step": Trace("step", "step", 85, b, 4, step_at_s=10, outage=(40, 30)),
-            "diurnal": Trace("diurnal", "sine", 90, b, 4, period_s=90, oracle_bin_s=4.5),
-            "flash": Trace("flash", "flash", 50, b, 10, step_at_s=10, burst_s=20),
+            "step": Trace("step", "step", 70, b, 4, step_at_s=10, outage=(35, 30)),
+            "diurnal": Trace("diurnal", "sine", 60, b, 4, period_s=60, oracle_bin_s=3),
+            "flash": Trace("flash", "flash", 40, b, 10, step_at_s=10, burst_s=20),
             "steady": Trace("steady", "steady", 30, 2.5 * b),
         }
     return {
@@ -290,6 +290,7 @@ class Run:
     outage_lost: int | None = None
     outage_ready_lost: int | None = None
     hpa: dict[str, Any] | None = None
+    events: list[str] = field(default_factory=list)
 
     def summary(self, slo_s: float, trace: Trace, oracle_capacity: float) -> dict[str, Any]:
         n = len(self.send_s)
@@ -319,7 +320,8 @@ class Run:
         }
         out["reversals_per_hour"] = round(out["reversals"] / (self.duration_s / 3600), 2)
         if trace.kind in ("step", "flash"):
-            end = trace.outage[0] if trace.outage else trace.duration_s
+            # step: the whole high segment (the Prometheus outage included); flash: the burst
+            end = trace.duration_s
             if trace.kind == "flash":
                 end = trace.step_at_s + trace.burst_s
             out["p99_restore_s"] = restore_time(grid, roll, slo_s, trace.step_at_s, end)
@@ -601,6 +603,34 @@ class Bench:
 
         return str(_wait(ip, 120, "a ready router pod"))
 
+    def events(self, namespace: str, name: str, t0: float) -> list[str]:
+        """The scaling Events of the run (the operator's on the RecModel, the HPA's on
+        the Deployment), oldest first, with seconds from the trace's start."""
+        from kubernetes import client
+
+        core = client.CoreV1Api(self.api)
+        wall0 = time.time() - (time.monotonic() - t0)
+        out: list[tuple[float, str]] = []
+        for involved in (name, f"{name}-{POOL}", f"keda-hpa-{name}"):
+            try:
+                items = core.list_namespaced_event(
+                    namespace, field_selector=f"involvedObject.name={involved}"
+                ).items
+            except client.ApiException:
+                continue
+            for e in items:
+                if e.reason not in (
+                    "Scaled",
+                    "BatchLimits",
+                    "SuccessfulRescale",
+                    "ScalingReplicaSet",
+                ):
+                    continue
+                when = e.last_timestamp or e.event_time or e.first_timestamp
+                at = when.timestamp() - wall0 if when else math.nan
+                out.append((at, f"{at:7.1f}s {involved} {e.reason}: {e.message}"))
+        return [text for _, text in sorted(out)]
+
     def remove(self, system: str, name: str, namespace: str) -> None:
         from kubernetes import client
 
@@ -723,6 +753,7 @@ class Bench:
         )
         if trace.outage:
             run.outage_lost, run.outage_ready_lost = outage_losses(samples, trace.outage)
+        run.events = self.events(namespace, trace.name, sampler.t0)
         self.remove(system, trace.name, namespace)
         return run
 
@@ -1060,8 +1091,23 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "pngs": pngs,
         "wall_s": round(time.monotonic() - began, 1),
     }
+    detail_runs = {
+        f"{system}/{name}": {
+            "events": run.events,
+            "samples": {
+                "t": [round(t, 2) for t in run.samples.t],
+                "replicas": run.samples.replicas,
+                "ready": run.samples.ready,
+                "ceiling": run.samples.ceiling,
+            },
+        }
+        for name, per in runs.items()
+        for system, run in per.items()
+    }
     (out / "details.json").write_text(
-        json.dumps({"report": report, "summaries": summaries}, indent=2, default=str)
+        json.dumps(
+            {"report": report, "summaries": summaries, "runs": detail_runs}, indent=2, default=str
+        )
     )
     return report
 
