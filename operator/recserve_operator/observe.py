@@ -85,6 +85,12 @@ def queries(w: Windows) -> dict[str, str]:
         "p99_stable": quantile(0.99, stable),
         "p50_stable": quantile(0.5, stable),
         "queue_wait_fast": mean("recserve_queue_duration_seconds", fast),
+        # the model call alone, per batch, and the rows it ran (drift detectors)
+        "compute_p99_stable": (
+            f"histogram_quantile(0.99, sum by ({BY}, le) "
+            f"(rate(recserve_compute_duration_seconds_bucket[{stable}])))"
+        ),
+        "batch_rows_stable": mean("recserve_batch_size_rows", stable),
         "batch_rows_fast": mean("recserve_batch_size_rows", fast),
         "inflight": f"sum by ({BY}) (recserve_inflight_requests)",
         "ready_pods": f"sum by ({BY}) (recserve_ready)",
@@ -112,6 +118,8 @@ class PoolMetrics:
     queue_wait_fast: float | None = None
     batch_rows_fast: float | None = None
     inflight: float | None = None
+    compute_p99_stable: float | None = None
+    batch_rows_stable: float | None = None
 
     @property
     def demand_fast(self) -> float:
@@ -203,6 +211,8 @@ def snapshot_from_results(
             queue_wait_fast=get("queue_wait_fast"),
             batch_rows_fast=get("batch_rows_fast"),
             inflight=get("inflight"),
+            compute_p99_stable=get("compute_p99_stable"),
+            batch_rows_stable=get("batch_rows_stable"),
         )
     return Snapshot(taken_at, pools)
 

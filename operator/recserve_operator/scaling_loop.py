@@ -25,6 +25,7 @@ from recserve_operator.autoscaler import UTILIZATION, Memory
 from recserve_operator.kube import Kube
 from recserve_operator.observe import MetricsCache
 from recserve_operator.reconcilers.scaling import (
+    DriftState,
     PlannedPool,
     apply_tick,
     decide_tick,
@@ -64,6 +65,7 @@ class ScalingLoop:
         self._guard = threading.Lock()
         self._planned: dict[str, list[PlannedPool]] = {}
         self._memory: dict[str, dict[str, Memory]] = {}
+        self._drift: dict[str, dict[str, DriftState]] = {}
         self._next: dict[str, float] = {}
         # live demand (time.time(), rps, how long it counts) per model, for re-plans
         self._demand: dict[str, list[tuple[float, float, float]]] = {}
@@ -85,6 +87,7 @@ class ScalingLoop:
             self._planned.pop(key, None)
             self._next.pop(key, None)
             self._memory.pop(key, None)
+            self._drift.pop(key, None)
             self._demand.pop(key, None)
 
     def live_demand(self, key: str, now: float | None = None) -> float | None:
@@ -128,6 +131,7 @@ class ScalingLoop:
         with self._guard:
             planned = list(self._planned.get(key) or [])
             memory = dict(self._memory.get(key) or {})
+            drift = dict(self._drift.get(key) or {})
         raw = kube.get_custom("recmodels", name, namespace)
         if not planned or raw is None:
             self.forget(key)
@@ -151,9 +155,12 @@ class ScalingLoop:
         if snapshot.error is not None:
             om.PROMETHEUS_ERRORS.inc()
         observed = observe_pools(kube, model, planned)
-        outcome = decide_tick(model, policy, planned, observed, snapshot, memory, time.time())
+        outcome = decide_tick(
+            model, policy, planned, observed, snapshot, memory, time.time(), drift
+        )
         with self._guard:
             self._memory[key] = outcome.memory
+            self._drift[key] = outcome.drift
         held = [p for p in outcome.status.get("placements", []) if "metrics unknown" in str(p)]
         if held:
             om.HELD.inc(len(held))

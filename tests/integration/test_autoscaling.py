@@ -88,6 +88,7 @@ def autoscaling(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
     """The chart installed against the local Prometheus, servers in emulated-device mode."""
+    metrics_port = _free_port()
     assert local_cluster.state.prometheus_url, "the local control plane runs Prometheus"
     root = tmp_path_factory.mktemp("autoscale")
     store = root / "store"
@@ -109,7 +110,7 @@ def autoscaling(
         "--set", f"prometheus.url={local_cluster.state.prometheus_url}",
         "--set", f"prometheus.scrapeIntervalSeconds={SCRAPE_INTERVAL_SECONDS}",
         "--set", "autoscaler.tickSeconds=1",
-        "--set", f"metrics.port={_free_port()}",
+        "--set", f"metrics.port={metrics_port}",
         "--set", f"serverArgs[0]=--emulate-us-per-row={US_PER_ROW}",
         "--set", f"serverArgs[1]=--emulate-us-per-batch={US_PER_BATCH}",
         "--set", "extraEnv[0].name=RECSERVE_RECONCILE_INTERVAL_SECONDS",
@@ -117,7 +118,7 @@ def autoscaling(
     )  # fmt: skip
     custom = client.CustomObjectsApi(k8s)
     custom.create_cluster_custom_object(GROUP, VERSION, "hardwarepools", example(POOL))
-    yield {"store": store, "folder": folder, "profile": profile}
+    yield {"store": store, "folder": folder, "profile": profile, "metrics_port": metrics_port}
     custom.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", POOL)
     helm(local_cluster, "uninstall", RELEASE, "-n", NS_OPERATOR)
     client.CoreV1Api(k8s).delete_namespace(NS_OPERATOR)
@@ -303,6 +304,24 @@ def test_load_step_scales_up_holds_without_prometheus_and_scales_back(
     eventually(lambda: replicas() == 1, 150, 1, "scaled back down", state)
     down_after = time.monotonic() - ended
     assert down_after >= 30 - 5, "no scale-down before the cooldown"
+    # the operator's own /metrics counted what it did
+    operator_ip = next(
+        p.status.pod_ip
+        for p in core.list_namespaced_pod(
+            NS_OPERATOR, label_selector="app.kubernetes.io/component=operator"
+        ).items
+    )
+    url = f"http://{operator_ip}:{autoscaling['metrics_port']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        exposed = r.read().decode()
+    counted = {
+        line.split("{")[0].split(" ")[0]: float(line.rsplit(" ", 1)[1])
+        for line in exposed.splitlines()
+        if line.startswith("recserve_operator_")
+    }
+    assert 'kind="replicas_up"' in exposed and 'kind="replicas_down"' in exposed, exposed
+    assert counted.get("recserve_operator_prometheus_query_errors_total", 0) >= 1
+    assert counted.get("recserve_operator_reconcile_duration_seconds_count", 0) >= 1
     events = core.list_namespaced_event(
         namespace, field_selector=f"involvedObject.name={MODEL}"
     ).items

@@ -251,3 +251,51 @@ def test_the_loop_ticks_each_model_at_its_policy_s_interval() -> None:
     assert loop.ticks == 1
     loop.planned(key, [])
     assert loop.due(now + 100) == []
+
+
+def test_sustained_slow_compute_is_reported_as_drift_once_per_cooldown() -> None:
+    from dataclasses import replace as dc_replace
+
+    pool = dc_replace(PLANNED, profile_p99_s=((64, 0.002), (128, 0.004)))
+    p = policy()
+    raw = p.to_wire()
+    raw["spec"]["drift"] = {
+        "checkIntervalSeconds": 10,
+        "sustainedSeconds": 60,
+        "cooldownSeconds": 600,
+        "latencyDriftBasisPoints": 2000,
+    }
+    p = OptimizationPolicy.model_validate(raw)
+
+    def snap(at: float, compute_s: float) -> Snapshot:
+        m = PoolMetrics(
+            served_fast=50.0,
+            served_stable=50.0,
+            refused_fast=0.0,
+            refused_stable=0.0,
+            ready_pods=2,
+            p99_fast=0.02,
+            compute_p99_stable=compute_s,
+            batch_rows_stable=64.0,
+        )
+        return Snapshot(at, {(NS, "m", "cpu-pool"): m})
+
+    observed = {"cpu-pool": Observed(2, 2, None)}
+    drift: dict[str, Any] = {}
+    memory: dict[str, Memory] = {}
+    events: list[tuple[str, str, str]] = []
+    conds: list[dict[str, Any]] = []
+    for i in range(30):  # 10 s apart: normal for 60 s, then twice the profile's p99
+        now = NOW + 10 * i
+        out = decide_tick(
+            model(), p, [pool], observed, snap(now, 0.002 if i < 6 else 0.004), memory, now, drift
+        )
+        drift, memory = out.drift, out.memory
+        events += [e for e in out.events if e[1] == "DriftDetected"]
+        conds.append(find(out.status["conditions"], "Drift") or {})
+    first = next(i for i, cond in enumerate(conds) if cond.get("status") == "True")
+    assert first == 12  # the first window of slow samples only: 6 s .. 12 (60 s)
+    assert conds[first]["reason"] == "LatencyDrift"
+    assert "4.0 ms at 64 rows" in conds[first]["message"]
+    assert all(cond["status"] == "False" for cond in conds[:first])
+    assert len(events) == 1 and events[0][0] == "Warning"  # once: the cooldown is 600 s

@@ -208,34 +208,44 @@ class Autoscaling(ApiModel):
 
 
 class Drift(ApiModel):
-    """When observed performance has drifted enough to re-optimize."""
+    """When observed performance has drifted from what a pool's profile predicted
+    (docs/autoscaling.md#drift). Drift is detected and reported (the RecModel's Drift
+    condition and a DriftDetected Event); re-optimizing on it is not wired yet."""
 
     latency_drift_basis_points: Int = Field(
         default=2000,
         ge=100,
         le=100000,
-        description="Re-profile when observed p99 exceeds the profiled p99 by this much "
-        "(2000 = 20%). Not acted on yet: wired by the drift issue.",
+        description="Latency drift: the servers' per-batch compute p99 at the batch size "
+        "they run exceeds the profile's p99 for that size by this much (2000 = 20%) "
+        "throughout sustainedSeconds.",
+    )
+    capacity_drift_basis_points: Int = Field(
+        default=2000,
+        ge=100,
+        le=10000,
+        description="Capacity drift: saturated replicas each serve less than the profile's "
+        "capacity by this much (2000 = 20%) throughout sustainedSeconds.",
     )
     check_interval_seconds: Int = Field(
         default=60,
         ge=5,
         le=86400,
-        description="How often drift is checked. Not acted on yet: wired by the drift issue.",
+        description="How often a pool's figures are sampled for the detectors (at least "
+        "the autoscaling interval).",
     )
     sustained_seconds: Int = Field(
         default=120,
         ge=0,
         le=86400,
-        description="Drift must persist this long before acting (ignores short spikes)."
-        " Not acted on yet: wired by the drift issue.",
+        description="Drift must be seen in every sample of this window, without gaps, "
+        "before it is reported (ignores short spikes and missing metrics).",
     )
     cooldown_seconds: Int = Field(
         default=900,
         ge=0,
         le=604800,
-        description="Least time between two re-optimizations."
-        " Not acted on yet: wired by the drift issue.",
+        description="Least time between two reports (Events) of the same drift of a pool.",
     )
 
 

@@ -325,6 +325,7 @@ def reconcile_recmodel(
     p.cond("Placed", decision.feasible, decision.reason, message)
 
     # 5. apply serving objects
+    by_name = {b.name: b.key for b in built}
     planned = [
         PlannedPool(
             pool=pp.pool,
@@ -335,6 +336,7 @@ def reconcile_recmodel(
             capacity_rps=pp.capacity_rps,
             batch_size=pp.batch_size,
             ceiling=replica_limit(capacities[pp.pool], objectives),
+            profile_p99_s=_profile_p99(profiles.get(pp.pool), by_name.get(pp.variant)),
         )
         for pp in decision.placements
     ]
@@ -365,6 +367,14 @@ def reconcile_recmodel(
     outcome = p.finish()
     outcome.planned = planned
     return outcome
+
+
+def _profile_p99(report: ProfileReport | None, key: str | None) -> tuple[tuple[int, float], ...]:
+    """(batch rows, p99 seconds of one call) of a variant's profile on a pool."""
+    measured = report.variants.get(key) if report is not None and key else None
+    if measured is None:
+        return ()
+    return tuple(sorted((pt.batch_size, pt.p99_us / 1e6) for pt in measured.points))
 
 
 class _Unreadable(Exception):

@@ -22,12 +22,20 @@ from recserve_operator import conditions as c
 from recserve_operator.api.optimizationpolicy import OptimizationPolicy, ReplicaScaling
 from recserve_operator.api.recmodel import PoolPlacement, RecModel
 from recserve_operator.autoscaler import (
+    SATURATED_REFUSED_SHARE,
     BatchLimits,
     BatchRange,
     Bounds,
     Memory,
     decide_batch,
     decide_replicas,
+)
+from recserve_operator.drift import (
+    DriftRules,
+    DriftSample,
+    Finding,
+    capacity_drift,
+    latency_drift,
 )
 from recserve_operator.kube import Kube
 from recserve_operator.observe import PoolMetrics, Snapshot, Unknown
@@ -38,6 +46,65 @@ METRICS_KNOWN = "MetricsKnown"
 METRICS_UNKNOWN = "MetricsUnknown"
 STATIC = "Static"
 LIMITS_KEY = "limits.json"
+DRIFT = "Drift"
+NO_DRIFT = "NoDrift"
+
+
+def _sample_drift(
+    state: DriftState, metrics: PoolMetrics | Unknown, policy: OptimizationPolicy, now: float
+) -> DriftState:
+    """Add this tick's sample when the check interval has passed (unknown metrics are a
+    sample too: they break a detector's window)."""
+    rules = policy.spec.drift
+    if state.samples and now - state.samples[-1].at < rules.check_interval_seconds:
+        return state
+    if isinstance(metrics, PoolMetrics):
+        slo_s = policy.spec.objectives.p99_latency_target_milliseconds / 1000
+        saturated = metrics.refused_fast > SATURATED_REFUSED_SHARE * max(
+            metrics.demand_fast, 1e-9
+        ) or (metrics.p99_fast is not None and metrics.p99_fast > slo_s)
+        per_replica = metrics.served_fast / metrics.ready_pods if metrics.ready_pods else None
+        sample = DriftSample(
+            now, metrics.compute_p99_stable, metrics.batch_rows_stable, per_replica, saturated
+        )
+    else:
+        sample = DriftSample(now, None, None, None, False)
+    keep = 2 * rules.sustained_seconds + rules.check_interval_seconds
+    return DriftState(
+        (*tuple(s for s in state.samples if now - s.at <= keep), sample), state.reported
+    )
+
+
+def _look_for_drift(
+    pp: PlannedPool, state: DriftState, policy: OptimizationPolicy, now: float, out: TickOutcome
+) -> DriftState:
+    """Run the detectors; a finding is reported (Event) once per cooldown."""
+    rules = policy.spec.drift
+    interval = max(rules.check_interval_seconds, policy.spec.autoscaling.interval_seconds)
+    detector_rules = DriftRules(
+        latency_bp=rules.latency_drift_basis_points,
+        capacity_bp=rules.capacity_drift_basis_points,
+        sustained_s=rules.sustained_seconds,
+        max_gap_s=2.5 * interval,
+    )
+    found = [
+        f
+        for f in (
+            latency_drift(state.samples, pp.profile_p99_s, detector_rules, now),
+            capacity_drift(state.samples, pp.capacity_rps, detector_rules, now),
+        )
+        if f is not None
+    ]
+    reported = dict(state.reported)
+    for finding in found:
+        out.findings.append((pp.pool, finding))
+        last = reported.get(finding.cause)
+        if last is None or now - last >= rules.cooldown_seconds:
+            reported[finding.cause] = now
+            message = f"pool {pp.pool}: {finding.cause} drift: {finding.evidence}"
+            out.events.append(("Warning", "DriftDetected", message))
+            out.decisions.append(("drift", finding.cause))
+    return DriftState(state.samples, tuple(reported.items()))
 
 
 @dataclass(frozen=True)
@@ -52,6 +119,8 @@ class PlannedPool:
     capacity_rps: float  # one replica at full load, as profiled
     batch_size: int  # the plan's batch ceiling
     ceiling: int  # the lower of the policy's maxReplicas and the pool's
+    # the profile of the served variant on this pool: (batch rows, p99 s of one call)
+    profile_p99_s: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +132,15 @@ class Observed:
     limits: BatchLimits | None
 
 
+@dataclass(frozen=True)
+class DriftState:
+    """A pool's recent samples for the drift detectors, and when each cause was last
+    reported (held by the operator process: a restart watches a window again)."""
+
+    samples: tuple[DriftSample, ...] = ()
+    reported: tuple[tuple[str, float], ...] = ()
+
+
 @dataclass
 class TickOutcome:
     """What a tick decided for one RecModel."""
@@ -72,6 +150,8 @@ class TickOutcome:
     status: dict[str, Any] = field(default_factory=dict)  # merge patch of status
     events: list[tuple[str, str, str]] = field(default_factory=list)
     memory: dict[str, Memory] = field(default_factory=dict)  # pool -> memory
+    drift: dict[str, DriftState] = field(default_factory=dict)  # pool -> drift samples
+    findings: list[tuple[str, Finding]] = field(default_factory=list)  # (pool, finding)
     decisions: list[tuple[str, str]] = field(default_factory=list)  # (kind, reason) counted
     # requests per second that arrived at all pools (stable window); None if any unknown
     demand_rps: float | None = None
@@ -142,8 +222,10 @@ def decide_tick(
     snapshot: Snapshot,
     memory: dict[str, Memory],
     now: float,
+    drift: dict[str, DriftState] | None = None,
 ) -> TickOutcome:
-    """Decide replicas and batch limits for every planned pool of ``model``."""
+    """Decide replicas and batch limits for every planned pool of ``model``, and look
+    for drift (``drift``: each pool's detector state from the last tick)."""
     scaling = policy.spec.autoscaling
     slo_s = policy.spec.objectives.p99_latency_target_milliseconds / 1000
     out = TickOutcome()
@@ -205,6 +287,9 @@ def decide_tick(
             if seen.limits is not None and limits.max_batch_rows != seen.limits.max_batch_rows:
                 out.events.append(("Normal", "BatchLimits", f"pool {pp.pool}: {batch_reason}"))
                 out.decisions.append(("batch", _kind(batch_reason)))
+        state = _sample_drift((drift or {}).get(pp.pool) or DriftState(), metrics, policy, now)
+        state = _look_for_drift(pp, state, policy, now, out)
+        out.drift[pp.pool] = state
         if isinstance(metrics, Unknown):
             unknown.append(f"{pp.pool}: {metrics.reason}")
         placement = PoolPlacement(
@@ -239,6 +324,15 @@ def decide_tick(
         tuning = "on" if scaling.batch_tuning else "off"
         message = f"{scaling.replicas.value} replicas, batch tuning {tuning}"
         conds = c.set_condition(conds, SCALING, True, METRICS_KNOWN, message, model.generation)
+    if out.findings:
+        evidence = "; ".join(f"{pool}: {f.cause} drift: {f.evidence}" for pool, f in out.findings)
+        cause = "LatencyDrift" if out.findings[0][1].cause == "latency" else "CapacityDrift"
+        conds = c.set_condition(conds, DRIFT, True, cause, evidence, model.generation)
+    else:
+        watched = sum(1 for s in out.drift.values() if s.samples)
+        conds = c.set_condition(
+            conds, DRIFT, False, NO_DRIFT, f"no drift on {watched} watched pools", model.generation
+        )
     out.status = {"placements": placements, "conditions": conds}
     if not unknown:
         out.demand_rps = demand

@@ -1,0 +1,125 @@
+"""Drift detectors: has a pool's performance left what its profile predicted? Pure.
+
+* **Latency drift**: the servers' own per-batch compute p99 (``recserve_compute_duration
+  _seconds``: the model call alone, no HTTP, no queueing) at the batch size they run
+  (mean rows per batch) above the profile's p99 for that batch size by more than
+  ``drift.latencyDriftBasisPoints``, in every sample of the last
+  ``drift.sustainedSeconds``. Comparing compute with compute isolates the device: a
+  queue that grows with load is the autoscaler's business, not drift.
+* **Capacity drift**: a saturated pool (refusing, or over its p99 target) whose replicas
+  each serve less than the profile's capacity by more than
+  ``drift.capacityDriftBasisPoints``, sustained the same way. Unsaturated samples say
+  nothing about capacity and break the streak.
+
+A detector needs the whole window covered by samples (a restart or a metrics gap starts
+it again): it never reports drift from a single spike, nor from missing data.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from recserve_runtime.artifacts import log_interpolate
+
+
+@dataclass(frozen=True)
+class DriftRules:
+    """The policy's drift fields, in seconds and basis points."""
+
+    latency_bp: int
+    capacity_bp: int
+    sustained_s: float
+    max_gap_s: float  # samples further apart than this break the window (metrics gap)
+
+
+@dataclass(frozen=True)
+class DriftSample:
+    """One pool at one tick (None: not known at that tick)."""
+
+    at: float
+    compute_p99_s: float | None
+    batch_rows: float | None
+    per_replica_rps: float | None
+    saturated: bool
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Drift found: its cause and the evidence, in words and figures."""
+
+    cause: str  # "latency" or "capacity"
+    evidence: str
+    observed: float
+    expected: float
+
+
+def _window(samples: Sequence[DriftSample], now: float, rules: DriftRules) -> list[DriftSample]:
+    """The samples of the last ``sustained_s`` if they cover it without gaps, else []."""
+    recent = [s for s in samples if now - s.at <= rules.sustained_s]
+    if not recent:
+        return []
+    older = [s for s in samples if now - s.at > rules.sustained_s]
+    start = older[-1].at if older else recent[0].at
+    if now - start < rules.sustained_s:  # not watched long enough
+        return []
+    times = [start, *(s.at for s in recent)]
+    if any(b - a > rules.max_gap_s for a, b in itertools.pairwise(times)):
+        return []
+    return recent
+
+
+def latency_drift(
+    samples: Sequence[DriftSample],
+    profile_p99_s: Sequence[tuple[int, float]],
+    rules: DriftRules,
+    now: float,
+) -> Finding | None:
+    """Latency drift of one pool (see the module docstring); ``profile_p99_s``: the
+    profile's (batch rows, p99 seconds of one call) points (interpolated in log rows)."""
+    window = _window(samples, now, rules)
+    if not window:
+        return None
+    factor = 1 + rules.latency_bp / 10000
+    ratios = []
+    for s in window:
+        if s.compute_p99_s is None or s.batch_rows is None:
+            return None
+        expected = log_interpolate(profile_p99_s, s.batch_rows)
+        if expected is None or expected <= 0 or s.compute_p99_s <= expected * factor:
+            return None
+        ratios.append((s.compute_p99_s / expected, s.compute_p99_s, expected, s.batch_rows))
+    least, observed, expected, rows = min(ratios)
+    return Finding(
+        "latency",
+        f"compute p99 {observed * 1000:.1f} ms at {rows:.0f} rows per batch, the profile "
+        f"says {expected * 1000:.1f} ms: at least {least - 1:.0%} slower for "
+        f"{rules.sustained_s:.0f} s (threshold {rules.latency_bp / 100:.0f}%)",
+        observed,
+        expected,
+    )
+
+
+def capacity_drift(
+    samples: Sequence[DriftSample], profiled_rps: float, rules: DriftRules, now: float
+) -> Finding | None:
+    """Capacity drift of one pool (see the module docstring)."""
+    window = _window(samples, now, rules)
+    if not window or profiled_rps <= 0:
+        return None
+    floor = profiled_rps * (1 - rules.capacity_bp / 10000)
+    served = []
+    for s in window:
+        if not s.saturated or s.per_replica_rps is None or s.per_replica_rps >= floor:
+            return None
+        served.append(s.per_replica_rps)
+    worst = max(served)
+    return Finding(
+        "capacity",
+        f"saturated replicas serve at most {worst:.1f} req/s each, the profile says "
+        f"{profiled_rps:.1f}: {1 - worst / profiled_rps:.0%} less for "
+        f"{rules.sustained_s:.0f} s (threshold {rules.capacity_bp / 100:.0f}%)",
+        worst,
+        profiled_rps,
+    )

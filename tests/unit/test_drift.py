@@ -1,0 +1,85 @@
+"""Drift detectors on recorded series: steady (no drift), spikes, gaps, sustained drift."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from recserve_operator.drift import DriftRules, DriftSample, capacity_drift, latency_drift
+
+pytestmark = pytest.mark.unit
+RULES = DriftRules(latency_bp=2000, capacity_bp=2000, sustained_s=120, max_gap_s=30)
+# the profile: one call of b rows takes 1 ms + 10 us per row at p99
+PROFILE = [(b, 0.001 + 0.00001 * b) for b in (1, 8, 64, 256, 1024)]
+
+
+def series(
+    p99: float | None, rows: float = 64, start: float = 0, end: float = 300, every: float = 15
+):
+    t = start
+    out = []
+    while t <= end:
+        out.append(DriftSample(t, p99, rows, 100.0, saturated=False))
+        t += every
+    return out
+
+
+def test_a_steady_pool_within_its_profile_never_drifts() -> None:
+    noise = random.Random(3)
+    expected = 0.001 + 0.00001 * 64
+    samples = [
+        DriftSample(t, expected * noise.uniform(0.8, 1.15), 64, 100.0, False)
+        for t in range(0, 3600, 15)
+    ]
+    for now in range(120, 3600, 15):
+        seen = [s for s in samples if s.at <= now]
+        assert latency_drift(seen, PROFILE, RULES, now) is None
+
+
+def test_a_sustained_slowdown_is_latency_drift_with_its_evidence() -> None:
+    slow = 2 * (0.001 + 0.00001 * 64)
+    samples = series(0.00164, end=100) + series(slow, start=115, end=400)
+    # normal until 90 s, slow from 115 s: not while the window holds a normal sample
+    assert latency_drift([s for s in samples if s.at <= 205], PROFILE, RULES, 205) is None
+    found = latency_drift([s for s in samples if s.at <= 220], PROFILE, RULES, 220)
+    assert found is not None and found.cause == "latency"
+    assert found.observed == pytest.approx(slow) and found.expected == pytest.approx(0.00164)
+    assert "3.3 ms at 64 rows" in found.evidence and "100% slower" in found.evidence
+
+
+def test_the_prediction_follows_the_batch_size_run() -> None:
+    # 2.4 ms is slow for 64 rows, normal for 128 (1 + 1.28 = 2.28 ms; +20% = 2.7 ms)
+    assert latency_drift(series(0.0024, rows=64), PROFILE, RULES, 300) is not None
+    assert latency_drift(series(0.0024, rows=128), PROFILE, RULES, 300) is None
+
+
+def test_a_spike_or_a_gap_is_not_drift() -> None:
+    slow = 0.005
+    spike = series(0.00164, end=300)
+    spike[10] = DriftSample(spike[10].at, slow, 64, 100.0, False)
+    assert all(
+        latency_drift(spike[: i + 1], PROFILE, RULES, spike[i].at) is None
+        for i in range(len(spike))
+    )
+    gap = [s for s in series(slow, end=300) if not 100 < s.at < 160]
+    assert latency_drift(gap, PROFILE, RULES, 220) is None  # the gap is within the window
+    unknown = series(slow, end=300)
+    unknown[-3] = DriftSample(unknown[-3].at, None, None, None, False)
+    assert latency_drift(unknown, PROFILE, RULES, 300) is None
+
+
+def test_capacity_drift_needs_saturation_throughout() -> None:
+    def cap(rps: float, saturated: bool, start: float = 0, end: float = 300) -> list[DriftSample]:
+        return [
+            DriftSample(float(t), None, None, rps, saturated)
+            for t in range(int(start), int(end) + 1, 15)
+        ]
+
+    assert capacity_drift(cap(60, True), 100.0, RULES, 300) is not None
+    assert capacity_drift(cap(90, True), 100.0, RULES, 300) is None  # within 20%
+    assert capacity_drift(cap(60, False), 100.0, RULES, 300) is None  # light load says nothing
+    mixed = cap(60, True, end=200) + cap(60, False, start=215, end=230) + cap(60, True, start=245)
+    assert capacity_drift(mixed, 100.0, RULES, 300) is None
+    found = capacity_drift(cap(50, True), 100.0, RULES, 300)
+    assert found is not None and "50% less" in found.evidence
