@@ -51,7 +51,9 @@ def test_pod_ips_are_distinct_loopback_addresses_and_reused() -> None:
     taken = [ips.take() for _ in range(300)]
     addresses = [ip for ip, _ in taken]
     assert len(set(addresses)) == 300
-    assert all(ip.startswith("127.1.") for ip in addresses)
+    assert 2 <= ips.block <= 254
+    assert all(ip.startswith(f"127.{ips.block}.") for ip in addresses)
+    assert IpAllocator(7).take()[0] == "127.7.0.2"
     ips.give_back(taken[5][1])
     assert ips.take()[0] == addresses[5]
 

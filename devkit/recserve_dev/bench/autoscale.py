@@ -742,7 +742,8 @@ class Bench:
             trace=trace.name,
             duration_s=trace.duration_s,
             send_s=result.send_s,
-            latency_s=result.latency_s,
+            # a failed request (429, 503, timeout) counts as infinitely slow
+            latency_s=np.where(result.ok, result.latency_s, np.inf),
             ok=result.ok,
             samples=samples,
             capacity_rps=None if capacity is None else float(capacity),
@@ -754,6 +755,12 @@ class Bench:
         if trace.outage:
             run.outage_lost, run.outage_ready_lost = outage_losses(samples, trace.outage)
         run.events = self.events(namespace, trace.name, sampler.t0)
+        np.savez_compressed(
+            Path(self.args.out) / f"requests-{system}-{trace.name}.npz",
+            send_s=result.send_s,
+            latency_s=result.latency_s,
+            status=result.status,
+        )
         self.remove(system, trace.name, namespace)
         return run
 
@@ -1138,7 +1145,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=_bench_autoscale)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # run the finally blocks: Prometheus resumed, cluster down
+
+
 def _bench_autoscale(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
     with tempfile.TemporaryDirectory(prefix="recserve-bench-autoscale-") as tmp:
         report = bench(args, Path(tmp))

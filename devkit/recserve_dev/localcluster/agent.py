@@ -5,7 +5,8 @@ and the demo: a Deployment created through the API really serves and a Job reall
 
 What it does, per pod scheduled onto one of its nodes:
 
-- gives the pod its own loopback address (127.1.x.y) and writes it as ``status.podIP``;
+- gives the pod its own loopback address (127.B.x.y, B drawn per agent) and writes it
+  as ``status.podIP``;
 - runs each container's ``command`` + ``args`` (the image is ignored: programs come from
   this machine's PATH) with the pod's ``env`` (values, downward-API ``fieldRef``s and
   ConfigMap/Secret keys), in a per-pod working folder;
@@ -47,6 +48,7 @@ import datetime as dt
 import json
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -78,9 +80,12 @@ def now() -> str:
 
 
 class IpAllocator:
-    """Distinct loopback addresses for pods: 127.1.0.1, 127.1.0.2, ..."""
+    """Distinct loopback addresses for pods: 127.B.0.1, 127.B.0.2, ... where B is drawn
+    per agent (2..254), so that two local clusters on one machine (tests and a benchmark
+    side by side) rarely give two pods the same address and port."""
 
-    def __init__(self) -> None:
+    def __init__(self, block: int | None = None) -> None:
+        self.block = block if block is not None else random.SystemRandom().randint(2, 254)
         self._next = 1
         self._free: list[int] = []
         self._lock = threading.Lock()
@@ -90,7 +95,7 @@ class IpAllocator:
             n = self._free.pop() if self._free else self._next
             if n == self._next:
                 self._next += 1
-        return f"127.1.{n // 250}.{n % 250 + 1}", n
+        return f"127.{self.block}.{n // 250}.{n % 250 + 1}", n
 
     def give_back(self, n: int) -> None:
         with self._lock:

@@ -255,6 +255,9 @@ def start_keda(cluster: LocalCluster, tools: KedaTools, timeout: float) -> None:
             f"--cert-dir={certs}",
             f"--tls-cert-file={certs / 'tls.crt'}",
             f"--tls-private-key-file={certs / 'tls.key'}",
+            # Clients by certificate: KEDA's CA (as KEDA's own manifests do); without it
+            # the adapter looks for the API server's client CA, which this cluster lacks.
+            f"--client-ca-file={certs / 'ca.crt'}",
             f"--lister-kubeconfig={cluster.admin_kubeconfig}",
             f"--authentication-kubeconfig={cluster.admin_kubeconfig}",
             f"--authorization-kubeconfig={cluster.admin_kubeconfig}",
