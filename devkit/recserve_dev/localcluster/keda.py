@@ -63,8 +63,10 @@ def find_keda_tools(build: bool = False) -> KedaTools:
     found = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     missing = [key for key in KEDA_TOOL_KEYS.values() if key not in found]
     if missing:
+        said = " ".join(line for line in result.stderr.splitlines() if "keda" in line.lower())
         raise ToolsMissing(
-            f"KEDA {KEDA_VERSION} binaries missing ({', '.join(missing)}); {BUILD_HINT}"
+            f"KEDA {KEDA_VERSION} binaries missing ({', '.join(missing)}{'; ' if said else ''}"
+            f"{said}); {BUILD_HINT}"
         )
     return KedaTools(**{attr: Path(found[key]) for attr, key in KEDA_TOOL_KEYS.items()})
 
