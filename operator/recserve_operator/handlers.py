@@ -257,6 +257,33 @@ def hardwarepool(body: kopf.Body, **_: Any) -> None:
         reconcile_hardwarepool(pool, _kube())
 
 
+READY_NODES_MEMO = "recserve_ready_nodes"
+
+
+@kopf.on.event(GROUP, VERSION, "hardwarepools")
+async def pool_changed(body: kopf.Body, name: str, memo: Any, **kwargs: Any) -> None:
+    """A pool's Ready, schedulable nodes went to 0 or came back: re-plan every RecModel
+    that may use it now (failover), not at its next timer tick."""
+    ready = (body.get("status") or {}).get("readyNodeCount")
+    seen = memo.get(READY_NODES_MEMO, "unseen")
+    memo[READY_NODES_MEMO] = ready
+    if seen == "unseen" or (seen == 0) == (ready == 0) or ready is None:
+        return
+    index = kwargs.get("model_index")
+    if index is None:
+        return
+    try:
+        models = [m for key in list(index) for m in list(index.get(key) or ())]
+    except RuntimeError:  # changed while read: the timers cover it
+        return
+    for model in models:
+        refs = {r.get("name") for r in (model.get("spec") or {}).get("hardwarePoolRefs") or []}
+        if name in refs:
+            meta = model["metadata"]
+            log.info("pool %s: %s ready nodes: re-planning %s", name, ready, meta["name"])
+            await _in_thread(PASSES.run, _key(meta["namespace"], meta["name"]), None, None)
+
+
 @kopf.on.resume(GROUP, VERSION, "recmodels")
 @kopf.on.create(GROUP, VERSION, "recmodels")
 @kopf.on.update(GROUP, VERSION, "recmodels", field="spec")

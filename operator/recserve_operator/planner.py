@@ -144,6 +144,8 @@ class PoolCapacity:
     fallback_reason: str | None = None
     # the served-path overhead measured on the pool's node (None: compute-only profile)
     serving: ServingCost | None = None
+    # why the pool takes no replicas now (no Ready, schedulable node), if so
+    unavailable: str | None = None
 
     @classmethod
     def of(cls, pool: HardwarePool, profile: ProfileReport | None = None) -> PoolCapacity:
@@ -152,6 +154,12 @@ class PoolCapacity:
         accelerator_replicas = None
         if spec.accelerator is not None and status is not None and status.allocatable is not None:
             accelerator_replicas = status.allocatable // spec.accelerator.amount_per_replica
+        unavailable = None
+        if status is not None and status.ready_node_count == 0:  # None: not counted yet
+            unavailable = (
+                f"{pool.name} has no Ready, schedulable node "
+                f"({status.node_count or 0} matched): left out until one is back"
+            )
         return cls(
             name=pool.name,
             hardware=spec.hardware_type.value,
@@ -161,6 +169,7 @@ class PoolCapacity:
             accelerator_replicas=accelerator_replicas,
             fallback_reason=profile.fallback_reason if profile is not None else None,
             serving=ServingCost.of(profile.serving) if profile is not None else None,
+            unavailable=unavailable,
         )
 
 
@@ -337,6 +346,8 @@ def pool_choice(
 def replica_limit(pool: PoolCapacity, objectives: Objectives) -> int:
     """The most replicas a pool may run: its own ceiling, its free accelerators and the
     policy's maxReplicas."""
+    if pool.unavailable:
+        return 0
     limit = min(pool.max_replicas, objectives.max_replicas)
     if pool.accelerator_replicas is not None:
         limit = min(limit, pool.accelerator_replicas)
@@ -348,11 +359,14 @@ def plan(variants: list[VariantProfile], pools: list[PoolCapacity], objectives: 
 
     Pools are filled in order of a score mixing cost per request and latency, weighted
     by the policy's costWeightPercent; each pool used gets at least minReplicas. Pools
-    profiled with a fallback execution provider, and pools whose profile has no
-    served-path calibration (capacity counts compute only), are named in the message.
+    profiled with a fallback execution provider, pools whose profile has no served-path
+    calibration (capacity counts compute only), and pools left out because none of
+    their nodes is Ready and schedulable (failover: their share goes to the others
+    until they are back) are named in the message.
     """
     decision = _plan(variants, pools, objectives)
-    notes = [
+    notes = [p.unavailable for p in pools if p.unavailable]
+    notes += [
         f"{p.name} was profiled on a fallback execution provider: {p.fallback_reason}"
         for p in pools
         if p.fallback_reason

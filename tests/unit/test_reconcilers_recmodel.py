@@ -575,3 +575,22 @@ def test_live_demand_over_the_planned_peak_is_planned_for_on_the_next_pool(world
         assert [pl["pool"] for pl in world.status()["placements"]] == [one_pool]
     finally:
         loop.forget(key)
+
+
+def test_a_pool_without_ready_nodes_fails_over_and_comes_back(world: World) -> None:
+    world.built_and_profiled()
+    world.edit(
+        "RecModel", MODEL, {"hardwarePoolRefs": [{"name": "gpu-pool"}, {"name": "cpu-pool"}]}
+    )
+    world.reconcile()
+    before = {pl["pool"] for pl in world.status()["placements"]}
+    gone = sorted(before)[0]
+    world.kube.set_status("HardwarePool", gone, None, {"nodeCount": 2, "readyNodeCount": 0})
+    world.reconcile()
+    after = {pl["pool"] for pl in world.status()["placements"]}
+    assert gone not in after and after, after
+    assert f"{gone} has no Ready, schedulable node (2 matched)" in world.status()["plan"]
+    assert world.kube.find("Deployment", f"{MODEL}-{gone}", NS) is None
+    world.kube.set_status("HardwarePool", gone, None, {"readyNodeCount": 2})
+    world.reconcile()
+    assert {pl["pool"] for pl in world.status()["placements"]} == before
