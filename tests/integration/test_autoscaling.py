@@ -24,6 +24,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,6 +168,25 @@ class Load:
         self._thread.join()
         assert self.result is not None
         return self.result
+
+
+def _record(url: str, path: str, since_monotonic: float, until_wall: float) -> None:
+    """Every autoscaler query over the run, as Prometheus answered them (2 s steps)."""
+    end = time.time()
+    start = end - (time.monotonic() - since_monotonic)
+    series: dict[str, Any] = {"start": start, "step": 2.0}
+    for name, text in queries(Windows(scrape_seconds=SCRAPE_INTERVAL_SECONDS)).items():
+        params = urllib.parse.urlencode({"query": text, "start": start, "end": end, "step": 2})
+        with urllib.request.urlopen(f"{url}/api/v1/query_range?{params}", timeout=30) as r:
+            doc = json.load(r)
+        series[name] = [
+            [float(t), v]
+            for s in doc["data"]["result"]
+            for t, v in s["values"]
+            if s["metric"].get("recserve_io_model") == MODEL
+        ]
+    series["load_ended"] = until_wall
+    Path(path).write_text(json.dumps(series))
 
 
 def _prometheus(url: str, query: str) -> list[dict[str, Any]]:
@@ -330,7 +350,87 @@ def test_load_step_scales_up_holds_without_prometheus_and_scales_back(
     ).items
     reasons = {e.reason for e in events}
     assert {"Scaled", "BatchLimits"} <= reasons, reasons
+    record = os.environ.get("RECSERVE_RECORD_SERIES")
+    if record:  # the autoscaler's inputs over this run, for tests/unit/test_autoscaler.py
+        _record(prom, record, started - 20, time.time() - (time.monotonic() - ended))
     print(
         f"\nscaled up {up_after:.1f} s after the step; ceiling raised to {raised}; "
         f"scaled down {down_after:.1f} s after the load; load: {result.summary()}"
     )
+
+
+def test_a_cordoned_pool_fails_over_to_the_next_and_comes_back(
+    autoscaling: dict[str, Any], local_cluster: Any, k8s: client.ApiClient, namespace: str
+) -> None:
+    """The cheaper cpu-pool serves; its nodes cordoned (the agent's and any simulated
+    one), the gpu-pool takes the load, and the model is Ready there; uncordoned, the plan
+    returns to the cpu-pool."""
+    custom, core, apps = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s), client.AppsV1Api(k8s)
+    custom.create_cluster_custom_object(GROUP, VERSION, "hardwarepools", example("gpu-pool"))
+    cpu_nodes = [
+        n.metadata.name for n in core.list_node(label_selector="recserve.io/hardware=cpu").items
+    ]
+    try:
+        policy = custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "optimizationpolicies", _policy(namespace)
+        )
+        raw = _model(namespace)
+        raw["spec"]["hardwarePoolRefs"] = [{"name": POOL}, {"name": "gpu-pool"}]
+        stored = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", raw)
+        digest = content_hash(
+            RecModel.model_validate(stored).spec,
+            OptimizationPolicy.model_validate(policy).spec.compression,
+        )
+        layout = StoreLayout.of(autoscaling["store"], namespace, MODEL, digest)
+        shutil.copytree(autoscaling["folder"], layout.variant(autoscaling["folder"].name))
+        for pool in (POOL, "gpu-pool"):
+            autoscaling["profile"].write(layout.profile(pool))
+        BuildReport(hardware="cpu", threads=1, model={"synthetic": True}).write(layout.report)
+
+        def model() -> dict[str, Any]:
+            return dict(
+                custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", MODEL)
+            )
+
+        def serving_on() -> set[str]:
+            status = model().get("status", {})
+            ready = any(
+                c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])
+            )
+            return {p["pool"] for p in status.get("placements", [])} if ready else set()
+
+        def state() -> Any:
+            status = model().get("status", {})
+            pool = custom.get_cluster_custom_object(GROUP, VERSION, "hardwarepools", POOL)
+            nodes = {n: core.read_node(n).spec.unschedulable for n in cpu_nodes}
+            return {
+                "plan": status.get("plan"),
+                "conditions": status.get("conditions"),
+                "cpu-pool": pool.get("status"),
+                "cordoned": nodes,
+            }
+
+        eventually(lambda: serving_on() == {POOL}, 240, 1, "served on the cpu-pool", state)
+        started = time.monotonic()
+        for node in cpu_nodes:
+            core.patch_node(node, {"spec": {"unschedulable": True}})
+        eventually(
+            lambda: serving_on() == {"gpu-pool"}, 120, 1, "failed over to the gpu-pool", state
+        )
+        failover_s = time.monotonic() - started
+        assert "cpu-pool has no Ready, schedulable node" in model()["status"]["plan"]
+        assert not [
+            d
+            for d in apps.list_namespaced_deployment(namespace).items
+            if d.metadata.name == f"{MODEL}-{POOL}"
+        ]
+        started = time.monotonic()
+        for node in cpu_nodes:
+            core.patch_node(node, {"spec": {"unschedulable": False}})
+        eventually(lambda: serving_on() == {POOL}, 120, 1, "back on the cpu-pool", state)
+        back_s = time.monotonic() - started
+        print(f"\nfailover to the gpu-pool, Ready: {failover_s:.1f} s; back: {back_s:.1f} s")
+    finally:
+        for node in cpu_nodes:
+            core.patch_node(node, {"spec": {"unschedulable": False}})
+        custom.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", "gpu-pool")

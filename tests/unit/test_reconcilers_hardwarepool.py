@@ -130,3 +130,20 @@ def test_pool_status_is_a_pure_function_of_the_typed_pool() -> None:
     pool = HardwarePool.model_validate(example("fpga-pool"))
     status = pool_status(pool, [node("f", "fpga", gpus=0)], [])
     assert status["nodeCount"] == 1 and status["allocatable"] == 0
+
+
+def test_nodes_whose_taints_the_pool_does_not_tolerate_or_cordoned_do_not_count(
+    kube: FakeKube,
+) -> None:
+    kwok = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+    gpu_taint = {"key": "recserve.io/hardware", "value": "gpu", "effect": "NoSchedule"}
+    kube.add(node("fake-cpu", "cpu", taints=[kwok]))
+    kube.add(node("cordoned-cpu", "cpu", unschedulable=True))
+    kube.add(node("soft-cpu", "cpu", taints=[{"key": "x", "effect": "PreferNoSchedule"}]))
+    kube.add(node("gpu-1", "gpu", gpus=2, taints=[gpu_taint]))  # the gpu-pool tolerates it
+    cpu = reconcile(kube, "cpu-pool")
+    assert (cpu["nodeCount"], cpu["readyNodeCount"]) == (3, 1)
+    gpu = reconcile(kube, "gpu-pool")
+    assert gpu["readyNodeCount"] == 1
+    kube.set_spec("Node", "soft-cpu", None, {"taints": [kwok]})
+    assert reconcile(kube, "cpu-pool")["readyNodeCount"] == 0

@@ -176,7 +176,11 @@ class HardwarePoolStatus(ApiModel):
         default=None, description="metadata.generation this status reflects."
     )
     node_count: Int | None = Field(default=None, description="Nodes matching the selector.")
-    ready_node_count: Int | None = Field(default=None, description="Matching nodes that are Ready.")
+    ready_node_count: Int | None = Field(
+        default=None,
+        description="Matching nodes that are Ready, not cordoned, and whose taints the "
+        "pool's tolerations tolerate (0: the pool takes no replicas; its share fails over).",
+    )
     allocatable: Int | None = Field(
         default=None,
         description="Sum of the accelerator resource allocatable on the matching nodes "

@@ -31,6 +31,20 @@ def observed_status(pool: HardwarePool) -> dict[str, Any]:
     return pool.status.model_dump(by_alias=True, exclude_unset=True, mode="json")
 
 
+def _tolerated(taint: dict[str, Any], pool: HardwarePool) -> bool:
+    """Whether the pool's pods tolerate a node's taint (PreferNoSchedule never blocks)."""
+    if taint.get("effect") == "PreferNoSchedule":
+        return True
+    for tol in pool.spec.tolerations:
+        if tol.effect is not None and tol.effect.value and tol.effect.value != taint.get("effect"):
+            continue
+        if tol.operator.value == "Exists" and (not tol.key or tol.key == taint.get("key")):
+            return True
+        if tol.key == taint.get("key") and tol.value == (taint.get("value") or ""):
+            return True
+    return False
+
+
 def pool_status(
     pool: HardwarePool, nodes: list[dict[str, Any]], pods: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -50,6 +64,7 @@ def pool_status(
             for cond in n.get("status", {}).get("conditions", [])
         )
         and not n.get("spec", {}).get("unschedulable")
+        and all(_tolerated(taint, pool) for taint in n.get("spec", {}).get("taints") or [])
     ]
     resource = spec.accelerator.name if spec.accelerator is not None else None
     key = resource or "cpu"
