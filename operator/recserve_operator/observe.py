@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 log = logging.getLogger("recserve.observe")
@@ -92,6 +92,18 @@ def queries(w: Windows) -> dict[str, str]:
         ),
         "batch_rows_stable": mean("recserve_batch_size_rows", stable),
         "batch_rows_fast": mean("recserve_batch_size_rows", fast),
+        # what the router finally refused to clients, per model: a request a server
+        # refused and the router retried elsewhere is one request, not two (see
+        # snapshot_from_results)
+        "router_refused_fast": (
+            f"sum by (namespace, {MODEL}) "
+            f'(irate(recserve_router_requests_total{{code=~"429|503"}}[{fast}]))'
+        ),
+        "router_refused_stable": (
+            f"sum by (namespace, {MODEL}) "
+            f'(rate(recserve_router_requests_total{{code=~"429|503"}}[{stable}]))'
+        ),
+        "router_seen": f"count by (namespace, {MODEL}) (recserve_router_requests_total)",
         "inflight": f"sum by ({BY}) (recserve_inflight_requests)",
         "ready_pods": f"sum by ({BY}) (recserve_ready)",
         # seconds since the pool's servers were last scraped (staleness)
@@ -177,7 +189,15 @@ def snapshot_from_results(
     is None.
     """
     by_name: dict[str, dict[Key, float | None]] = {}
+    per_model: dict[str, dict[tuple[str, str], float]] = {}
+    for name in ("router_refused_fast", "router_refused_stable", "router_seen"):
+        per_model[name] = {
+            (str(s["metric"].get("namespace")), str(s["metric"].get(MODEL))): _number(s) or 0.0
+            for s in results.get(name, [])
+        }
     for name, samples in results.items():
+        if name in per_model:
+            continue
         values: dict[Key, float | None] = {}
         for sample in samples:
             labels = sample.get("metric") or {}
@@ -214,7 +234,31 @@ def snapshot_from_results(
             compute_p99_stable=get("compute_p99_stable"),
             batch_rows_stable=get("batch_rows_stable"),
         )
-    return Snapshot(taken_at, pools)
+    return Snapshot(taken_at, _count_refusals_once(pools, per_model))
+
+
+def _count_refusals_once(
+    pools: dict[Key, PoolMetrics], per_model: dict[str, dict[tuple[str, str], float]]
+) -> dict[Key, PoolMetrics]:
+    """Servers count a request the router retried elsewhere as refused at one and served
+    (or refused again) at another; the demand is what arrived at the router. Each pool's
+    refusals are scaled so that they add up to what the router finally refused (when the
+    router's series are there; otherwise they are counted as the servers saw them)."""
+    out = dict(pools)
+    for model in {(ns, m) for ns, m, _ in pools}:
+        if model not in per_model["router_seen"]:
+            continue
+        keys = [k for k in pools if (k[0], k[1]) == model]
+        for window in ("fast", "stable"):
+            refused = sum(getattr(pools[k], f"refused_{window}") for k in keys)
+            final = per_model[f"router_refused_{window}"].get(model, 0.0)
+            share = min(final / refused, 1.0) if refused > 0 else 1.0
+            for k in keys:
+                m = out[k]
+                out[k] = replace(
+                    m, **{f"refused_{window}": getattr(m, f"refused_{window}") * share}
+                )
+    return out
 
 
 Query = Callable[[str], list[dict[str, Any]]]

@@ -85,4 +85,25 @@ def test_the_cache_asks_once_per_refresh_for_all_models() -> None:
     cache.latest()
     cache.latest()
     assert len(asked) == len(queries(W))
-    assert all("by (namespace, recserve_io_model, recserve_io_pool" in q for q in asked)
+    assert all("by (namespace, recserve_io_model" in q for q in asked)  # all models at once
+
+
+def test_a_refusal_the_router_retried_elsewhere_counts_once() -> None:
+    model = {"namespace": "ns", "recserve_io_model": "m"}
+    results = {
+        "scrape_age": [sample("1"), sample("1", recserve_io_pool="gpu")],
+        "served_fast": [sample("100"), sample("50", recserve_io_pool="gpu")],
+        # servers refused 60/s, the router retried most elsewhere and refused 15/s in the end
+        "refused_fast": [sample("40"), sample("20", recserve_io_pool="gpu")],
+        "router_refused_fast": [{"metric": model, "value": [0, "15"]}],
+        "router_seen": [{"metric": model, "value": [0, "2"]}],
+    }
+    snap = snapshot_from_results(results, W, 0.0)
+    cpu, gpu = snap.of("ns", "m", "cpu"), snap.of("ns", "m", "gpu")
+    assert isinstance(cpu, PoolMetrics) and isinstance(gpu, PoolMetrics)
+    assert cpu.refused_fast == 10.0 and gpu.refused_fast == 5.0
+    assert cpu.demand_fast + gpu.demand_fast == 165.0  # served + what the router refused
+    # without router series, the servers' counts stand
+    del results["router_seen"], results["router_refused_fast"]
+    alone = snapshot_from_results(results, W, 0.0).of("ns", "m", "cpu")
+    assert isinstance(alone, PoolMetrics) and alone.refused_fast == 40.0
