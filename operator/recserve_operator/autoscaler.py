@@ -22,11 +22,14 @@ and serves less than the profile promised.
 
 Batch limits. The server adapts its batch size per batch (AIMD) within limits; this
 layer sets those limits from what one server cannot see, the pool's load against its
-capacity and its p99 against the target, on the scale of tens of seconds: a higher
-ceiling and a larger share of the target per batch when the load is high and p99 has
-headroom (larger batches absorb a step while replicas start), back to the plan's
-ceiling with no queue delay when the load is light (latency), and halving the ceiling
-while p99 is over the target.
+capacity and its p99 against the target, on the scale of tens of seconds: under
+overload (load at least ``HIGH_LOAD`` of capacity, or refusing) a higher ceiling and a
+larger share of the target per batch, as long as one batch's compute p99 has headroom
+in that share (larger batches serve more per replica and absorb a step while replicas
+start; the p99 of an overloaded pool is queueing, which smaller batches would make
+worse); without overload, halving the ceiling while p99 is over the target (the
+batches are too long); back to the plan's ceiling with no queue delay when the load is
+light (latency).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ MAX_DOWN_SHARE = 0.5  # of the replicas, per scale-down step
 SATURATED_REFUSED_SHARE = 0.01
 HIGH_LOAD = 0.8  # demand / capacity of the ready replicas
 LIGHT_LOAD = 0.3
-HEADROOM = 0.6  # p99 under this share of the target leaves room for larger batches
+HEADROOM = 0.6  # a batch computing within this share of its budget may grow
 BUDGET_SHARE = 0.25  # of the p99 target one batch may use (the server's default)
 BUDGET_SHARE_HIGH = 0.4
 BUDGET_SHARE_LOW = 0.15
@@ -290,7 +293,29 @@ def decide_batch(
     slo_s = r.slo_ms / 1000
     load = observed.demand_fast / (ready * capacity_rps) if capacity_rps > 0 else 1.0
     p99 = observed.p99_fast
-    if p99 is not None and p99 > slo_s:
+    refusing = observed.refused_fast > SATURATED_REFUSED_SHARE * max(observed.demand_fast, 1e-9)
+    overloaded = load >= HIGH_LOAD or refusing
+    # Under overload p99 is queueing: larger batches serve more per replica, as long as
+    # one batch's compute stays well within its share of the target.
+    compute = observed.compute_p99_stable
+    budget_s = slo_s * BUDGET_SHARE_HIGH
+    if overloaded and (compute is None or compute < HEADROOM * budget_s):
+        rows = min(max(current.max_batch_rows * 2, base.max_batch_rows), r.highest)
+        spent = "" if compute is None else f", batch compute p99 {compute * 1000:.0f} ms"
+        return BatchDecision(
+            replace(
+                current,
+                max_batch_rows=rows,
+                max_queue_delay_ms=MAX_QUEUE_DELAY_SHARE * r.slo_ms,
+                batch_budget_fraction=BUDGET_SHARE_HIGH,
+            ),
+            f"load {load:.0%} of capacity{spent}: larger batches, ceiling {rows}",
+        )
+    if overloaded:
+        return BatchDecision(
+            current, f"batch limits kept: load {load:.0%}, batch compute near its budget"
+        )
+    if p99 is not None and p99 > slo_s:  # not overloaded: the batches are too long
         rows = max(current.max_batch_rows // 2, r.lowest)
         return BatchDecision(
             replace(
@@ -299,18 +324,8 @@ def decide_batch(
                 max_queue_delay_ms=0.0,
                 batch_budget_fraction=BUDGET_SHARE_LOW,
             ),
-            f"p99 {p99 * 1000:.0f} ms over the {r.slo_ms:.0f} ms target: batch ceiling {rows}",
-        )
-    if load >= HIGH_LOAD and (p99 is None or p99 < HEADROOM * slo_s):
-        rows = min(max(current.max_batch_rows * 2, base.max_batch_rows), r.highest)
-        return BatchDecision(
-            replace(
-                current,
-                max_batch_rows=rows,
-                max_queue_delay_ms=MAX_QUEUE_DELAY_SHARE * r.slo_ms,
-                batch_budget_fraction=BUDGET_SHARE_HIGH,
-            ),
-            f"load {load:.0%} of capacity with p99 headroom: batch ceiling {rows}",
+            f"p99 {p99 * 1000:.0f} ms over the {r.slo_ms:.0f} ms target at load {load:.0%}: "
+            f"batch ceiling {rows}",
         )
     if load <= LIGHT_LOAD:
         return BatchDecision(

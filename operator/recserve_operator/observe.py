@@ -91,6 +91,7 @@ def queries(w: Windows) -> dict[str, str]:
             f"(rate(recserve_compute_duration_seconds_bucket[{stable}])))"
         ),
         "batch_rows_stable": mean("recserve_batch_size_rows", stable),
+        "compute_mean_stable": mean("recserve_compute_duration_seconds", stable),
         "batch_rows_fast": mean("recserve_batch_size_rows", fast),
         # what the router finally refused to clients, per model: a request a server
         # refused and the router retried elsewhere is one request, not two (see
@@ -132,6 +133,7 @@ class PoolMetrics:
     inflight: float | None = None
     compute_p99_stable: float | None = None
     batch_rows_stable: float | None = None
+    compute_mean_stable: float | None = None
 
     @property
     def demand_fast(self) -> float:
@@ -233,6 +235,7 @@ def snapshot_from_results(
             inflight=get("inflight"),
             compute_p99_stable=get("compute_p99_stable"),
             batch_rows_stable=get("batch_rows_stable"),
+            compute_mean_stable=get("compute_mean_stable"),
         )
     return Snapshot(taken_at, _count_refusals_once(pools, per_model))
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +22,13 @@ from recserve_operator.autoscaler import (
     decide_replicas,
     needed,
 )
-from recserve_operator.observe import Observation, PoolMetrics, Unknown
+from recserve_operator.observe import (
+    Observation,
+    PoolMetrics,
+    Unknown,
+    Windows,
+    snapshot_from_results,
+)
 
 pytestmark = pytest.mark.unit
 CAPACITY = 100.0  # rps per replica at full load: 70 rps planned per replica
@@ -197,3 +207,69 @@ def test_batch_limits_hold_when_metrics_are_unknown() -> None:
     current = BatchLimits(max_batch_rows=512, min_batch_rows=64, slo_p99_ms=100.0)
     d = decide_batch(current, Unknown("stale"), CAPACITY, 2, RANGE)
     assert d.limits == current and "stale" in d.reason
+
+
+RECORDED = Path(__file__).parent / "data" / "autoscale_step_recorded.json"
+
+
+def replay(doc: dict[str, Any]) -> list[tuple[float, Observation]]:
+    """What the operator's queries answered at each 2 s step of a recorded run (the
+    local control plane's Prometheus, `RECSERVE_RECORD_SERIES` of
+    tests/integration/test_autoscaling.py), assembled as the operator does."""
+    labels = {"namespace": "ns", "recserve_io_model": "m", "recserve_io_pool": "cpu"}
+    by_time: dict[float, dict[str, list[dict[str, Any]]]] = {}
+    for name, points in doc.items():
+        if not isinstance(points, list):
+            continue
+        for at, value in points:
+            by_time.setdefault(at, {}).setdefault(name, []).append(
+                {"metric": labels, "value": [at, value]}
+            )
+    windows = Windows(scrape_seconds=5.0)
+    return [
+        (at, snapshot_from_results(by_time[at], windows, at).of("ns", "m", "cpu"))
+        for at in sorted(by_time)
+    ]
+
+
+def test_a_recorded_step_with_a_prometheus_outage() -> None:
+    """A real run: idle, a step to 130 req/s (about 3 replicas' worth at 76 req/s each),
+    Prometheus stopped for about 30 s at the peak, then the load ends."""
+    doc = json.loads(RECORDED.read_text())
+    series = replay(doc)
+    bounds = Bounds(min_replicas=1, max_replicas=8, scale_up_cooldown_s=0, scale_down_cooldown_s=30)
+    replicas, memory = 1, Memory()
+    decisions = []
+    for at, observed in series:
+        d = decide_replicas(at, replicas, observed, 75.8, 1.0, bounds, memory)
+        replicas, memory = d.replicas, d.memory
+        decisions.append((at, observed, d))
+    known = [(at, o) for at, o, _ in decisions if isinstance(o, PoolMetrics)]
+    step = next(at for at, o in known if o.demand_fast > 50)
+    up = next(at for at, _, d in decisions if d.replicas >= 3)
+    assert up - step <= 4.0  # acted on at the first or second 2 s tick that saw it
+    # the outage: unknown ticks hold, whatever the replicas were
+    gap = [(at, d) for at, o, d in decisions if isinstance(o, Unknown) and at > step]
+    assert gap, "the recording has the outage"
+    held_at = {d.replicas for _, d in gap}
+    assert len(held_at) == 1 and all(d.held for _, d in gap)
+    # after the load: down only after the cooldown, and no flapping over the whole run
+    ended = doc["load_ended"]
+    downs = [at for at, _, d in decisions if "down for" in d.reason]
+    assert downs and min(downs) - ended >= 0
+    assert reversals([(at, d) for at, _, d in decisions]) <= 2
+    peak = max(d.replicas for _, _, d in decisions)
+    assert peak >= 3 and decisions[-1][2].replicas <= peak // 2 + 1  # stepping down
+
+
+def test_an_overloaded_pool_gets_larger_batches_even_with_p99_over_the_target() -> None:
+    # 2 replicas refusing with p99 over the target: queueing, not long batches
+    over = PoolMetrics(
+        served_fast=120, served_stable=120, refused_fast=30, refused_stable=30,
+        ready_pods=2, p99_fast=0.3, compute_p99_stable=0.01,
+    )  # fmt: skip
+    d = decide_batch(START, over, CAPACITY, 2, RANGE)
+    assert d.limits.max_batch_rows == 256 and "larger batches" in d.reason
+    # but not when one batch already takes most of its share of the target
+    slow = replace(over, compute_p99_stable=0.035)  # of 40 ms (40% of 100 ms)
+    assert decide_batch(START, slow, CAPACITY, 2, RANGE).limits == START

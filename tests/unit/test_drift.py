@@ -45,7 +45,7 @@ def test_a_sustained_slowdown_is_latency_drift_with_its_evidence() -> None:
     found = latency_drift([s for s in samples if s.at <= 220], PROFILE, RULES, 220)
     assert found is not None and found.cause == "latency"
     assert found.observed == pytest.approx(slow) and found.expected == pytest.approx(0.00164)
-    assert "3.3 ms at 64 rows" in found.evidence and "100% slower" in found.evidence
+    assert "3.3 ms per batch of 64 rows" in found.evidence and "100% slower" in found.evidence
 
 
 def test_the_prediction_follows_the_batch_size_run() -> None:

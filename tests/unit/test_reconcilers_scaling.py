@@ -256,7 +256,7 @@ def test_the_loop_ticks_each_model_at_its_policy_s_interval() -> None:
 def test_sustained_slow_compute_is_reported_as_drift_once_per_cooldown() -> None:
     from dataclasses import replace as dc_replace
 
-    pool = dc_replace(PLANNED, profile_p99_s=((64, 0.002), (128, 0.004)))
+    pool = dc_replace(PLANNED, profile_p50_s=((64, 0.002), (128, 0.004)))
     p = policy()
     raw = p.to_wire()
     raw["spec"]["drift"] = {
@@ -275,7 +275,7 @@ def test_sustained_slow_compute_is_reported_as_drift_once_per_cooldown() -> None
             refused_stable=0.0,
             ready_pods=2,
             p99_fast=0.02,
-            compute_p99_stable=compute_s,
+            compute_mean_stable=compute_s,
             batch_rows_stable=64.0,
         )
         return Snapshot(at, {(NS, "m", "cpu-pool"): m})
@@ -296,6 +296,6 @@ def test_sustained_slow_compute_is_reported_as_drift_once_per_cooldown() -> None
     first = next(i for i, cond in enumerate(conds) if cond.get("status") == "True")
     assert first == 12  # the first window of slow samples only: 6 s .. 12 (60 s)
     assert conds[first]["reason"] == "LatencyDrift"
-    assert "4.0 ms at 64 rows" in conds[first]["message"]
+    assert "4.0 ms per batch of 64 rows" in conds[first]["message"]
     assert all(cond["status"] == "False" for cond in conds[:first])
     assert len(events) == 1 and events[0][0] == "Warning"  # once: the cooldown is 600 s

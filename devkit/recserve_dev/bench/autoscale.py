@@ -937,10 +937,15 @@ def plot(trace: Trace, runs: dict[str, Run], slo_s: float, path: Path) -> None:
     fig, axes = plt.subplots(4, 1, figsize=(11, 12), sharex=True)
     grid = np.arange(1.0, math.floor(trace.duration_s) + 1.0)
     axes[0].plot(grid, [trace.rate(t) for t in grid], color="black", label="offered rate(t)")
-    for system, run in runs.items():
-        sent = np.histogram(run.send_s, bins=np.arange(0, trace.duration_s + 1.0))[0]
-        axes[0].plot(np.arange(len(sent)) + 1, sent, alpha=0.4, label=f"arrivals/s ({system})")
-        break  # identical arrivals for every system
+    first = next(iter(runs.values()), None)
+    if first is not None:  # identical arrivals for every system
+        sent = np.histogram(first.send_s, bins=np.arange(0, trace.duration_s + 1.0))[0]
+        axes[0].plot(
+            np.arange(len(sent)) + 1,
+            sent,
+            alpha=0.4,
+            label="arrivals/s (the same for every system)",
+        )
     axes[0].set_ylabel("requests/s")
     for system, run in runs.items():
         s = run.samples

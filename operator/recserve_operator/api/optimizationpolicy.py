@@ -216,9 +216,9 @@ class Drift(ApiModel):
         default=2000,
         ge=100,
         le=100000,
-        description="Latency drift: the servers' per-batch compute p99 at the batch size "
-        "they run exceeds the profile's p99 for that size by this much (2000 = 20%) "
-        "throughout sustainedSeconds.",
+        description="Latency drift: the servers' mean compute time per batch exceeds the "
+        "profile's p50 at their mean batch size by this much (2000 = 20%) throughout "
+        "sustainedSeconds.",
     )
     capacity_drift_basis_points: Int = Field(
         default=2000,

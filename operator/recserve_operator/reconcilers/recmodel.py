@@ -336,7 +336,7 @@ def reconcile_recmodel(
             capacity_rps=pp.capacity_rps,
             batch_size=pp.batch_size,
             ceiling=replica_limit(capacities[pp.pool], objectives),
-            profile_p99_s=_profile_p99(profiles.get(pp.pool), by_name.get(pp.variant)),
+            profile_p50_s=_profile_p50(profiles.get(pp.pool), by_name.get(pp.variant)),
         )
         for pp in decision.placements
     ]
@@ -369,12 +369,12 @@ def reconcile_recmodel(
     return outcome
 
 
-def _profile_p99(report: ProfileReport | None, key: str | None) -> tuple[tuple[int, float], ...]:
-    """(batch rows, p99 seconds of one call) of a variant's profile on a pool."""
+def _profile_p50(report: ProfileReport | None, key: str | None) -> tuple[tuple[int, float], ...]:
+    """(batch rows, p50 seconds of one call) of a variant's profile on a pool."""
     measured = report.variants.get(key) if report is not None and key else None
     if measured is None:
         return ()
-    return tuple(sorted((pt.batch_size, pt.p99_us / 1e6) for pt in measured.points))
+    return tuple(sorted((pt.batch_size, pt.p50_us / 1e6) for pt in measured.points))
 
 
 class _Unreadable(Exception):

@@ -65,7 +65,7 @@ def _sample_drift(
         ) or (metrics.p99_fast is not None and metrics.p99_fast > slo_s)
         per_replica = metrics.served_fast / metrics.ready_pods if metrics.ready_pods else None
         sample = DriftSample(
-            now, metrics.compute_p99_stable, metrics.batch_rows_stable, per_replica, saturated
+            now, metrics.compute_mean_stable, metrics.batch_rows_stable, per_replica, saturated
         )
     else:
         sample = DriftSample(now, None, None, None, False)
@@ -90,7 +90,7 @@ def _look_for_drift(
     found = [
         f
         for f in (
-            latency_drift(state.samples, pp.profile_p99_s, detector_rules, now),
+            latency_drift(state.samples, pp.profile_p50_s, detector_rules, now),
             capacity_drift(state.samples, pp.capacity_rps, detector_rules, now),
         )
         if f is not None
@@ -119,8 +119,8 @@ class PlannedPool:
     capacity_rps: float  # one replica at full load, as profiled
     batch_size: int  # the plan's batch ceiling
     ceiling: int  # the lower of the policy's maxReplicas and the pool's
-    # the profile of the served variant on this pool: (batch rows, p99 s of one call)
-    profile_p99_s: tuple[tuple[int, float], ...] = ()
+    # the profile of the served variant on this pool: (batch rows, p50 s of one call)
+    profile_p50_s: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
