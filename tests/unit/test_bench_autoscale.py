@@ -141,3 +141,14 @@ def test_headline_ratios() -> None:
     assert h["replica_hours_vs_static_peak"] == 0.5
     assert h["reversals_per_hour_steady"] == 0.0
     assert h["prometheus_outage_replicas_lost"] == 0
+
+
+def test_json_has_no_infinities() -> None:
+    from recserve_dev.bench.autoscale import finite
+
+    assert finite({"a": math.inf, "b": [1.0, -math.inf], "c": (math.nan,), "d": 2}) == {
+        "a": "inf",
+        "b": [1.0, "-inf"],
+        "c": ["nan"],
+        "d": 2,
+    }

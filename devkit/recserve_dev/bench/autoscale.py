@@ -593,6 +593,30 @@ class Bench:
         _wait(replicas_ready, 180, "the Deployment's replicas ready")
         return obj
 
+    def start_at_plan(self, namespace: str, deployment: str, planned: int) -> int:
+        """Every system starts a trace at the plan's replicas: where the operator left a
+        new Auto/External Deployment at another count (seen: 1 instead of the plan's 2,
+        see docs/bench-autoscale.md), scale it to the plan, as the operator means to."""
+        from kubernetes import client
+
+        apps = client.AppsV1Api(self.api)
+        current = int(apps.read_namespaced_deployment(deployment, namespace).spec.replicas or 0)
+        if current != planned:
+            _log(
+                f"  {namespace}/{deployment} starts at {current} replicas, not the plan's "
+                f"{planned}: scaled to {planned} (operator issue; same start for every system)"
+            )
+            apps.patch_namespaced_deployment_scale(
+                deployment, namespace, {"spec": {"replicas": planned}}
+            )
+
+            def ready() -> bool:
+                dep = apps.read_namespaced_deployment(deployment, namespace)
+                return (dep.status.ready_replicas or 0) >= planned
+
+            _wait(ready, 120, f"{planned} ready replicas")
+        return planned
+
     def router(self, name: str, namespace: str) -> str:
         from kubernetes import client
 
@@ -672,6 +696,9 @@ class Bench:
         obj = self.deploy(system, trace, namespace)
         placement = obj["status"]["placements"][0]
         capacity = placement.get("capacityRequestsPerSecond")
+        start_replicas = self.start_at_plan(
+            namespace, f"{trace.name}-{POOL}", int(placement.get("plannedReplicas") or 1)
+        )
         hpa_info: dict[str, Any] | None = None
         if system == "keda":
             threshold = float(capacity) * UTILIZATION
@@ -698,7 +725,6 @@ class Bench:
             self.api, namespace, f"{trace.name}-{POOL}", f"{trace.name}-{POOL}-limits"
         )
         sampler.start()
-        start_replicas = int(placement.get("replicas") or 0)
         time.sleep(2)  # a couple of samples before the start
         outage_timer: list[threading.Timer] = []
         stopped = threading.Event()
@@ -976,6 +1002,17 @@ def plot(trace: Trace, runs: dict[str, Run], slo_s: float, path: Path) -> None:
     plt.close(fig)
 
 
+def finite(x: Any) -> Any:
+    """``x`` with every inf/nan float as a string (strict JSON has neither)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite(v) for v in x]
+    return x
+
+
 def _keda_version() -> str:
     from recserve_dev.localcluster.keda import KEDA_VERSION
 
@@ -1126,7 +1163,9 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
     (out / "details.json").write_text(
         json.dumps(
-            {"report": report, "summaries": summaries, "runs": detail_runs}, indent=2, default=str
+            finite({"report": report, "summaries": summaries, "runs": detail_runs}),
+            indent=2,
+            default=str,
         )
     )
     return report
@@ -1167,5 +1206,5 @@ def _bench_autoscale(args: argparse.Namespace) -> int:
     os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
     with tempfile.TemporaryDirectory(prefix="recserve-bench-autoscale-") as tmp:
         report = bench(args, Path(tmp))
-    print(json.dumps(report, default=str), flush=True)
+    print(json.dumps(finite(report), default=str), flush=True)
     return 0
