@@ -108,9 +108,14 @@ def live_capacity(m: PoolMetrics, profiled_rps: float, slo_s: float) -> float:
     saturated = m.refused_fast > SATURATED_REFUSED_SHARE * max(m.demand_fast, 1e-9) or (
         m.p99_fast is not None and m.p99_fast > slo_s
     )
-    if saturated and m.ready_pods > 0 and m.served_fast > 0:
-        per_replica = m.served_fast / m.ready_pods
-        if per_replica < profiled_rps:
+    if saturated and m.served_fast > 0:
+        # the busiest replica's own rate; the pool's rate over its ready pods undercounts
+        # right after a scale-up (new pods are ready but served little of the window),
+        # which read as 6-17 instead of 33 req/s per replica and over-scaled (bench)
+        per_replica = m.served_per_pod_max_fast
+        if per_replica is None and m.ready_pods > 0:
+            per_replica = m.served_fast / m.ready_pods
+        if per_replica is not None and 0 < per_replica < profiled_rps:
             return per_replica
     return profiled_rps
 

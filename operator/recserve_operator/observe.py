@@ -80,6 +80,12 @@ def queries(w: Windows) -> dict[str, str]:
         "served_fast": rate("recserve_requests_total", SERVED, fast, "irate"),
         "served_stable": rate("recserve_requests_total", SERVED, stable),
         "refused_fast": rate("recserve_requests_total", REFUSED, fast, "irate"),
+        # the busiest server's own rate: what one replica serves when saturated (the
+        # pool's rate over its ready pods undercounts right after new pods are ready)
+        "served_per_pod_max_fast": (
+            f"max by ({BY}) (sum by ({BY}, pod) "
+            f"(irate(recserve_requests_total{{{SERVED}}}[{fast}])))"
+        ),
         "refused_stable": rate("recserve_requests_total", REFUSED, stable),
         "p99_fast": quantile(0.99, fast),
         "p99_stable": quantile(0.99, stable),
@@ -134,6 +140,7 @@ class PoolMetrics:
     compute_p99_stable: float | None = None
     batch_rows_stable: float | None = None
     compute_mean_stable: float | None = None
+    served_per_pod_max_fast: float | None = None
 
     @property
     def demand_fast(self) -> float:
@@ -236,6 +243,7 @@ def snapshot_from_results(
             compute_p99_stable=get("compute_p99_stable"),
             batch_rows_stable=get("batch_rows_stable"),
             compute_mean_stable=get("compute_mean_stable"),
+            served_per_pod_max_fast=get("served_per_pod_max_fast"),
         )
     return Snapshot(taken_at, _count_refusals_once(pools, per_model))
 

@@ -170,6 +170,29 @@ class Load:
         return self.result
 
 
+def _create_built(
+    custom: client.CustomObjectsApi,
+    autoscaling: dict[str, Any],
+    namespace: str,
+    raw: dict[str, Any],
+    policy: dict[str, Any],
+    pools: list[str],
+) -> None:
+    """Lay the variant, its emulated profile per pool and the build report into the
+    store, then create the RecModel (in that order: a RecModel that finds no build
+    report starts a real build Job)."""
+    compression = OptimizationPolicy.model_validate(policy).spec.compression
+    digest = content_hash(RecModel.model_validate(raw).spec, compression)
+    layout = StoreLayout.of(autoscaling["store"], namespace, MODEL, digest)
+    shutil.copytree(autoscaling["folder"], layout.variant(autoscaling["folder"].name))
+    for pool in pools:
+        autoscaling["profile"].write(layout.profile(pool))
+    BuildReport(hardware="cpu", threads=1, model={"synthetic": True}).write(layout.report)
+    stored = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", raw)
+    # the API server's defaults are the types' own: the operator finds this very build
+    assert content_hash(RecModel.model_validate(stored).spec, compression) == digest
+
+
 def _record(url: str, path: str, since_monotonic: float, until_wall: float) -> None:
     """Every autoscaler query over the run, as Prometheus answered them (2 s steps)."""
     end = time.time()
@@ -205,17 +228,7 @@ def test_load_step_scales_up_holds_without_prometheus_and_scales_back(
     policy = custom.create_namespaced_custom_object(
         GROUP, VERSION, namespace, "optimizationpolicies", _policy(namespace)
     )
-    stored = custom.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "recmodels", _model(namespace)
-    )
-    digest = content_hash(
-        RecModel.model_validate(stored).spec,
-        OptimizationPolicy.model_validate(policy).spec.compression,
-    )
-    layout = StoreLayout.of(autoscaling["store"], namespace, MODEL, digest)
-    shutil.copytree(autoscaling["folder"], layout.variant(autoscaling["folder"].name))
-    autoscaling["profile"].write(layout.profile(POOL))
-    BuildReport(hardware="cpu", threads=1, model={"synthetic": True}).write(layout.report)
+    _create_built(custom, autoscaling, namespace, _model(namespace), policy, [POOL])
 
     def model() -> dict[str, Any]:
         return dict(
@@ -376,16 +389,7 @@ def test_a_cordoned_pool_fails_over_to_the_next_and_comes_back(
         )
         raw = _model(namespace)
         raw["spec"]["hardwarePoolRefs"] = [{"name": POOL}, {"name": "gpu-pool"}]
-        stored = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", raw)
-        digest = content_hash(
-            RecModel.model_validate(stored).spec,
-            OptimizationPolicy.model_validate(policy).spec.compression,
-        )
-        layout = StoreLayout.of(autoscaling["store"], namespace, MODEL, digest)
-        shutil.copytree(autoscaling["folder"], layout.variant(autoscaling["folder"].name))
-        for pool in (POOL, "gpu-pool"):
-            autoscaling["profile"].write(layout.profile(pool))
-        BuildReport(hardware="cpu", threads=1, model={"synthetic": True}).write(layout.report)
+        _create_built(custom, autoscaling, namespace, raw, policy, [POOL, "gpu-pool"])
 
         def model() -> dict[str, Any]:
             return dict(

@@ -20,6 +20,7 @@ from recserve_operator.autoscaler import (
     ReplicaDecision,
     decide_batch,
     decide_replicas,
+    live_capacity,
     needed,
 )
 from recserve_operator.observe import (
@@ -273,3 +274,11 @@ def test_an_overloaded_pool_gets_larger_batches_even_with_p99_over_the_target() 
     # but not when one batch already takes most of its share of the target
     slow = replace(over, compute_p99_stable=0.035)  # of 40 ms (40% of 100 ms)
     assert decide_batch(START, slow, CAPACITY, 2, RANGE).limits == START
+
+
+def test_live_capacity_is_the_busiest_replica_s_not_the_pool_s_over_new_pods() -> None:
+    # just after 2 -> 4 replicas: 120 req/s served over the window by the 2 old pods
+    m = replace(metrics(120, 120, refused=40, p99=0.15, ready=4), served_per_pod_max_fast=60.0)
+    assert live_capacity(m, CAPACITY, SLO_S) == 60.0  # not 120 / 4
+    d = decide_replicas(0, 4, m, CAPACITY, SLO_S, BOUNDS, Memory())
+    assert d.replicas == needed(160, 60.0) == 4
