@@ -622,27 +622,24 @@ def _apply_serving(
     router = children.router_deployment(p.model, p.config)
     rbac = children.router_rbac(p.model)
 
+    order = {"ServiceAccount": 0, "Role": 1, "RoleBinding": 2}
+
     def router_after_its_account() -> dict[str, Any]:
-        for obj in rbac:
-            if obj["kind"] == "ServiceAccount":
-                apply(obj)
+        # one after the other: a RoleBinding applied before its Role exists is refused
+        # (404, the API server's escalation check cannot read the Role), and a pod that
+        # names a missing ServiceAccount is refused
+        for obj in sorted(rbac, key=lambda o: order.get(o["kind"], 3)):
+            apply(obj)
         return apply(router)
 
     others = [
         *(children.service(deployment, p.model) for deployment in servers),
-        *(obj for obj in rbac if obj["kind"] != "ServiceAccount"),
+        *(obj for obj in rbac if obj["kind"] not in order),
         children.service(router, p.model),
     ]
-    writes: list[Callable[[], Any]] = (
-        [
-            *(functools.partial(p.kube.create_once, body) for body in new_limits),
-        ]
-        if new_limits
-        else []
-    )
     if new_limits:  # before the servers that mount them
-        p.kube.map(_call, writes)
-    writes = [
+        p.kube.map(p.kube.create_once, new_limits)
+    writes: list[Callable[[], Any]] = [
         *(functools.partial(apply, deployment) for deployment in servers),
         router_after_its_account,
         *(functools.partial(apply, obj) for obj in others),
