@@ -117,6 +117,19 @@ def autoscaling(
         "--set", "extraEnv[0].name=RECSERVE_RECONCILE_INTERVAL_SECONDS",
         "--set-string", "extraEnv[0].value=2",
     )  # fmt: skip
+    core = client.CoreV1Api(k8s)
+
+    def operator_ready() -> bool:
+        pods = core.list_namespaced_pod(
+            NS_OPERATOR, label_selector="app.kubernetes.io/component=operator"
+        ).items
+        return any(
+            c.type == "Ready" and c.status == "True"
+            for p in pods
+            for c in p.status.conditions or []
+        )
+
+    eventually(operator_ready, 90, 1, "the operator pod Ready")
     custom = client.CustomObjectsApi(k8s)
     custom.create_cluster_custom_object(GROUP, VERSION, "hardwarepools", example(POOL))
     yield {"store": store, "folder": folder, "profile": profile, "metrics_port": metrics_port}
