@@ -65,6 +65,8 @@ class FakeKube(Kube):
         meta.setdefault("uid", f"uid-{next(self._uids)}")
         meta.setdefault("generation", 1)
         meta["resourceVersion"] = str(next(self._versions))
+        if stored["kind"] == "Deployment":  # the API server's default
+            stored.setdefault("spec", {}).setdefault("replicas", 1)
         self.objects[self._key(stored)] = stored
         return copy.deepcopy(stored)
 
@@ -163,7 +165,9 @@ class FakeKube(Kube):
     def scale_deployment(self, name: str, namespace: str, replicas: int) -> None:
         obj = self.objects[("Deployment", namespace, name)]
         self.writes.append(("scale", "Deployment", name))
-        obj.setdefault("spec", {})["replicas"] = replicas
+        if obj.setdefault("spec", {}).get("replicas") != replicas:
+            obj["metadata"]["generation"] += 1  # a spec change, as the API server counts it
+        obj["spec"]["replicas"] = replicas
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None) -> None:
         if self.objects.pop((kind, namespace, name), None) is not None:

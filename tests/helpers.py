@@ -1,47 +1,14 @@
-"""Polling helpers: tests wait for conditions, never for fixed sleeps."""
+"""Test helpers: polling (from the dev kit), helm, operator restarts, pod logs."""
 
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from recserve_dev.waiting import eventually
 
-
-def eventually(
-    check: Callable[[], T],
-    timeout: float = 60,
-    interval: float = 0.25,
-    what: str = "condition",
-    state: Callable[[], object] | None = None,
-) -> T:
-    """Call ``check`` until it returns a truthy value without raising; return that value.
-
-    On timeout, fails naming ``what`` was awaited, with the last exception or the last
-    falsy value and, when given, ``state()`` (e.g. the object's status) at that moment.
-    """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-            last = value
-        except Exception as exc:
-            last = exc
-        if time.monotonic() >= deadline:
-            message = f"{what} not met within {timeout:g}s; last: {last!r}"
-            if state is not None:
-                try:
-                    message += f"; state: {state()!r}"
-                except Exception as exc:
-                    message += f"; state unavailable: {exc!r}"
-            raise AssertionError(message)
-        time.sleep(interval)
+__all__ = ["OPERATOR_PODS", "eventually", "helm", "pod_log", "restart_operator"]
 
 
 def helm(local_cluster: Any, *args: str) -> str:

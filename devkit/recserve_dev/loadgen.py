@@ -160,6 +160,22 @@ class _Pool:
         self.idle.clear()
 
 
+async def _send(pool: _Pool, target: Target, i: int, timeout_s: float) -> int | str:
+    """Request ``i`` over a pooled connection: its HTTP status, or the name of the error
+    that ended it (timeout, reset, bad answer; the connection is then dropped)."""
+    conn: _Conn | None = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            conn = await pool.get()
+            status = await conn.request(target.raw(i))
+        pool.put(conn)
+        return status
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        if conn is not None:
+            pool.drop(conn)
+        return type(exc).__name__
+
+
 async def open_loop(
     target: Target,
     rate: float,
@@ -179,21 +195,11 @@ async def open_loop(
 
     async def one(i: int, scheduled: float) -> None:
         nonlocal failed
-        conn: _Conn | None = None
-        try:
-            async with asyncio.timeout(timeout_s):
-                conn = await pool.get()
-                status = await conn.request(target.raw(i))
-            pool.put(conn)
-            codes[str(status)] += 1
-            if status == 200:
-                latencies.append(time.perf_counter() - scheduled)
-            else:
-                failed += 1
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            if conn is not None:
-                pool.drop(conn)
-            codes[type(exc).__name__] += 1
+        outcome = await _send(pool, target, i, timeout_s)
+        codes[str(outcome)] += 1
+        if outcome == 200:
+            latencies.append(time.perf_counter() - scheduled)
+        else:
             failed += 1
 
     tasks: list[asyncio.Task[None]] = []
@@ -278,18 +284,10 @@ async def open_loop_trace(
     codes: Counter[str] = Counter()
 
     async def one(i: int, scheduled: float) -> None:
-        conn: _Conn | None = None
-        try:
-            async with asyncio.timeout(timeout_s):
-                conn = await pool.get()
-                code = await conn.request(target.raw(i))
-            pool.put(conn)
-            codes[str(code)] += 1
-            status[i] = code
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            if conn is not None:
-                pool.drop(conn)
-            codes[type(exc).__name__] += 1
+        outcome = await _send(pool, target, i, timeout_s)
+        codes[str(outcome)] += 1
+        if isinstance(outcome, int):
+            status[i] = outcome
         latency[i] = time.perf_counter() - scheduled
 
     tasks: list[asyncio.Task[None]] = []

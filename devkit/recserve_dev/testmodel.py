@@ -329,3 +329,29 @@ def quantize_variant(src: Path, store: Path) -> Path:
     artifacts.write_manifest(tmp, q)
     tmp.rename(final)
     return final
+
+
+def emulated_profile(
+    real: artifacts.ProfileReport,
+    us_per_batch: float,
+    us_per_row: float,
+    batches: tuple[int, ...] = (1, 8, 64, 128),
+) -> artifacts.ProfileReport:
+    """``real`` with the times of a device emulated by `recserve serve --emulate-us-per-batch
+    --emulate-us-per-row` (no serving overhead: the planner counts the model only), at
+    ``batches`` rows."""
+    variants = {}
+    for key, measured in real.variants.items():
+        points = []
+        for batch in batches:
+            p50 = us_per_batch + us_per_row * batch
+            points.append(
+                artifacts.ProfilePoint(
+                    batch_size=batch,
+                    p50_us=p50,
+                    p99_us=p50 * 1.2,
+                    samples_per_second=batch / (p50 / 1e6),
+                )
+            )
+        variants[key] = measured.model_copy(update={"points": points})
+    return real.model_copy(update={"variants": variants, "serving": None})

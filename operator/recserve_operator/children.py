@@ -69,10 +69,6 @@ def owner_reference(owner: Resource) -> dict[str, Any]:
     }
 
 
-def _meta(name: str, model: RecModel, labels: dict[str, str]) -> dict[str, Any]:
-    return owned_metadata(name, model, labels)
-
-
 def owned_metadata(name: str, model: RecModel, labels: dict[str, str]) -> dict[str, Any]:
     """Metadata of a child of ``model``: our labels and its owner reference."""
     return {
@@ -226,7 +222,7 @@ def _job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta(name, model, all_labels),
+        "metadata": owned_metadata(name, model, all_labels),
         "spec": {
             "backoffLimit": 1,
             "ttlSecondsAfterFinished": 86400,
@@ -405,7 +401,7 @@ def _deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(name, model, labels),
+        "metadata": owned_metadata(name, model, labels),
         "spec": {
             **({} if replicas is None else {"replicas": replicas}),
             "selector": {"matchLabels": selector},
@@ -436,7 +432,7 @@ def service(deployment: dict[str, Any], model: RecModel) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(
+        "metadata": owned_metadata(
             deployment["metadata"]["name"],
             model,
             {k: v for k, v in deployment["metadata"]["labels"].items() if k != MODEL_LABEL},
@@ -454,11 +450,11 @@ def router_rbac(model: RecModel) -> list[dict[str, Any]]:
     name = dns_name(model.name, "router")
     ns = model.namespace
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, model, {})},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": owned_metadata(name, model, {})},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": _meta(name, model, {}),
+            "metadata": owned_metadata(name, model, {}),
             "rules": [
                 {
                     "apiGroups": ["discovery.k8s.io"],
@@ -471,7 +467,7 @@ def router_rbac(model: RecModel) -> list[dict[str, Any]]:
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": _meta(name, model, {}),
+            "metadata": owned_metadata(name, model, {}),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
         },
@@ -481,7 +477,7 @@ def router_rbac(model: RecModel) -> list[dict[str, Any]]:
 def model_variant(model: RecModel, name: str, recipe: Recipe, artifact: Artifact) -> dict[str, Any]:
     """The ModelVariant object of one built variant (its status is written separately)."""
     variant = ModelVariant(
-        metadata=_meta(name, model, {}),
+        metadata=owned_metadata(name, model, {}),
         spec=ModelVariantSpec(
             model_ref=ObjectRef(name=model.name), recipe=recipe, artifact=artifact
         ),

@@ -161,9 +161,8 @@ class ScalingLoop:
         with self._guard:
             self._memory[key] = outcome.memory
             self._drift[key] = outcome.drift
-        held = [p for p in outcome.status.get("placements", []) if "metrics unknown" in str(p)]
-        if held:
-            om.HELD.inc(len(held))
+        if outcome.held:
+            om.HELD.inc(outcome.held)
         for kind, reason in outcome.decisions:
             om.DECISIONS.labels(kind, reason).inc()
         apply_tick(kube, model, outcome)

@@ -32,13 +32,12 @@ from kubernetes import client
 
 from recserve_dev.loadgen import RunResult, Target, open_loop
 from recserve_dev.localcluster.prometheus import SCRAPE_INTERVAL_SECONDS
-from recserve_dev.testmodel import rank_bodies, write_variant
+from recserve_dev.testmodel import emulated_profile, rank_bodies, write_variant
 from recserve_operator.api import GROUP, VERSION, OptimizationPolicy, RecModel
 from recserve_operator.children import content_hash
 from recserve_operator.observe import Windows, queries
 from recserve_runtime.artifacts import (
     BuildReport,
-    ProfilePoint,
     ProfileReport,
     StoreLayout,
     load_manifest,
@@ -59,26 +58,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _emulated_profile(real: ProfileReport) -> ProfileReport:
-    """The real profile's shape with the emulated device's times (no serving overhead:
-    the planner counts the model only), batches up to 128 rows (two requests)."""
-    variants = {}
-    for key, measured in real.variants.items():
-        pts = []
-        for batch in (1, 8, 64, 128):
-            p50 = US_PER_BATCH + US_PER_ROW * batch
-            pts.append(
-                ProfilePoint(
-                    batch_size=batch,
-                    p50_us=p50,
-                    p99_us=p50 * 1.2,
-                    samples_per_second=batch / (p50 / 1e6),
-                )
-            )
-        variants[key] = measured.model_copy(update={"points": pts})
-    return real.model_copy(update={"variants": variants, "serving": None})
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +81,7 @@ def autoscaling(
          f"--json={out}", "--seconds=0.1", "--no-serving"],
         check=True, capture_output=True,
     )  # fmt: skip
-    profile = _emulated_profile(ProfileReport.read(out))
+    profile = emulated_profile(ProfileReport.read(out), US_PER_BATCH, US_PER_ROW)
     helm(
         local_cluster,
         "install", RELEASE, str(REPO / "charts" / "recserve"),
@@ -206,6 +185,17 @@ def _create_built(
     assert content_hash(RecModel.model_validate(stored).spec, compression) == digest
 
 
+def _pod_ip(core: client.CoreV1Api, namespace: str, selector: str) -> str:
+    """The address of the first pod of ``selector`` that has one."""
+    return str(
+        next(
+            p.status.pod_ip
+            for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+            if p.status.pod_ip
+        )
+    )
+
+
 def _record(url: str, path: str, since_monotonic: float, until_wall: float) -> None:
     """Every autoscaler query over the run, as Prometheus answered them (2 s steps)."""
     end = time.time()
@@ -284,12 +274,8 @@ def test_load_step_scales_up_holds_without_prometheus_and_scales_back(
         for target in panel["targets"]:
             _prometheus(prom, target["expr"].replace("$namespace", ".*").replace("$model", ".*"))
 
-    router = next(
-        p.status.pod_ip
-        for p in core.list_namespaced_pod(
-            namespace,
-            label_selector=f"recserve.io/model={MODEL},app.kubernetes.io/component=router",
-        ).items
+    router = _pod_ip(
+        core, namespace, f"recserve.io/model={MODEL},app.kubernetes.io/component=router"
     )
     bodies = rank_bodies(load_manifest(autoscaling["folder"]), count=64, candidates=CANDIDATES)
     target = Target(router, 8080, "/v1/rank", bodies)
@@ -307,13 +293,8 @@ def test_load_step_scales_up_holds_without_prometheus_and_scales_back(
     eventually(lambda: ceiling() > 128, 90, 1, "a higher batch ceiling under load", state)
     raised = ceiling()
     # the servers got it the way a pod does: the mounted ConfigMap, re-read
-    server = next(
-        p.status.pod_ip
-        for p in core.list_namespaced_pod(
-            namespace,
-            label_selector=f"recserve.io/model={MODEL},app.kubernetes.io/component=server",
-        ).items
-        if p.status.pod_ip
+    server = _pod_ip(
+        core, namespace, f"recserve.io/model={MODEL},app.kubernetes.io/component=server"
     )
 
     def server_ceiling() -> int:
@@ -354,12 +335,7 @@ def test_load_step_scales_up_holds_without_prometheus_and_scales_back(
     down_after = time.monotonic() - ended
     assert down_after >= 30 - 5, "no scale-down before the cooldown"
     # the operator's own /metrics counted what it did
-    operator_ip = next(
-        p.status.pod_ip
-        for p in core.list_namespaced_pod(
-            NS_OPERATOR, label_selector="app.kubernetes.io/component=operator"
-        ).items
-    )
+    operator_ip = _pod_ip(core, NS_OPERATOR, "app.kubernetes.io/component=operator")
     url = f"http://{operator_ip}:{autoscaling['metrics_port']}/metrics"
     with urllib.request.urlopen(url, timeout=5) as r:
         exposed = r.read().decode()

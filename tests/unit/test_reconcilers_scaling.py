@@ -63,6 +63,16 @@ PLANNED = PlannedPool(
 )
 
 
+# the pool's Deployment as the API server holds it: 2 replicas, both ready
+SERVED_DEPLOYMENT = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "m-cpu-pool", "namespace": NS, "labels": {"recserve.io/model": "m"}},
+    "spec": {"replicas": 2},
+    "status": {"readyReplicas": 2},
+}
+
+
 def snapshot(rps: float, p99: float = 0.02, ready: int = 2) -> Snapshot:
     m = PoolMetrics(
         served_fast=rps,
@@ -168,19 +178,7 @@ def test_apply_writes_scale_limits_and_status_once() -> None:
     kube = FakeKube()
     rm = model()
     stored = kube.add({**rm.to_wire(), "apiVersion": "recserve.io/v1alpha1", "kind": "RecModel"})
-    kube.add(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {
-                "name": "m-cpu-pool",
-                "namespace": NS,
-                "labels": {"recserve.io/model": "m"},
-            },
-            "spec": {"replicas": 2},
-            "status": {"readyReplicas": 2},
-        }
-    )
+    kube.add(SERVED_DEPLOYMENT)
     observed = observe_pools(kube, rm, [PLANNED])
     assert observed["cpu-pool"] == Observed(2, 2, None)
     out = decide_tick(rm, policy(), [PLANNED], observed, snapshot(400.0), {}, NOW)
@@ -217,19 +215,7 @@ def test_the_loop_ticks_each_model_at_its_policy_s_interval() -> None:
     raw_policy = policy(intervalSeconds=7).to_wire()
     raw_policy["metadata"]["name"] = model().spec.policy_ref.name
     kube.add({**raw_policy, "apiVersion": "recserve.io/v1alpha1", "kind": "OptimizationPolicy"})
-    kube.add(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {
-                "name": "m-cpu-pool",
-                "namespace": NS,
-                "labels": {"recserve.io/model": "m"},
-            },
-            "spec": {"replicas": 2},
-            "status": {"readyReplicas": 2},
-        }
-    )
+    kube.add(SERVED_DEPLOYMENT)
     loop = ScalingLoop(MetricsCache(lambda _: [], Windows(), 1.0), tick_seconds=1.0)
     key = f"{NS}/m"
     loop.planned(key, [PLANNED])

@@ -432,7 +432,7 @@ class Bench:
         _log("chart installed (operator reads the local Prometheus); HardwarePool bench-cpu")
 
     def _template(self) -> None:
-        from recserve_dev.testmodel import rank_bodies, write_variant
+        from recserve_dev.testmodel import emulated_profile, rank_bodies, write_variant
         from recserve_runtime.artifacts import ProfileReport, load_manifest
 
         variants = self.work / "template" / "variants"
@@ -443,7 +443,7 @@ class Bench:
              f"--json={out}", "--seconds=0.1", "--no-serving"],
             check=True, capture_output=True,
         )  # fmt: skip
-        self.profile = emulated_profile(ProfileReport.read(out))
+        self.profile = emulated_profile(ProfileReport.read(out), US_PER_BATCH, US_PER_ROW)
         self.bodies = rank_bodies(load_manifest(self.folder), count=64, candidates=CANDIDATES)
 
     # -- documents --------------------------------------------------------------------
@@ -534,7 +534,7 @@ class Bench:
         except client.ApiException:
             pass
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-        _wait(lambda: core.read_namespaced_service_account("default", name), 60, "namespace")
+        _until(lambda: core.read_namespaced_service_account("default", name), 60, "namespace")
         if system is not None:
             client.CustomObjectsApi(self.api).create_namespaced_custom_object(
                 GROUP, VERSION, name, "optimizationpolicies", self.policy_doc(system, name)
@@ -583,14 +583,14 @@ class Bench:
             ok = any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
             return obj if ok and (obj.get("status") or {}).get("placements") else None
 
-        obj: dict[str, Any] = _wait(ready, 300, f"{namespace}/{trace.name} Ready")
+        obj: dict[str, Any] = _until(ready, 300, f"{namespace}/{trace.name} Ready")
         apps = client.AppsV1Api(self.api)
 
         def replicas_ready() -> bool:
             dep = apps.read_namespaced_deployment(f"{trace.name}-{POOL}", namespace)
             return bool(dep.spec.replicas and (dep.status.ready_replicas or 0) >= dep.spec.replicas)
 
-        _wait(replicas_ready, 180, "the Deployment's replicas ready")
+        _until(replicas_ready, 180, "the Deployment's replicas ready")
         return obj
 
     def start_at_plan(self, namespace: str, deployment: str, planned: int) -> int:
@@ -614,7 +614,7 @@ class Bench:
                 dep = apps.read_namespaced_deployment(deployment, namespace)
                 return (dep.status.ready_replicas or 0) >= planned
 
-            _wait(ready, 120, f"{planned} ready replicas")
+            _until(ready, 120, f"{planned} ready replicas")
         return planned
 
     def router(self, name: str, namespace: str) -> str:
@@ -633,7 +633,7 @@ class Bench:
                     return str(pod.status.pod_ip)
             return None
 
-        return str(_wait(ip, 120, "a ready router pod"))
+        return str(_until(ip, 120, "a ready router pod"))
 
     def events(self, namespace: str, name: str, t0: float) -> list[str]:
         """The scaling Events of the run (the operator's on the RecModel, the HPA's on
@@ -682,8 +682,8 @@ class Bench:
             return not pods.items
 
         try:
-            _wait(gone, 120, f"{namespace}/{name}'s pods gone")
-        except TimeoutError as exc:
+            _until(gone, 120, f"{namespace}/{name}'s pods gone")
+        except AssertionError as exc:  # not fatal here
             _log(f"  {exc} (going on)")
 
     def run(self, system: str, trace: Trace) -> Run:
@@ -707,7 +707,7 @@ class Bench:
                 "keda.sh", "v1alpha1", namespace, "scaledobjects", doc
             )
             auto = client.AutoscalingV2Api(self.api)
-            hpa = _wait(
+            hpa = _until(
                 lambda: auto.read_namespaced_horizontal_pod_autoscaler(
                     f"keda-hpa-{trace.name}", namespace
                 ),
@@ -859,26 +859,12 @@ def outage_losses(samples: Samples, outage: tuple[float, float]) -> tuple[int, i
     return max(0, spec), max(0, ready)
 
 
-def emulated_profile(real: Any) -> Any:
-    """The real profile's shape with the emulated device's times (no serving overhead:
-    the planner counts the model only), batches up to 128 rows (two requests)."""
-    from recserve_runtime.artifacts import ProfilePoint
+def _until(check: Any, timeout: float, what: str) -> Any:
+    """Poll ``check`` every 0.5 s until it returns a truthy value (AssertionError when
+    ``timeout`` passes)."""
+    from recserve_dev.waiting import eventually
 
-    variants = {}
-    for key, measured in real.variants.items():
-        pts = []
-        for batch in (1, 8, 64, 128):
-            p50 = US_PER_BATCH + US_PER_ROW * batch
-            pts.append(
-                ProfilePoint(
-                    batch_size=batch,
-                    p50_us=p50,
-                    p99_us=p50 * 1.2,
-                    samples_per_second=batch / (p50 / 1e6),
-                )
-            )
-        variants[key] = measured.model_copy(update={"points": pts})
-    return real.model_copy(update={"variants": variants, "serving": None})
+    return eventually(check, timeout, 0.5, what)
 
 
 def _examples(repo: Path) -> dict[str, dict[str, Any]]:
@@ -890,22 +876,6 @@ def _examples(repo: Path) -> dict[str, dict[str, Any]]:
             if doc:
                 docs[doc["metadata"]["name"]] = doc
     return docs
-
-
-def _wait(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-            last = value
-        except Exception as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout:.0f}s; last: {last!r}")
-        time.sleep(0.5)
 
 
 # -- report ---------------------------------------------------------------------------

@@ -647,13 +647,12 @@ def _apply_serving(
     ]
     applied: list[Any] = p.kube.map(_call, writes)
     # A Deployment the autoscaler (or another one) will own starts at the plan's count.
-    # Generation 1: no spec change since it was created, so never scaled (a pass that
-    # failed between the create and the scale is made good by the next).
+    # Generation 1: no spec change since it was created, so never scaled, whether the
+    # Deployment is new or a pass failed between its create and its scale.
     for pl, server in zip(planned, applied[: len(servers)], strict=True):
         generation = int((server.get("metadata") or {}).get("generation") or 0)
         replicas_now = int((server.get("spec") or {}).get("replicas") or 1)
-        never_scaled = generation <= 1 and replicas_now != pl.planned_replicas
-        if not static and (pl.deployment not in observed["Deployment"] or never_scaled):
+        if not static and generation <= 1 and replicas_now != pl.planned_replicas:
             p.kube.scale_deployment(pl.deployment, p.namespace, pl.planned_replicas)
             server.setdefault("spec", {})["replicas"] = pl.planned_replicas
     before = {pl.pool: pl for pl in (p.model.status.placements if p.model.status else [])}

@@ -157,6 +157,7 @@ class TickOutcome:
     demand_rps: float | None = None
     # some pool's demand wants more replicas than its ceiling: a re-plan may add a pool
     over_ceiling: bool = False
+    held: int = 0  # pools whose replicas were held because their metrics were unknown
 
 
 def stamp(at: float) -> str:
@@ -256,7 +257,9 @@ def decide_tick(
             )
             replicas, reason, mem = decision.replicas, decision.reason, decision.memory
             capacity = decision.capacity_rps
-            if decision.wanted is not None and decision.wanted > bounds.max_replicas:
+            if decision.held:
+                out.held += 1
+            elif decision.wanted is not None and decision.wanted > bounds.max_replicas:
                 out.over_ceiling = True
         else:
             replicas, capacity = seen.replicas, pp.capacity_rps
