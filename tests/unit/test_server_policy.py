@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from recserve_runtime.server.model import choose_providers
@@ -162,3 +163,44 @@ def test_cost_model_first_observation_replaces_the_prior() -> None:
     cost = CostModel()
     cost.observe(rows=100, compute_s=0.01)
     assert math.isclose(cost.per_row_s, (0.01 - cost.per_call_s) / 100)
+
+
+def test_cost_model_fits_a_fixed_cost_per_call() -> None:
+    # a device of 40 ms per call + 0.15 ms per row (a GPU-like fixed cost), batches of
+    # 1 to 8 requests of 64 rows as a loaded server forms them, with 5% noise
+    rng = np.random.default_rng(0)
+    cost = CostModel()
+    for _ in range(200):
+        rows = 64 * int(rng.integers(1, 9))
+        cost.observe(rows, (0.040 + 0.00015 * rows) * float(rng.uniform(0.95, 1.05)))
+    assert cost.per_call_s == pytest.approx(0.040, rel=0.15)
+    assert cost.per_row_s == pytest.approx(0.00015, rel=0.15)
+    # a backlog of 1024 rows in batches of 512: two calls, not 16 calls' worth of rows
+    assert cost.seconds(1024, 512) == pytest.approx(2 * 0.040 + 1024 * 0.00015, rel=0.1)
+
+
+def test_cost_model_keeps_the_fixed_cost_while_batch_sizes_do_not_vary() -> None:
+    cost = CostModel()
+    for rows in (64, 128, 256, 512) * 20:
+        cost.observe(rows, 0.040 + 0.00015 * rows)
+    for _ in range(100):  # light load: one request per batch
+        cost.observe(64, 0.040 + 0.00015 * 64)
+    assert cost.per_call_s == pytest.approx(0.040, rel=0.05)
+    assert cost.seconds(64, 512) == pytest.approx(0.040 + 0.00015 * 64, rel=0.01)
+
+
+def test_admission_on_a_fixed_cost_device_admits_what_fits_the_slo() -> None:
+    # 500 ms SLO, 400 ms for the queue: 6 requests of 64 rows ahead, in batches of up to
+    # 512 rows, take one call (40 + 58 ms) and its own batch of up to 512 rows another
+    # 117 ms: 214 ms, admitted. A per-row-only model fitted on single-request batches
+    # (0.775 ms per row) puts the same at 695 ms and refuses it.
+    cost = CostModel()
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        rows = 64 * int(rng.integers(1, 9))
+        cost.observe(rows, 0.040 + 0.00015 * rows)
+    adm = Admission(Limits(slo_p99_s=0.5, max_batch_rows=512), cost)
+    assert adm.admit(6, 6 * 64, 64, 512, 1)[0]
+    per_row_only = Admission(Limits(slo_p99_s=0.5), CostModel(per_row_s=0.0496 / 64, per_call_s=0))
+    per_row_only.cost.batch_rows = 64 * 4
+    assert not per_row_only.admit(6, 6 * 64, 64, 512, 1)[0]
