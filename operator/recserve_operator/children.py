@@ -270,13 +270,17 @@ def server_deployment(
     batch_size: int,
     p99_target_ms: int,
     config: OperatorConfig,
+    *,
+    progress_deadline_s: int | None = None,
 ) -> dict[str, Any]:
     """One Deployment of `recserve serve` per (model, pool).
 
     ``replicas`` None leaves them to the autoscaler (the scale subresource): an applied
     count would undo its every decision. The batching limits come from the pool's
     limits ConfigMap, mounted as the server's ``--limits-file`` (the server re-reads it
-    when it changes; the arguments are where it starts).
+    when it changes; the arguments are where it starts). ``progress_deadline_s``: the
+    policy's ``failover.pendingDeadlineSeconds``, as the Deployment's
+    ``progressDeadlineSeconds`` (past it the pool is left out of the plan).
     """
     pool_name = pool.name
     name = dns_name(model.name, pool_name)
@@ -313,7 +317,7 @@ def server_deployment(
         # optional: a server starts from its arguments if the ConfigMap is not there yet
         "configMap": {"name": limits_config_map_name(model.name, pool_name), "optional": True},
     }
-    return _deployment(
+    body = _deployment(
         name,
         model,
         labels,
@@ -325,6 +329,9 @@ def server_deployment(
         pod_placement=placement(pool),
         volumes=[*_volumes(config), limits_volume],
     )
+    if progress_deadline_s is not None:
+        body["spec"]["progressDeadlineSeconds"] = progress_deadline_s
+    return body
 
 
 def router_deployment(model: RecModel, config: OperatorConfig) -> dict[str, Any]:

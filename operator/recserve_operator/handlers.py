@@ -38,6 +38,7 @@ from recserve_operator.api.hardwarepool import HardwarePool
 from recserve_operator.api.recmodel import RecModel
 from recserve_operator.api.validation import ManifestError, parse_object
 from recserve_operator.config import OperatorConfig
+from recserve_operator.failover import DEADLINE_EXCEEDED
 from recserve_operator.kube import APPLIED_HASH, ChildrenLookup, Kube, Lookup
 from recserve_operator.observe import MetricsCache, Windows, prometheus_query
 from recserve_operator.operator_metrics import RECONCILE_SECONDS
@@ -198,9 +199,13 @@ def _observed_child(body: kopf.Body, kind: str) -> dict[str, Any]:
     replicas = (body.get("spec") or {}).get("replicas")
     if kind == "Deployment" and replicas is not None:
         observed["spec"] = {"replicas": replicas}
-    ready = (body.get("status") or {}).get("readyReplicas")
+    status = body.get("status") or {}
+    ready = status.get("readyReplicas")
     if ready is not None:
         observed["status"] = {"readyReplicas": ready}
+    progressing = [c for c in status.get("conditions") or [] if c.get("type") == "Progressing"]
+    if kind == "Deployment" and progressing:  # failover reads its progress deadline
+        observed.setdefault("status", {})["conditions"] = progressing
     return observed
 
 
@@ -341,7 +346,8 @@ async def child_changed(body: kopf.Body, type: str | None, memo: Any, **_: Any) 
 
 
 def _progress(body: kopf.Body) -> tuple[Any, ...]:
-    """What a pass reads of a child: a Job's outcome, a Deployment's ready replicas."""
+    """What a pass reads of a child: a Job's outcome, a Deployment's ready replicas and
+    whether it passed its progress deadline (failover)."""
     status = body.get("status") or {}
     if body.get("kind") == "Job":
         return tuple(
@@ -351,7 +357,11 @@ def _progress(body: kopf.Body) -> tuple[Any, ...]:
                 if c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
             )
         )
-    return (int(status.get("readyReplicas") or 0),)
+    progressing = next(
+        (c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Progressing"),
+        None,
+    )
+    return (int(status.get("readyReplicas") or 0), progressing == DEADLINE_EXCEEDED)
 
 
 async def _in_thread(fn: Callable[..., None], *args: Any) -> None:

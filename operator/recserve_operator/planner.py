@@ -148,8 +148,11 @@ class PoolCapacity:
     unavailable: str | None = None
 
     @classmethod
-    def of(cls, pool: HardwarePool, profile: ProfileReport | None = None) -> PoolCapacity:
-        """A HardwarePool as observed (status.allocatable) and as profiled."""
+    def of(
+        cls, pool: HardwarePool, profile: ProfileReport | None = None, held: str | None = None
+    ) -> PoolCapacity:
+        """A HardwarePool as observed (status.allocatable) and as profiled; ``held``: why
+        the model's failover holds the pool out of its plan, if it does."""
         spec, status = pool.spec, pool.status
         accelerator_replicas = None
         if spec.accelerator is not None and status is not None and status.allocatable is not None:
@@ -160,6 +163,8 @@ class PoolCapacity:
                 f"{pool.name} has no Ready, schedulable node "
                 f"({status.node_count or 0} matched): left out until one is back"
             )
+        if held is not None:
+            unavailable = held
         return cls(
             name=pool.name,
             hardware=spec.hardware_type.value,

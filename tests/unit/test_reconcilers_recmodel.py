@@ -594,3 +594,101 @@ def test_a_pool_without_ready_nodes_fails_over_and_comes_back(world: World) -> N
     world.kube.set_status("HardwarePool", gone, None, {"readyNodeCount": 2})
     world.reconcile()
     assert {pl["pool"] for pl in world.status()["placements"]} == before
+
+
+def test_a_pool_whose_replicas_make_no_progress_is_held_out_and_comes_back(
+    world: World,
+) -> None:
+    world.built_and_profiled()
+    world.edit(
+        "RecModel", MODEL, {"hardwarePoolRefs": [{"name": "gpu-pool"}, {"name": "cpu-pool"}]}
+    )
+    world.reconcile()
+    before = {pl["pool"] for pl in world.status()["placements"]}
+    pool = sorted(before)[0]
+    server = world.kube.find("Deployment", f"{MODEL}-{pool}", NS)
+    assert server is not None
+    assert server["spec"]["progressDeadlineSeconds"] == 180  # failover.pendingDeadlineSeconds
+    # the Deployment controller gives up on it; its pod says why
+    world.kube.set_status(
+        "Deployment",
+        f"{MODEL}-{pool}",
+        NS,
+        {
+            "conditions": [
+                {
+                    "type": "Progressing",
+                    "status": "False",
+                    "reason": "ProgressDeadlineExceeded",
+                    "message": f'ReplicaSet "{MODEL}-{pool}-abc" has timed out progressing.',
+                }
+            ]
+        },
+    )
+    world.kube.add(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{MODEL}-{pool}-abc-1",
+                "namespace": NS,
+                "labels": {
+                    "recserve.io/model": MODEL,
+                    "recserve.io/pool": pool,
+                    "app.kubernetes.io/component": "server",
+                },
+            },
+            "status": {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/4 nodes are available: 1 Insufficient nvidia.com/gpu.",
+                    }
+                ],
+            },
+        }
+    )
+    world.reconcile()
+    status = world.status()
+    assert pool not in {pl["pool"] for pl in status["placements"]}
+    assert status["placements"], "its share went to another pool"
+    [held] = status["unavailablePools"]
+    assert held["pool"] == pool
+    assert "Insufficient nvidia.com/gpu" in held["reason"]
+    assert "Insufficient nvidia.com/gpu" in status["plan"]
+    assert "PoolUnavailable" in warnings(world)
+    assert world.kube.find("Deployment", f"{MODEL}-{pool}", NS) is None
+    # held while nothing changes
+    world.reconcile()
+    assert [u["pool"] for u in world.status()["unavailablePools"]] == [pool]
+    # a node is added: back in the plan
+    world.kube.set_status(
+        "HardwarePool", pool, None, {"nodeCount": 2, "readyNodeCount": 2, "allocatable": 2}
+    )
+    world.reconcile()
+    assert world.status()["unavailablePools"] == []
+    assert {pl["pool"] for pl in world.status()["placements"]} == before
+    assert any(reason == "PoolRetried" for _, reason, _ in world.events)
+
+
+def test_a_pool_leaving_the_plan_serves_until_the_new_pools_are_ready(world: World) -> None:
+    world.built_and_profiled()
+    world.edit("RecModel", MODEL, {"hardwarePoolRefs": [{"name": "cpu-pool"}]})
+    world.reconcile()
+    world.kube.set_status("Deployment", f"{MODEL}-cpu-pool", NS, {"readyReplicas": 1})
+    world.edit("RecModel", MODEL, {"hardwarePoolRefs": [{"name": "gpu-pool"}]})
+    world.reconcile()
+    assert world.kube.find("Deployment", f"{MODEL}-cpu-pool", NS) is not None
+    assert "cpu-pool still serving" in world.cond("Serving")["message"]
+    assert [pl["pool"] for pl in world.status()["placements"]] == ["gpu-pool"]
+    gpu = world.kube.find("Deployment", f"{MODEL}-gpu-pool", NS)
+    assert gpu is not None
+    world.kube.set_status(
+        "Deployment", f"{MODEL}-gpu-pool", NS, {"readyReplicas": gpu["spec"]["replicas"]}
+    )
+    world.reconcile()
+    assert world.kube.find("Deployment", f"{MODEL}-cpu-pool", NS) is None
+    assert "still serving" not in world.cond("Serving")["message"]

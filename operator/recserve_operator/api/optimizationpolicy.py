@@ -249,6 +249,33 @@ class Drift(ApiModel):
     )
 
 
+class Failover(ApiModel):
+    """When a pool is taken out of a model's plan and tried again (docs/autoscaling.md#failover).
+
+    A pool without a Ready, schedulable node is left out at once. A pool whose new
+    replicas do not become ready in time (Pending: Insufficient memory or
+    nvidia.com/gpu, an image that cannot be pulled, a crash loop) is left out for
+    ``retrySeconds``, or until its nodes change; its share goes to the other pools.
+    """
+
+    pending_deadline_seconds: Int = Field(
+        default=180,
+        ge=30,
+        le=3600,
+        description="Seconds a pool's replicas may make no progress towards ready (its "
+        "server Deployment's progressDeadlineSeconds); past it the pool is left out of the "
+        "plan and the reason is written to status.unavailablePools.",
+    )
+    retry_seconds: Int = Field(
+        default=900,
+        ge=60,
+        le=86400,
+        description="Seconds a pool left out for that reason stays out before it is tried "
+        "again; a change of its nodes (count, ready count, allocatable) brings it back "
+        "sooner.",
+    )
+
+
 class OptimizationPolicySpec(ApiModel):
     """Desired state of an OptimizationPolicy."""
 
@@ -256,6 +283,7 @@ class OptimizationPolicySpec(ApiModel):
     compression: Compression = nested(Compression, "Compressions the variant builder tries.")
     autoscaling: Autoscaling = nested(Autoscaling, "Replica and batch-size scaling bounds.")
     drift: Drift = nested(Drift, "Drift detection and re-optimization pace.")
+    failover: Failover = nested(Failover, "When a pool is left out of the plan and tried again.")
 
 
 class OptimizationPolicyStatus(ApiModel):

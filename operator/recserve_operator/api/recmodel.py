@@ -168,6 +168,20 @@ class PoolPlacement(ApiModel):
     )
 
 
+class UnavailablePool(ApiModel):
+    """A pool left out of this model's plan because its replicas made no progress."""
+
+    pool: str = Field(max_length=253, description="HardwarePool name.")
+    reason: str = Field(max_length=1024, description="Why, in the scheduler's or kubelet's words.")
+    since: str = Field(description="When it was left out (RFC 3339).")
+    retry_at: str = Field(description="When it is tried again at the latest (RFC 3339).")
+    nodes: str = Field(
+        max_length=128,
+        description="The pool's node count, ready count and allocatable when it was left "
+        "out; a change brings the pool back before retryAt.",
+    )
+
+
 class RecModelStatus(ApiModel):
     """Observed state of a RecModel."""
 
@@ -197,6 +211,12 @@ class RecModelStatus(ApiModel):
     )
     endpoint: str | None = Field(
         default=None, description="URL of the router that serves this model."
+    )
+    unavailable_pools: list[UnavailablePool] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Pools left out of the plan because their replicas made no progress "
+        "(OptimizationPolicy failover.*).",
     )
     conditions: list[Condition] = conditions_field()
 

@@ -14,8 +14,10 @@ through the artifact types of :mod:`recserve_runtime.artifacts`.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -38,6 +40,7 @@ from recserve_operator.api.optimizationpolicy import OptimizationPolicy, Replica
 from recserve_operator.api.recmodel import PoolPlacement, RecModel
 from recserve_operator.api.validation import ManifestError, field_errors, parse_object
 from recserve_operator.config import OperatorConfig
+from recserve_operator.failover import Hold, nodes_fingerprint, stalled, update_holds, why_not_ready
 from recserve_operator.kube import Kube
 from recserve_operator.planner import (
     Objectives,
@@ -47,6 +50,7 @@ from recserve_operator.planner import (
     plan,
     replica_limit,
 )
+from recserve_operator.reconcilers.hardwarepool import observed_status as pool_observed
 from recserve_operator.reconcilers.scaling import PlannedPool, batch_range, limits_config_map
 from recserve_runtime.artifacts import (
     MANIFEST,
@@ -114,6 +118,7 @@ class Pass:
         self.conds: list[dict[str, Any]] = list(self.old_status.get("conditions", []))
         self.status: dict[str, Any] = dict(self.old_status)
         self.events: list[tuple[str, str, str]] = []
+        self.draining: list[str] = []  # pools out of the plan kept until the new ones are ready
 
     def cond(self, type_: str, ok: bool, reason: str, message: str) -> None:
         self.conds = c.set_condition(self.conds, type_, ok, reason, message, self.generation)
@@ -296,8 +301,12 @@ def reconcile_recmodel(
         + (f"; fallbacks: {'; '.join(fallbacks)}" if fallbacks else ""),
     )
 
-    # 4. plan
-    capacities = {name: PoolCapacity.of(pool, profiles.get(name)) for name, pool in pools.items()}
+    # 4. plan, without the pools whose replicas made no progress (failover)
+    held = _failover(p, pools, policy)
+    capacities = {
+        name: PoolCapacity.of(pool, profiles.get(name), held=held.get(name))
+        for name, pool in pools.items()
+    }
     objectives = Objectives.of(policy.spec, spec.traffic)
     live = (
         live_demand_rps
@@ -356,7 +365,12 @@ def reconcile_recmodel(
         serving,
         c.SERVING if serving else c.WAITING_FOR_REPLICAS,
         f"{p.status['replicas']} ready replicas on {len(ready_pools)}/{len(placements)} pools; "
-        f"router {'ready' if router_ready else 'not ready'}",
+        f"router {'ready' if router_ready else 'not ready'}"
+        + (
+            f"; {', '.join(sorted(p.draining))} still serving until the new pools are ready"
+            if p.draining
+            else ""
+        ),
     )
     if not decision.feasible:
         p.cond("Ready", False, decision.reason, message)
@@ -367,6 +381,67 @@ def reconcile_recmodel(
     outcome = p.finish()
     outcome.planned = planned
     return outcome
+
+
+def _rfc3339(unix_s: float) -> str:
+    return dt.datetime.fromtimestamp(unix_s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _unix(text: str) -> float:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _failover(
+    p: Pass, pools: dict[str, HardwarePool], policy: OptimizationPolicy
+) -> dict[str, str]:
+    """Hold out of the plan the pools whose server Deployment passed its progress deadline
+    (:mod:`recserve_operator.failover`); release holds that ended. Writes
+    ``status.unavailablePools`` and an Event per change; returns why each held pool is out."""
+    old = [
+        Hold(u.pool, u.reason, _unix(u.since), _unix(u.retry_at), u.nodes)
+        for u in (p.model.status.unavailable_pools if p.model.status else [])
+    ]
+    held_before = {h.pool for h in old}
+    selector = f"{children.MODEL_LABEL}={p.name},{children.COMPONENT_LABEL}=server"
+    newly: dict[str, str] = {}
+    for deployment in p.kube.list("apps/v1", "Deployment", p.namespace, selector):
+        pool = deployment["metadata"].get("labels", {}).get(children.POOL_LABEL)
+        message = stalled(deployment)
+        if message is None or pool not in pools or pool in held_before:
+            continue
+        pods = p.kube.list("v1", "Pod", p.namespace, f"{selector},{children.POOL_LABEL}={pool}")
+        newly[pool] = (why_not_ready(pods) or message)[:900]
+    nodes = {name: nodes_fingerprint(pool_observed(pool)) for name, pool in pools.items()}
+    retry_s = policy.spec.failover.retry_seconds
+    update = update_holds(old, newly, nodes, time.time(), retry_s)
+    deadline = policy.spec.failover.pending_deadline_seconds
+    for hold in update.held:
+        p.events.append(
+            (
+                "Warning",
+                "PoolUnavailable",
+                f"pool {hold.pool}: no replica ready within {deadline} s ({hold.reason}); "
+                f"left out of the plan until {_rfc3339(hold.retry_at)} or its nodes change",
+            )
+        )
+    for hold, why in update.released:
+        p.events.append(("Normal", "PoolRetried", f"pool {hold.pool} back in the plan: {why}"))
+    if update.holds or p.old_status.get("unavailablePools"):
+        p.status["unavailablePools"] = [
+            {
+                "pool": h.pool,
+                "reason": h.reason,
+                "since": _rfc3339(h.since),
+                "retryAt": _rfc3339(h.retry_at),
+                "nodes": h.nodes,
+            }
+            for h in update.holds
+        ]
+    return {
+        h.pool: f"{h.pool}: no replica ready within {deadline} s ({h.reason}); left out "
+        f"until {_rfc3339(h.retry_at)} or its nodes change"
+        for h in update.holds
+    }
 
 
 def _profile_p50(report: ProfileReport | None, key: str | None) -> tuple[tuple[int, float], ...]:
@@ -608,6 +683,7 @@ def _apply_serving(
             pp.batch_size,
             target_ms,
             p.config,
+            progress_deadline_s=policy.spec.failover.pending_deadline_seconds,
         )
         for pp in decision.placements
     ]
@@ -676,11 +752,17 @@ def _apply_serving(
             placement.capacity_requests_per_second = last.capacity_requests_per_second
         placements.append(placement)
     placed = {pp.pool for pp in decision.placements}
+    # make before break: a pool leaving the plan keeps its ready replicas (the router
+    # still sends them requests) until every pool of the new plan has its own ready
+    settled = all(pl.ready_replicas >= max(pl.replicas, 1) for pl in placements)
     for old in observed["Deployment"].values():
         labels = old["metadata"].get("labels", {})
         if labels.get(children.COMPONENT_LABEL) == "server" and (
             labels.get(children.POOL_LABEL) not in placed
         ):
+            if not settled and int((old.get("status") or {}).get("readyReplicas") or 0) > 0:
+                p.draining.append(str(labels.get(children.POOL_LABEL)))
+                continue
             gone = old["metadata"]["name"]
             p.kube.delete("apps/v1", "Deployment", gone, p.namespace)
             p.kube.delete("v1", "Service", gone, p.namespace)
