@@ -8,8 +8,8 @@ signal is the server Deployment's own: its ``progressDeadlineSeconds`` is the po
 ``failover.pendingDeadlineSeconds``, and the Deployment controller sets ``Progressing``
 to False with reason ``ProgressDeadlineExceeded`` when no replica has become ready for
 that long. Such a pool is *held* out of the plan (its share goes to the other pools)
-until ``failover.retrySeconds`` have passed or its nodes change (count, ready count,
-allocatable), whichever comes first.
+until ``failover.retrySeconds`` have passed or the pool changes (its spec, or its nodes'
+count, ready count or allocatable), whichever comes first.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Hold:
     reason: str
     since: float  # unix seconds
     retry_at: float
-    nodes: str  # the pool's nodes when held (see :func:`nodes_fingerprint`)
+    nodes: str  # the pool when held (see :func:`nodes_fingerprint`)
 
 
 def stalled(deployment: Mapping[str, Any]) -> str | None:
@@ -44,13 +44,14 @@ def stalled(deployment: Mapping[str, Any]) -> str | None:
     return None
 
 
-def nodes_fingerprint(status: Mapping[str, Any] | None) -> str:
-    """What of a HardwarePool's status says its nodes changed (not ``used``: pods that
+def nodes_fingerprint(status: Mapping[str, Any] | None, generation: int | None) -> str:
+    """What says a HardwarePool changed: its spec (``generation``: a user fixed its
+    resources) or its nodes (count, ready count, allocatable; not ``used``: pods that
     come and go on the same nodes, ours among them, do not bring a pool back)."""
     status = status or {}
     return (
         f"nodes={status.get('nodeCount')} ready={status.get('readyNodeCount')} "
-        f"allocatable={status.get('allocatable')}"
+        f"allocatable={status.get('allocatable')} generation={generation}"
     )
 
 
@@ -96,7 +97,7 @@ def update_holds(
         elif now >= hold.retry_at:
             released.append((hold, f"retry after {retry_s:.0f} s"))
         elif nodes[hold.pool] != hold.nodes:
-            released.append((hold, f"its nodes changed ({hold.nodes} -> {nodes[hold.pool]})"))
+            released.append((hold, f"the pool changed ({hold.nodes} -> {nodes[hold.pool]})"))
         else:
             kept.append(hold)
     held_pools = {h.pool for h in kept}

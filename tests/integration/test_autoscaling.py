@@ -427,3 +427,88 @@ def test_a_cordoned_pool_fails_over_to_the_next_and_comes_back(
         for node in cpu_nodes:
             core.patch_node(node, {"spec": {"unschedulable": False}})
         custom.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", "gpu-pool")
+
+
+def test_a_pool_whose_pods_stay_pending_fails_over_and_comes_back_when_fixed(
+    autoscaling: dict[str, Any], k8s: client.ApiClient, namespace: str
+) -> None:
+    """A cheaper pool on the same Ready nodes asks 1 TiB of memory per replica: its pods
+    stay Pending (Insufficient memory); past failover.pendingDeadlineSeconds the pool is
+    held out with the scheduler's reason and the cpu-pool serves. The pool fixed (its
+    spec edited), it is back in the plan, and the cpu-pool serves until it is ready."""
+    custom, apps = client.CustomObjectsApi(k8s), client.AppsV1Api(k8s)
+    big = example(POOL)
+    big["metadata"] = {"name": "cpu-too-big"}
+    big["spec"]["resources"]["memoryMebibytes"] = 1024 * 1024
+    big["spec"]["costPerReplicaHourMillicents"] = 1000  # cheaper: planned first
+    custom.create_cluster_custom_object(GROUP, VERSION, "hardwarepools", big)
+    try:
+        policy = _policy(namespace)
+        policy["spec"]["failover"] = {"pendingDeadlineSeconds": 30}
+        policy = custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "optimizationpolicies", policy
+        )
+        raw = _model(namespace)
+        raw["spec"]["hardwarePoolRefs"] = [{"name": "cpu-too-big"}, {"name": POOL}]
+        _create_built(custom, autoscaling, namespace, raw, policy, ["cpu-too-big", POOL])
+        created = time.monotonic()
+
+        def status() -> dict[str, Any]:
+            obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", MODEL)
+            return dict(obj.get("status") or {})
+
+        def serving_on() -> set[str]:
+            st = status()
+            ready = any(
+                c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions", [])
+            )
+            return {p["pool"] for p in st.get("placements", [])} if ready else set()
+
+        def deployments() -> set[str]:
+            return {d.metadata.name for d in apps.list_namespaced_deployment(namespace).items}
+
+        def state() -> Any:
+            st = status()
+            return {k: st.get(k) for k in ("plan", "unavailablePools", "conditions")}
+
+        eventually(
+            lambda: {p["pool"] for p in status().get("placements", [])} == {"cpu-too-big"},
+            120, 1, "planned on the cheaper pool first", state,
+        )  # fmt: skip
+        eventually(lambda: serving_on() == {POOL}, 180, 1, "failed over to the cpu-pool", state)
+        failover_s = time.monotonic() - created
+        [held] = status()["unavailablePools"]
+        assert held["pool"] == "cpu-too-big"
+        assert "Insufficient memory" in held["reason"], held
+        assert "Insufficient memory" in status()["plan"]
+        assert f"{MODEL}-cpu-too-big" not in deployments()
+        events = client.CoreV1Api(k8s).list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={MODEL}"
+        )
+        assert "PoolUnavailable" in {e.reason for e in events.items}
+
+        # the pool fixed: back in the plan; the cpu-pool serves until it is ready
+        fixed = time.monotonic()
+        custom.patch_cluster_custom_object(
+            GROUP, VERSION, "hardwarepools", "cpu-too-big",
+            {"spec": {"resources": {"memoryMebibytes": 512}}},
+        )  # fmt: skip
+        saw_both = False
+
+        def back() -> bool:
+            nonlocal saw_both
+            names = deployments()
+            saw_both |= {f"{MODEL}-cpu-too-big", f"{MODEL}-{POOL}"} <= names
+            return serving_on() == {"cpu-too-big"}
+
+        eventually(back, 120, 1, "back on the fixed pool", state)
+        back_s = time.monotonic() - fixed
+        assert status().get("unavailablePools") == []
+        assert saw_both, "the cpu-pool served until the fixed pool was ready"
+        eventually(lambda: f"{MODEL}-{POOL}" not in deployments(), 30, 1, "the cpu-pool released")
+        print(
+            f"\npending pool held out, Ready on the cpu-pool {failover_s:.1f} s after creation"
+            f" (deadline 30 s); fixed pool Ready {back_s:.1f} s after its edit"
+        )
+    finally:
+        custom.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", "cpu-too-big")

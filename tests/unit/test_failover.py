@@ -61,11 +61,12 @@ def test_the_reason_is_the_schedulers_or_the_containers() -> None:
     assert why_not_ready([creating]) is None
 
 
-def test_the_fingerprint_ignores_pods_coming_and_going() -> None:
+def test_the_fingerprint_is_the_pools_spec_and_nodes_not_its_pods() -> None:
     a = {"nodeCount": 2, "readyNodeCount": 2, "allocatable": 4, "used": 1}
-    assert nodes_fingerprint(a) == nodes_fingerprint({**a, "used": 3})
-    assert nodes_fingerprint(a) != nodes_fingerprint({**a, "allocatable": 8})
-    assert nodes_fingerprint(a) != nodes_fingerprint({**a, "readyNodeCount": 1})
+    assert nodes_fingerprint(a, 1) == nodes_fingerprint({**a, "used": 3}, 1)
+    assert nodes_fingerprint(a, 1) != nodes_fingerprint({**a, "allocatable": 8}, 1)
+    assert nodes_fingerprint(a, 1) != nodes_fingerprint({**a, "readyNodeCount": 1}, 1)
+    assert nodes_fingerprint(a, 1) != nodes_fingerprint(a, 2)  # its spec was edited
 
 
 NODES = {"gpu": "nodes=1 ready=1 allocatable=1", "cpu": "nodes=2 ready=2 allocatable=8000"}
@@ -91,7 +92,7 @@ def test_a_change_of_the_pools_nodes_ends_the_hold_early() -> None:
     grown = {**NODES, "gpu": "nodes=2 ready=2 allocatable=2"}
     after = update_holds(held, {}, grown, 10.0, 900)
     assert not after.holds
-    assert "its nodes changed" in after.released[0][1]
+    assert "the pool changed" in after.released[0][1]
 
 
 def test_a_pool_the_model_no_longer_uses_is_released_and_unknown_pools_are_not_held() -> None:

@@ -255,7 +255,7 @@ class Failover(ApiModel):
     A pool without a Ready, schedulable node is left out at once. A pool whose new
     replicas do not become ready in time (Pending: Insufficient memory or
     nvidia.com/gpu, an image that cannot be pulled, a crash loop) is left out for
-    ``retrySeconds``, or until its nodes change; its share goes to the other pools.
+    ``retrySeconds``, or until the pool changes; its share goes to the other pools.
     """
 
     pending_deadline_seconds: Int = Field(
@@ -271,7 +271,8 @@ class Failover(ApiModel):
         ge=60,
         le=86400,
         description="Seconds a pool left out for that reason stays out before it is tried "
-        "again; a change of its nodes (count, ready count, allocatable) brings it back "
+        "again; a change of the pool (its spec, or its nodes' count, ready count or "
+        "allocatable) brings it back "
         "sooner.",
     )
 

@@ -177,8 +177,8 @@ class UnavailablePool(ApiModel):
     retry_at: str = Field(description="When it is tried again at the latest (RFC 3339).")
     nodes: str = Field(
         max_length=128,
-        description="The pool's node count, ready count and allocatable when it was left "
-        "out; a change brings the pool back before retryAt.",
+        description="The pool's node count, ready count, allocatable and generation when it "
+        "was left out; a change brings the pool back before retryAt.",
     )
 
 

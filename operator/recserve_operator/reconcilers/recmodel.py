@@ -411,7 +411,10 @@ def _failover(
             continue
         pods = p.kube.list("v1", "Pod", p.namespace, f"{selector},{children.POOL_LABEL}={pool}")
         newly[pool] = (why_not_ready(pods) or message)[:900]
-    nodes = {name: nodes_fingerprint(pool_observed(pool)) for name, pool in pools.items()}
+    nodes = {
+        name: nodes_fingerprint(pool_observed(pool), pool.generation)
+        for name, pool in pools.items()
+    }
     retry_s = policy.spec.failover.retry_seconds
     update = update_holds(old, newly, nodes, time.time(), retry_s)
     deadline = policy.spec.failover.pending_deadline_seconds
@@ -421,7 +424,7 @@ def _failover(
                 "Warning",
                 "PoolUnavailable",
                 f"pool {hold.pool}: no replica ready within {deadline} s ({hold.reason}); "
-                f"left out of the plan until {_rfc3339(hold.retry_at)} or its nodes change",
+                f"left out of the plan until {_rfc3339(hold.retry_at)} or the pool changes",
             )
         )
     for hold, why in update.released:
@@ -439,7 +442,7 @@ def _failover(
         ]
     return {
         h.pool: f"{h.pool}: no replica ready within {deadline} s ({h.reason}); left out "
-        f"until {_rfc3339(h.retry_at)} or its nodes change"
+        f"until {_rfc3339(h.retry_at)} or the pool changes"
         for h in update.holds
     }
 
