@@ -185,19 +185,21 @@ def build_job(
 
 
 def profile_job(
-    model: RecModel, digest: str, pool: HardwarePool, config: OperatorConfig
+    model: RecModel, digest: str, pool: HardwarePool, config: OperatorConfig, round_: int = 0
 ) -> dict[str, Any]:
-    """The Job that profiles every variant on one pool's hardware."""
+    """The Job that profiles every variant on one pool's hardware (``round_`` > 0: again,
+    on drift)."""
     layout = pod_layout(model, digest, config)
     args = [
         "recserve",
         "profile",
         f"--variants={layout.variants}",
         f"--hardware={pool.spec.hardware_type.value}",
-        f"--json={layout.profile(pool.name)}",
+        f"--json={layout.profile(pool.name, round_)}",
     ]
+    suffix = (f"r{round_}",) if round_ > 0 else ()
     job = _job(
-        dns_name(model.name, "profile", pool.name, digest[:8]),
+        dns_name(model.name, "profile", pool.name, digest[:8], *suffix),
         model,
         args,
         {POOL_LABEL: pool.name},

@@ -482,11 +482,12 @@ async def _tick_in_thread(context: contextvars.Context, loop: ScalingLoop, key: 
     await asyncio.get_running_loop().run_in_executor(_state.get("executor"), call)
 
 
-def _replan(key: str) -> None:
-    """Ask for a pass of ``key`` now (from a tick's thread, once its lock is released)."""
+def _replan(key: str, written: dict[str, Any] | None) -> None:
+    """Ask for a pass of ``key`` now (from a tick's thread, once its lock is released),
+    over ``written`` when the tick just wrote the model (the index may not have it yet)."""
     executor = _state.get("executor")
     if executor is not None:
-        executor.submit(contextvars.copy_context().run, PASSES.run, key, None, None)
+        executor.submit(contextvars.copy_context().run, PASSES.run, key, written, written)
 
 
 async def _autoscale_forever() -> None:

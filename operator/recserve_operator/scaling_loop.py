@@ -34,7 +34,8 @@ from recserve_operator.reconcilers.scaling import (
 
 log = logging.getLogger("recserve.scaling")
 Events = Callable[[Any, list[tuple[str, str, str]]], None]
-Replan = Callable[[str], None]
+# ask for a pass of a model: its key, and its body as just written (None: read it)
+Replan = Callable[[str, dict[str, Any] | None], None]
 
 
 class KeyedLocks:
@@ -118,15 +119,19 @@ class ScalingLoop:
             return
         started = time.perf_counter()
         try:
-            over = self._tick(key, kube, post_events)
+            over, written = self._tick(key, kube, post_events)
         finally:
             lock.release()
             om.RECONCILE_SECONDS.labels("autoscale").observe(time.perf_counter() - started)
-        if over and replan is not None:
+        if (over or written is not None) and replan is not None:
             self.replans += 1
-            replan(key)
+            replan(key, written)
 
-    def _tick(self, key: str, kube: Kube, post_events: Events) -> bool:
+    def _tick(
+        self, key: str, kube: Kube, post_events: Events
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """(demand over the ceilings, the model as written when a re-optimization was
+        decided: the pass that runs it must not read a status older than that)."""
         namespace, name = key.split("/", 1)
         with self._guard:
             planned = list(self._planned.get(key) or [])
@@ -135,7 +140,7 @@ class ScalingLoop:
         raw = kube.get_custom("recmodels", name, namespace)
         if not planned or raw is None:
             self.forget(key)
-            return False
+            return False, None
         try:
             model = parse_object(RecModel, raw)
             raw_policy = kube.get_custom(
@@ -144,13 +149,13 @@ class ScalingLoop:
             policy = parse_object(OptimizationPolicy, raw_policy or {})
         except ManifestError as exc:  # the pass reports it; nothing to scale on
             log.debug("%s: not scaling: %s", key, exc)
-            return False
+            return False, None
         interval = policy.spec.autoscaling.interval_seconds
         with self._guard:
             if key in self._next:
                 self._next[key] = time.monotonic() + interval
         if model.spec.paused:
-            return False
+            return False, None
         snapshot = self.metrics.latest()
         if snapshot.error is not None:
             om.PROMETHEUS_ERRORS.inc()
@@ -174,4 +179,8 @@ class ScalingLoop:
             keep = float(policy.spec.autoscaling.scale_down_cooldown_seconds)
             self._record_demand(key, outcome.demand_rps, max(keep, interval))
         planned_rps = sum(p.capacity_rps * UTILIZATION * p.ceiling for p in planned)
-        return outcome.over_ceiling and (outcome.demand_rps or 0.0) > planned_rps
+        over = outcome.over_ceiling and (outcome.demand_rps or 0.0) > planned_rps
+        written = None
+        if outcome.optimizations:
+            written = {**raw, "status": {**(raw.get("status") or {}), **outcome.status}}
+        return over, written

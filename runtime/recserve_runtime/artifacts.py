@@ -86,9 +86,11 @@ class StoreLayout(Generic[P]):
         """One variant's folder (``key``: see :func:`variant_key`)."""
         return self.variants / key
 
-    def profile(self, pool: str) -> P:
-        """The profile report of every variant on one HardwarePool."""
-        return self.root / f"profile-{pool}.json"
+    def profile(self, pool: str, round_: int = 0) -> P:
+        """The profile report of every variant on one HardwarePool; ``round_`` > 0: the
+        report of a re-profile on drift."""
+        suffix = f"-r{round_}" if round_ > 0 else ""
+        return self.root / f"profile-{pool}{suffix}.json"
 
 
 class _Wire(BaseModel):

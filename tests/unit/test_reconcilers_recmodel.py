@@ -167,9 +167,15 @@ class World:
         return keys
 
     def profile(
-        self, pool: str, keys: dict[str, str], fallback: str | None = None
+        self,
+        pool: str,
+        keys: dict[str, str],
+        fallback: str | None = None,
+        round_: int = 0,
+        slower: float = 1.0,
     ) -> ProfileReport:
-        """What a pool's profile Job writes."""
+        """What a pool's profile Job writes (``round_`` > 0: a re-profile, ``slower``
+        times the usual time per sample)."""
         variants = {
             key: ProfiledVariant(
                 name=name,
@@ -177,7 +183,7 @@ class World:
                 execution_provider="CPUExecutionProvider",
                 fallback_reason=fallback,
                 threads=2,
-                points=points(SPEED[pool][VARIANTS[name][0]]),
+                points=points(SPEED[pool][VARIANTS[name][0]] * slower),
             )
             for name, key in keys.items()
         }
@@ -188,7 +194,7 @@ class World:
             threads=2,
             variants=variants,
         )
-        report.write(self.layout.profile(pool))
+        report.write(self.layout.profile(pool, round_))
         return report
 
     def built_and_profiled(self, fallbacks: dict[str, str] | None = None) -> dict[str, str]:
@@ -692,3 +698,86 @@ def test_a_pool_leaving_the_plan_serves_until_the_new_pools_are_ready(world: Wor
     world.reconcile()
     assert world.kube.find("Deployment", f"{MODEL}-cpu-pool", NS) is None
     assert "still serving" not in world.cond("Serving")["message"]
+
+
+def _drifted(world: World, pool: str) -> None:
+    """What the autoscaler's tick writes when it asks for a re-profile of ``pool``."""
+    world.kube.set_status(
+        "RecModel",
+        MODEL,
+        NS,
+        {
+            "profileRounds": {pool: 1},
+            "lastOptimization": [
+                {
+                    "time": "2026-11-23T10:00:00Z",
+                    "pool": pool,
+                    "cause": "LatencyDrift",
+                    "evidence": "mean compute 8.0 ms per batch of 64 rows, the profile's 2.0 ms",
+                    "action": f"re-profile pool {pool} (round 1), then re-plan",
+                    "profileRound": 1,
+                    "outcome": "pending",
+                }
+            ],
+        },
+    )
+
+
+def test_drift_re_profiles_the_pool_while_the_old_profile_serves_then_re_plans(
+    world: World,
+) -> None:
+    keys = world.built_and_profiled()
+    world.edit("RecModel", MODEL, {"hardwarePoolRefs": [{"name": "cpu-pool"}]})
+    world.reconcile()
+    served = world.status()["placements"]
+    _drifted(world, "cpu-pool")
+    world.reconcile()
+    jobs = [
+        j["metadata"]["name"]
+        for j in world.kube.of_kind("Job", NS)
+        if j["metadata"]["name"].endswith("-r1")
+    ]
+    assert len(jobs) == 1, jobs
+    args = next(j for j in world.kube.of_kind("Job", NS) if j["metadata"]["name"] == jobs[0])[
+        "spec"
+    ]["template"]["spec"]["containers"][0]["args"]
+    assert any(a.endswith("profile-cpu-pool-r1.json") for a in args), args
+    # the old profile still serves: same plan, still placed
+    assert world.status()["placements"] == served
+    assert world.cond("Placed")["status"] == "True"
+    assert "re-profiling cpu-pool on drift (round 1)" in world.cond("Profiled")["message"]
+    assert world.status()["lastOptimization"][0]["outcome"] == "pending"
+    # the new profile: the pool is 30x slower than profiled; the plan follows it
+    world.profile("cpu-pool", keys, round_=1, slower=30.0)
+    world.reconcile()
+    [entry] = world.status()["lastOptimization"]
+    assert entry["outcome"].startswith("re-planned from the new profile (changed)"), entry
+    assert any(reason == "Reoptimized" for _, reason, _ in world.events)
+    replicas = lambda st: sum(pl["plannedReplicas"] for pl in st["placements"])  # noqa: E731
+    assert replicas(world.status()) > replicas({"placements": served})
+
+
+def test_a_failed_re_profile_keeps_the_current_plan_and_says_why(world: World) -> None:
+    world.built_and_profiled()
+    world.edit("RecModel", MODEL, {"hardwarePoolRefs": [{"name": "cpu-pool"}]})
+    world.reconcile()
+    served = world.status()["placements"]
+    _drifted(world, "cpu-pool")
+    world.reconcile()
+    job = next(j for j in world.kube.of_kind("Job", NS) if j["metadata"]["name"].endswith("-r1"))
+    world.finish_job(job, "Failed", "BackoffLimitExceeded")
+    world.reconcile()
+    [entry] = world.status()["lastOptimization"]
+    assert entry["outcome"].startswith("failed: profile Job"), entry
+    assert "kept the current plan" in entry["outcome"]
+    assert "ReoptimizeFailed" in warnings(world)
+    assert "re-profile of cpu-pool (round 1) failed" in world.cond("Profiled")["message"]
+    assert world.status()["placements"] == served
+    # no loop: the next pass neither retries the Job nor reports again
+    events = len(world.events)
+    world.reconcile()
+    assert len(world.events) == events
+    assert (
+        len([j for j in world.kube.of_kind("Job", NS) if j["metadata"]["name"].endswith("-r1")])
+        == 1
+    )

@@ -21,6 +21,7 @@ from recserve_operator.reconcilers.scaling import (
     limits_config_map,
     limits_of,
     observe_pools,
+    stamp,
 )
 from tests.fakekube import FakeKube
 from tests.manifests import example
@@ -285,3 +286,87 @@ def test_sustained_slow_compute_is_reported_as_drift_once_per_cooldown() -> None
     assert "4.0 ms per batch of 64 rows" in conds[first]["message"]
     assert all(cond["status"] == "False" for cond in conds[:first])
     assert len(events) == 1 and events[0][0] == "Warning"  # once: the cooldown is 600 s
+
+
+def _drifting_policy(**drift: Any) -> OptimizationPolicy:
+    raw = policy().to_wire()
+    raw["spec"]["drift"] = {
+        "checkIntervalSeconds": 10,
+        "sustainedSeconds": 30,
+        "cooldownSeconds": 600,
+        **drift,
+    }
+    return OptimizationPolicy.model_validate(raw)
+
+
+def _run_drifting(p: OptimizationPolicy, ticks: int, rm: RecModel | None = None) -> Any:
+    """Ticks 10 s apart on a pool twice as slow as its profile and saturated (both
+    latency and capacity drift); the model's status carries each tick's writes, as the
+    API server would. Returns the last model and every re-optimization event."""
+    from dataclasses import replace as dc_replace
+
+    pool = dc_replace(PLANNED, profile_p50_s=((64, 0.002), (128, 0.004)))
+    rm = rm or model()
+    drift: dict[str, Any] = {}
+    memory: dict[str, Memory] = {}
+    actions: list[str] = []
+    for i in range(ticks):
+        now = NOW + 10 * i
+        m = PoolMetrics(
+            served_fast=40.0,
+            served_stable=40.0,
+            refused_fast=20.0,
+            refused_stable=20.0,
+            ready_pods=2,
+            p99_fast=0.2,
+            compute_mean_stable=0.004,
+            batch_rows_stable=64.0,
+        )
+        observed = {"cpu-pool": Observed(2, 2, None)}
+        snap = Snapshot(now, {(NS, "m", "cpu-pool"): m})
+        out = decide_tick(rm, p, [pool], observed, snap, memory, now, drift)
+        drift, memory = out.drift, out.memory
+        actions += [msg for _, reason, msg in out.events if reason == "Reoptimizing"]
+        wire = rm.to_wire()
+        wire["status"] = {**(wire.get("status") or {}), **out.status}
+        rm = RecModel.model_validate(wire)
+    return rm, actions
+
+
+def test_drift_asks_once_for_a_re_profile_whatever_the_causes() -> None:
+    rm, actions = _run_drifting(_drifting_policy(), 12)
+    assert len(actions) == 1, actions
+    assert rm.status is not None
+    assert rm.status.profile_rounds == {"cpu-pool": 1}
+    [entry] = rm.status.last_optimization
+    assert entry.cause == "LatencyDrift and CapacityDrift"  # found together: one action
+    assert entry.outcome == "pending" and entry.profile_round == 1
+    assert "re-profile pool cpu-pool (round 1)" in entry.action
+    assert "4.0 ms per batch" in entry.evidence
+
+
+def test_no_second_re_profile_while_one_is_pending_or_within_the_cooldown() -> None:
+    # pending: the drift goes on past the cooldown, no second action
+    rm, actions = _run_drifting(_drifting_policy(cooldownSeconds=60), 30)
+    assert len(actions) == 1
+    # finished 100 s ago, cooldown 600 s: none; finished long ago: round 2
+    assert rm.status is not None
+    for ago, expected in ((100, 0), (1000, 1)):
+        wire = rm.to_wire()
+        entry = wire["status"]["lastOptimization"][0]
+        entry["outcome"] = "re-planned from the new profile (unchanged): ..."
+        entry["time"] = stamp(NOW - ago)
+        done = RecModel.model_validate(wire)
+        again, more = _run_drifting(_drifting_policy(), 12, done)
+        assert len(more) == expected, (ago, more)
+        if expected:
+            assert again.status is not None
+            assert again.status.profile_rounds == {"cpu-pool": 2}
+            assert [o.profile_round for o in again.status.last_optimization] == [1, 2]
+
+
+def test_reprofile_false_reports_drift_and_does_nothing_else() -> None:
+    rm, actions = _run_drifting(_drifting_policy(reprofile=False), 12)
+    assert not actions
+    assert rm.status is not None and not rm.status.last_optimization
+    assert find(rm.status.to_wire()["conditions"], "Drift")["status"] == "True"

@@ -208,9 +208,17 @@ class Autoscaling(ApiModel):
 
 
 class Drift(ApiModel):
-    """When observed performance has drifted from what a pool's profile predicted
-    (docs/autoscaling.md#drift). Drift is detected and reported (the RecModel's Drift
-    condition and a DriftDetected Event); re-optimizing on it is not wired yet."""
+    """When observed performance has drifted from what a pool's profile predicted, and
+    what to do about it (docs/autoscaling.md#drift): drift is reported (the RecModel's
+    Drift condition and a DriftDetected Event) and, with ``reprofile``, the pool is
+    profiled again and the model re-planned from the new profile."""
+
+    reprofile: bool = Field(
+        default=True,
+        description="On latency or capacity drift of a pool, run a new profile Job there and "
+        "re-plan from it (at most once per cooldownSeconds per pool; one action when "
+        "several causes are found together). false: report only.",
+    )
 
     latency_drift_basis_points: Int = Field(
         default=2000,
@@ -245,7 +253,8 @@ class Drift(ApiModel):
         default=900,
         ge=0,
         le=604800,
-        description="Least time between two reports (Events) of the same drift of a pool.",
+        description="Least time between two reports (Events) of the same drift of a pool, "
+        "and between two re-profiles of a pool.",
     )
 
 

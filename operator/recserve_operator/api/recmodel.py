@@ -182,6 +182,26 @@ class UnavailablePool(ApiModel):
     )
 
 
+class Optimization(ApiModel):
+    """One re-optimization: what caused it, what was done, how it ended."""
+
+    time: str = Field(description="When it was decided (RFC 3339).")
+    pool: str = Field(max_length=253, description="The pool it acted on.")
+    cause: str = Field(
+        max_length=64, description="What was detected: LatencyDrift or CapacityDrift."
+    )
+    evidence: str = Field(max_length=2048, description="The detector's figures.")
+    action: str = Field(max_length=512, description="What the operator did about it.")
+    profile_round: Int = Field(
+        ge=1, description="The pool's profile round the action asked for (profileRounds)."
+    )
+    outcome: str = Field(
+        max_length=2048,
+        description="Pending while the pool is re-profiled; then the new plan against the "
+        "old one, or why it failed (the current plan is kept).",
+    )
+
+
 class RecModelStatus(ApiModel):
     """Observed state of a RecModel."""
 
@@ -211,6 +231,16 @@ class RecModelStatus(ApiModel):
     )
     endpoint: str | None = Field(
         default=None, description="URL of the router that serves this model."
+    )
+    profile_rounds: dict[str, Int] = Field(
+        default_factory=dict,
+        description="Per pool, how many times it was re-profiled on drift (absent: profiled "
+        "once). Each round is a profile Job; the plan uses the newest finished one.",
+    )
+    last_optimization: list[Optimization] = Field(
+        default_factory=list,
+        max_length=10,
+        description="The latest re-optimizations (newest last): cause, evidence, action, outcome.",
     )
     unavailable_pools: list[UnavailablePool] = Field(
         default_factory=list,

@@ -244,8 +244,32 @@ def reconcile_recmodel(
     pending: list[str] = []
     queued: list[str] = []
     observed: dict[str, dict[str, Any]] | None = None  # the model's profile Jobs, if limited
+    rounds = p.model.status.profile_rounds if p.model.status else {}
+    reprofiling: list[str] = []
     for pool_name, pool in pools.items():
-        path = layout.profile(pool_name)
+        round_ = rounds.get(pool_name, 0)
+        if round_ > 0 and not layout.profile(pool_name, round_).exists():
+            # re-profile on drift: the Job runs while the newest finished round serves
+            older = next(
+                (
+                    layout.profile(pool_name, r)
+                    for r in range(round_ - 1, -1, -1)
+                    if layout.profile(pool_name, r).exists()
+                ),
+                None,
+            )
+            if older is not None:
+                note = _reprofile(p, digest, pool, round_)
+                if note is not None:
+                    reprofiling.append(note)
+                try:
+                    profiles[pool_name] = _read(ProfileReport, older)
+                except _Unreadable as exc:
+                    return _variants_then_stop(
+                        p, built, budget, profiles, "Profiled", c.PROFILE_FAILED, str(exc)
+                    )
+                continue
+        path = layout.profile(pool_name, round_)
         if path.exists():
             try:
                 profiles[pool_name] = _read(ProfileReport, path)
@@ -254,7 +278,7 @@ def reconcile_recmodel(
                     p, built, budget, profiles, "Profiled", c.PROFILE_FAILED, str(exc)
                 )
             continue
-        body = children.profile_job(model, digest, pool, config)
+        body = children.profile_job(model, digest, pool, config, round_)
         if config.profile_jobs_at_once > 0:
             if observed is None:
                 observed = _profile_jobs(p)
@@ -298,7 +322,8 @@ def reconcile_recmodel(
         True,
         c.PROFILED,
         f"profiled on {len(profiles)} pools"
-        + (f"; fallbacks: {'; '.join(fallbacks)}" if fallbacks else ""),
+        + (f"; fallbacks: {'; '.join(fallbacks)}" if fallbacks else "")
+        + (f"; {'; '.join(reprofiling)}" if reprofiling else ""),
     )
 
     # 4. plan, without the pools whose replicas made no progress (failover)
@@ -322,6 +347,7 @@ def reconcile_recmodel(
         list(capacities.values()),
         objectives,
     )
+    _reoptimized(p, layout, decision)
     variant_writes = _variant_writes(p, built, budget, profiles, decision)
     live_note = f"live demand {live:.0f} req/s over the planned peak; " if live else ""
     message = (live_note + decision.message)[:PLAN_MESSAGE_LIMIT]
@@ -381,6 +407,66 @@ def reconcile_recmodel(
     outcome = p.finish()
     outcome.planned = planned
     return outcome
+
+
+PENDING = "pending"
+
+
+def _pending(p: Pass, pool: str, round_: int) -> list[dict[str, Any]]:
+    """The pass's own copies of the pending re-optimizations of ``pool`` at ``round_``."""
+    if "lastOptimization" not in p.status:
+        return []
+    entries = [dict(o) for o in p.status["lastOptimization"]]
+    p.status["lastOptimization"] = entries
+    return [
+        o
+        for o in entries
+        if o["pool"] == pool and o["profileRound"] == round_ and o["outcome"] == PENDING
+    ]
+
+
+def _reprofile(p: Pass, digest: str, pool: HardwarePool, round_: int) -> str | None:
+    """Run (once) the re-profile Job of ``pool`` at ``round_``; a failed one ends its
+    re-optimization (the current plan stays). Returns what to say in Profiled."""
+    job = p.kube.create_once(children.profile_job(p.model, digest, pool, p.config, round_))
+    failed = _job_failed(job)
+    if failed is None:
+        return f"re-profiling {pool.name} on drift (round {round_})"
+    for entry in _pending(p, pool.name, round_):
+        entry["outcome"] = (
+            f"failed: profile Job {job['metadata']['name']}: {failed}; kept the current plan"
+        )[:2048]
+        p.events.append(("Warning", "ReoptimizeFailed", f"pool {pool.name}: {entry['outcome']}"))
+    return f"re-profile of {pool.name} (round {round_}) failed: {failed}; kept the current plan"
+
+
+def _summary(placements: list[tuple[str, str, int]]) -> str:
+    return ", ".join(f"{pool}: {variant} x{replicas}" for pool, variant, replicas in placements)
+
+
+def _reoptimized(p: Pass, layout: StoreLayout[Path], decision: Plan) -> None:
+    """Close the pending re-optimizations whose profile round has finished: the outcome is
+    the new plan against the one it replaces."""
+    rounds = p.model.status.profile_rounds if p.model.status else {}
+    before = [
+        (pl.pool, pl.variant, pl.replicas)
+        for pl in (p.model.status.placements if p.model.status else [])
+    ]
+    after = [
+        (pp.pool, variant_object_name(p.name, pp.variant), pp.replicas)
+        for pp in decision.placements
+    ]
+    for pool, round_ in rounds.items():
+        if not layout.profile(pool, round_).exists():
+            continue
+        for entry in _pending(p, pool, round_):
+            changed = "unchanged" if sorted(before) == sorted(after) else "changed"
+            now = _summary(after) or f"nothing placed ({decision.reason}: {decision.message})"
+            entry["outcome"] = (
+                f"re-planned from the new profile ({changed}): {now}; "
+                f"was {_summary(before) or 'nothing'}"
+            )[:2048]
+            p.events.append(("Normal", "Reoptimized", f"pool {pool}: {entry['outcome']}"))
 
 
 def _rfc3339(unix_s: float) -> str:

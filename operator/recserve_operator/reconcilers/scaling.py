@@ -20,7 +20,7 @@ from typing import Any
 from recserve_operator import children
 from recserve_operator import conditions as c
 from recserve_operator.api.optimizationpolicy import OptimizationPolicy, ReplicaScaling
-from recserve_operator.api.recmodel import PoolPlacement, RecModel
+from recserve_operator.api.recmodel import Optimization, PoolPlacement, RecModel
 from recserve_operator.autoscaler import (
     SATURATED_REFUSED_SHARE,
     BatchLimits,
@@ -76,9 +76,15 @@ def _sample_drift(
 
 
 def _look_for_drift(
-    pp: PlannedPool, state: DriftState, policy: OptimizationPolicy, now: float, out: TickOutcome
+    model: RecModel,
+    pp: PlannedPool,
+    state: DriftState,
+    policy: OptimizationPolicy,
+    now: float,
+    out: TickOutcome,
 ) -> DriftState:
-    """Run the detectors; a finding is reported (Event) once per cooldown."""
+    """Run the detectors; a finding is reported (Event) once per cooldown, and acted on
+    (:func:`_reoptimize`) when the policy says so."""
     rules = policy.spec.drift
     interval = max(rules.check_interval_seconds, policy.spec.autoscaling.interval_seconds)
     detector_rules = DriftRules(
@@ -96,6 +102,7 @@ def _look_for_drift(
         if f is not None
     ]
     reported = dict(state.reported)
+    new: list[Finding] = []
     for finding in found:
         out.findings.append((pp.pool, finding))
         last = reported.get(finding.cause)
@@ -104,7 +111,56 @@ def _look_for_drift(
             message = f"pool {pp.pool}: {finding.cause} drift: {finding.evidence}"
             out.events.append(("Warning", "DriftDetected", message))
             out.decisions.append(("drift", finding.cause))
+            new.append(finding)
+    if new and rules.reprofile:
+        _reoptimize(model, pp.pool, new, policy, now, out)
     return DriftState(state.samples, tuple(reported.items()))
+
+
+CAUSES = {"latency": "LatencyDrift", "capacity": "CapacityDrift"}
+PENDING = "pending"
+KEEP_OPTIMIZATIONS = 10  # status.lastOptimization's maxItems
+
+
+def _reoptimize(
+    model: RecModel,
+    pool: str,
+    findings: list[Finding],
+    policy: OptimizationPolicy,
+    now: float,
+    out: TickOutcome,
+) -> None:
+    """Ask for a new profile of ``pool`` and a re-plan from it: one action for all the
+    causes found together, none while one is pending for the pool or within the drift
+    cooldown of the last (the pass runs the profile Job and records the outcome)."""
+    status = model.status
+    history = [*(status.last_optimization if status else []), *out.optimizations]
+    mine = [o for o in history if o.pool == pool]
+    if mine and (
+        mine[-1].outcome == PENDING
+        or now - (parse_stamp(mine[-1].time) or 0.0) < policy.spec.drift.cooldown_seconds
+    ):
+        return
+    rounds = dict(status.profile_rounds if status else {})
+    rounds.update(out.profile_rounds)
+    round_ = rounds.get(pool, 0) + 1
+    out.profile_rounds[pool] = round_
+    causes = " and ".join(CAUSES[f.cause] for f in findings)
+    out.optimizations.append(
+        Optimization(
+            time=stamp(now),
+            pool=pool,
+            cause=causes,
+            evidence="; ".join(f.evidence for f in findings)[:2048],
+            action=f"re-profile pool {pool} (round {round_}), then re-plan from the new profile",
+            profile_round=round_,
+            outcome=PENDING,
+        )
+    )
+    out.events.append(
+        ("Normal", "Reoptimizing", f"pool {pool}: {causes}: re-profiling (round {round_})")
+    )
+    out.decisions.append(("reoptimize", findings[0].cause))
 
 
 @dataclass(frozen=True)
@@ -158,6 +214,9 @@ class TickOutcome:
     # some pool's demand wants more replicas than its ceiling: a re-plan may add a pool
     over_ceiling: bool = False
     held: int = 0  # pools whose replicas were held because their metrics were unknown
+    # re-optimizations decided (the pass runs them): new entries, pools' new profile rounds
+    optimizations: list[Optimization] = field(default_factory=list)
+    profile_rounds: dict[str, int] = field(default_factory=dict)
 
 
 def stamp(at: float) -> str:
@@ -291,7 +350,7 @@ def decide_tick(
                 out.events.append(("Normal", "BatchLimits", f"pool {pp.pool}: {batch_reason}"))
                 out.decisions.append(("batch", _kind(batch_reason)))
         state = _sample_drift((drift or {}).get(pp.pool) or DriftState(), metrics, policy, now)
-        state = _look_for_drift(pp, state, policy, now, out)
+        state = _look_for_drift(model, pp, state, policy, now, out)
         out.drift[pp.pool] = state
         if isinstance(metrics, Unknown):
             unknown.append(f"{pp.pool}: {metrics.reason}")
@@ -337,6 +396,16 @@ def decide_tick(
             conds, DRIFT, False, NO_DRIFT, f"no drift on {watched} watched pools", model.generation
         )
     out.status = {"placements": placements, "conditions": conds}
+    if out.optimizations:
+        status = model.status
+        out.status["profileRounds"] = {
+            **(status.profile_rounds if status else {}),
+            **out.profile_rounds,
+        }
+        history = [*(status.last_optimization if status else []), *out.optimizations]
+        out.status["lastOptimization"] = [
+            o.model_dump(by_alias=True, mode="json") for o in history[-KEEP_OPTIMIZATIONS:]
+        ]
     if not unknown:
         out.demand_rps = demand
         out.status["observedRequestsPerSecond"] = round(total_rps)
