@@ -169,16 +169,17 @@ def _create_built(
     raw: dict[str, Any],
     policy: dict[str, Any],
     pools: list[str],
+    profile: ProfileReport | None = None,
 ) -> None:
-    """Lay the variant, its emulated profile per pool and the build report into the
-    store, then create the RecModel (in that order: a RecModel that finds no build
-    report starts a real build Job)."""
+    """Lay the variant, its emulated profile per pool (or ``profile``) and the build
+    report into the store, then create the RecModel (in that order: a RecModel that finds
+    no build report starts a real build Job)."""
     compression = OptimizationPolicy.model_validate(policy).spec.compression
     digest = content_hash(RecModel.model_validate(raw).spec, compression)
     layout = StoreLayout.of(autoscaling["store"], namespace, MODEL, digest)
     shutil.copytree(autoscaling["folder"], layout.variant(autoscaling["folder"].name))
     for pool in pools:
-        autoscaling["profile"].write(layout.profile(pool))
+        (profile or autoscaling["profile"]).write(layout.profile(pool))
     BuildReport(hardware="cpu", threads=1, model={"synthetic": True}).write(layout.report)
     stored = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", raw)
     # the API server's defaults are the types' own: the operator finds this very build
@@ -512,3 +513,89 @@ def test_a_pool_whose_pods_stay_pending_fails_over_and_comes_back_when_fixed(
         )
     finally:
         custom.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", "cpu-too-big")
+
+
+def test_latency_drift_re_profiles_the_pool_and_re_plans(
+    autoscaling: dict[str, Any], k8s: client.ApiClient, namespace: str
+) -> None:
+    """The pool's profile says the device is 4x faster than it is (as if the device had
+    slowed down since it was profiled): under load the latency drift is detected, a
+    profile Job runs on the pool (round 1, the real profiler) while the old profile keeps
+    serving, and the model is re-planned from it; lastOptimization says so."""
+    custom, batch = client.CustomObjectsApi(k8s), client.BatchV1Api(k8s)
+    core = client.CoreV1Api(k8s)
+    policy = _policy(namespace)
+    policy["spec"]["drift"] = {
+        "checkIntervalSeconds": 5,
+        "sustainedSeconds": 20,
+        "cooldownSeconds": 600,
+        "latencyDriftBasisPoints": 5000,
+    }
+    policy = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "optimizationpolicies", policy
+    )
+    raw = _model(namespace)
+    fast = emulated_profile(
+        ProfileReport.model_validate(autoscaling["profile"].model_dump()),
+        US_PER_BATCH / 4,
+        US_PER_ROW / 4,
+    )
+    _create_built(custom, autoscaling, namespace, raw, policy, [POOL], fast)
+
+    def status() -> dict[str, Any]:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", MODEL)
+        return dict(obj.get("status") or {})
+
+    def ready() -> bool:
+        return any(
+            c["type"] == "Ready" and c["status"] == "True" for c in status().get("conditions", [])
+        )
+
+    def state() -> Any:
+        st = status()
+        return {k: st.get(k) for k in ("lastOptimization", "profileRounds", "conditions")}
+
+    eventually(ready, 120, 1, "the model Ready", state)
+    router = _pod_ip(
+        core, namespace, f"recserve.io/model={MODEL},app.kubernetes.io/component=router"
+    )
+    bodies = rank_bodies(load_manifest(autoscaling["folder"]), count=32, candidates=CANDIDATES)
+    load = Load(Target(router, 8080, "/v1/rank", bodies), 15, 150)
+    started = time.monotonic()
+
+    def drift_found() -> bool:
+        return any(
+            c["type"] == "Drift" and c["status"] == "True" for c in status().get("conditions", [])
+        )
+
+    eventually(drift_found, 120, 1, "latency drift detected", state)
+    detected_s = time.monotonic() - started
+    eventually(lambda: bool(status().get("lastOptimization")), 30, 1, "a re-optimization", state)
+    [entry] = status()["lastOptimization"]
+    assert entry["cause"].startswith("LatencyDrift"), entry
+    assert status()["profileRounds"] == {POOL: 1}
+    assert ready(), "the old profile keeps serving while the pool is re-profiled"
+    eventually(
+        lambda: status()["lastOptimization"][0]["outcome"] != "pending",
+        240, 2, "the re-profile done and re-planned", state,
+    )  # fmt: skip
+    replanned_s = time.monotonic() - started
+    [entry] = status()["lastOptimization"]
+    assert entry["outcome"].startswith("re-planned from the new profile"), entry
+    jobs = [
+        j for j in batch.list_namespaced_job(namespace).items if j.metadata.name.endswith("-r1")
+    ]
+    assert len(jobs) == 1 and jobs[0].status.succeeded == 1
+    reasons = {
+        e.reason
+        for e in core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={MODEL}"
+        ).items
+    }
+    assert {"DriftDetected", "Reoptimizing", "Reoptimized"} <= reasons, reasons
+    eventually(ready, 60, 1, "Ready on the new plan", state)
+    load.join()
+    print(
+        f"\nlatency drift detected {detected_s:.1f} s after the load began; re-profiled and "
+        f"re-planned {replanned_s:.1f} s after it; outcome: {entry['outcome']}"
+    )
