@@ -115,6 +115,24 @@ BAD_CASES: list[BadCase] = [
         "spec.supportedPrecisions[1]",
     ),
     BadCase(
+        "custom-eval-dataset-without-uri",
+        "movielens-dlrm",
+        setting("spec.evalDataset", {"name": "custom"}),
+        "spec.evalDataset.uri",
+    ),
+    BadCase(
+        "unknown-eval-dataset",
+        "movielens-dlrm",
+        setting("spec.evalDataset", {"name": "movielens-1m"}),
+        "spec.evalDataset.name",
+    ),
+    BadCase(
+        "eval-dataset-uri-without-custom",
+        "movielens-dlrm",
+        setting("spec.evalDataset", {"name": "movielens-100k", "uri": "s3://data/eval.parquet"}),
+        "spec.evalDataset.uri",
+    ),
+    BadCase(
         "missing-policy-ref",
         "movielens-dlrm",
         removing("spec.policyRef"),

@@ -19,6 +19,7 @@ from recserve_operator.api.modelvariant import Artifact, ModelVariant, ModelVari
 from recserve_operator.api.optimizationpolicy import Compression, OptimizationPolicy
 from recserve_operator.api.recmodel import RecModel, RecModelSpec
 from recserve_operator.config import STORE_MOUNT, OperatorConfig
+from recserve_operator.jobs import pod_failure_policy
 from recserve_runtime.artifacts import StoreLayout
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "recserve-operator"}
@@ -226,7 +227,9 @@ def _job(
         "kind": "Job",
         "metadata": owned_metadata(name, model, all_labels),
         "spec": {
+            # one retry for a crash or a lost pod; bad input (exit 2) fails at once
             "backoffLimit": 1,
+            "podFailurePolicy": pod_failure_policy(component),
             "ttlSecondsAfterFinished": 86400,
             "template": {
                 "metadata": {"labels": {**MANAGED_BY, MODEL_LABEL: model.name, **all_labels}},
@@ -240,6 +243,9 @@ def _job(
                             "command": args[:1],
                             "args": args[1:],
                             "env": _pod_ip_env(),
+                            # a failed run's last log lines (the CLI's one-line error)
+                            # become its termination message, which the operator reports
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
                             "securityContext": CONTAINER_SECURITY,
                             "volumeMounts": _mounts(read_only_store=False),
                             "resources": {

@@ -781,3 +781,82 @@ def test_a_failed_re_profile_keeps_the_current_plan_and_says_why(world: World) -
         len([j for j in world.kube.of_kind("Job", NS) if j["metadata"]["name"].endswith("-r1")])
         == 1
     )
+
+
+BUILDER_SAYS = (
+    "error: model file /nonexistent/model.pt does not exist: pass a checkpoint written by "
+    "`recserve train`, or a TorchScript file with --feature-spec"
+)
+
+
+def test_a_failed_build_is_said_in_the_builders_words_once(world: World) -> None:
+    world.reconcile()
+    job = world.job("build")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2]
+    world.finish_job(job, "Failed", "PodFailurePolicy")
+    world.kube.add(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{job['metadata']['name']}-x1",
+                "namespace": NS,
+                "labels": {"batch.kubernetes.io/job-name": job["metadata"]["name"]},
+            },
+            "status": {
+                "phase": "Failed",
+                "containerStatuses": [
+                    {
+                        "name": "build",
+                        "state": {
+                            "terminated": {
+                                "exitCode": 2,
+                                "reason": "Error",
+                                "message": f"reading the model\n{BUILDER_SAYS}\n",
+                            }
+                        },
+                    }
+                ],
+            },
+        }
+    )
+    world.reconcile()
+    built = world.cond("VariantsBuilt")
+    assert built["reason"] == "BuildFailed"
+    assert BUILDER_SAYS in built["message"]
+    assert "(exit 2, bad input: not retried)" in built["message"]
+    assert BUILDER_SAYS in world.cond("Ready")["message"]
+    failures = [e for e in world.events if e[1] == "BuildFailed"]
+    assert len(failures) == 1 and failures[0][0] == "Warning" and BUILDER_SAYS in failures[0][2]
+    world.reconcile()
+    world.reconcile()
+    assert len([e for e in world.events if e[1] == "BuildFailed"]) == 1, "no Event per pass"
+
+
+def test_the_events_tell_each_phase_once_in_order(world: World) -> None:
+    world.reconcile()  # build started
+    world.reconcile()
+    keys = world.build()
+    world.finish_job(world.job("build"), "Complete")
+    world.reconcile()  # built; profiling
+    world.reconcile()
+    for pool in POOLS:
+        world.profile(pool, keys)
+    world.reconcile()  # profiled, placed, waiting for replicas
+    for d in world.kube.of_kind("Deployment", NS):
+        world.kube.set_status("Deployment", d["metadata"]["name"], NS, {"readyReplicas": 1})
+    world.reconcile()  # serving, Ready
+    world.reconcile()
+    reasons = [reason for _, reason, _ in world.events]
+    assert reasons == [
+        "Building",
+        "Built",
+        "Profiling",
+        "Profiled",
+        "Planned",
+        "WaitingForReplicas",
+        "Serving",
+        "Ready",
+    ], reasons

@@ -148,6 +148,7 @@ class Container:
     restarts: int = 0
     last_exit: int | None = None
     finished_at: str | None = None
+    message: str | None = None  # termination message of the last run
     ready: bool = False
     readiness: Probe | None = None
     liveness: Probe | None = None
@@ -724,7 +725,10 @@ class PodWorker:
         for c in self.containers:
             proc = c.process
             if proc is not None and proc.poll() is not None:
-                c.last_exit, c.finished_at, c.ready = proc.returncode, now(), False
+                # as kubelet reports it: a signal is 128 + its number (SIGKILL: 137)
+                code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+                c.last_exit, c.finished_at, c.ready = code, now(), False
+                c.message = self._termination_message(c)
                 c.process = None
                 log.info(
                     "container exited pod=%s/%s container=%s code=%s",
@@ -776,6 +780,20 @@ class PodWorker:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
 
+    def _termination_message(self, c: Container) -> str | None:
+        """``FallbackToLogsOnError``, as kubelet does it: a failed container's message is
+        the end of its log (the last 80 lines, at most 2048 bytes)."""
+        if c.last_exit == 0 or c.spec.get("terminationMessagePolicy") != "FallbackToLogsOnError":
+            return None
+        try:
+            with (self.workdir / f"{c.name}.log").open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 2048))
+                tail = f.read().decode("utf-8", "replace")
+        except OSError:
+            return None
+        return "\n".join(tail.splitlines()[-80:]) or None
+
     def _terminate_all(self) -> None:
         grace = float(self.pod["spec"].get("terminationGracePeriodSeconds") or 30)
         if not self.deleting:  # the agent itself is stopping: be quick, like a node drain
@@ -798,6 +816,7 @@ class PodWorker:
                     "reason": "Completed" if c.last_exit == 0 else "Error",
                     "startedAt": c.started_at,
                     "finishedAt": c.finished_at,
+                    **({"message": c.message} if c.message else {}),
                 }
             }
             if c.restart_after:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from recserve_operator.api.common import (
     SHA256_PATTERN,
@@ -76,6 +76,9 @@ class ModelSource(ApiModel):
     )
 
 
+KNOWN_DATASETS = ("movielens-100k", "custom")
+
+
 class EvalDataset(ApiModel):
     """Held-out data accuracy is measured on."""
 
@@ -85,7 +88,12 @@ class EvalDataset(ApiModel):
         description="A known dataset name (movielens-100k) or `custom` with uri.",
     )
     uri: str | None = Field(
-        default=None, max_length=2048, description="Parquet file or folder for `custom`."
+        default=None,
+        validate_default=True,
+        max_length=2048,
+        description="Parquet file or folder for `custom` (required there, refused "
+        "otherwise). This version's builder does not read custom datasets yet: the build "
+        "fails at once and says so.",
     )
     holdout_basis_points: Int = Field(
         default=2000,
@@ -95,6 +103,48 @@ class EvalDataset(ApiModel):
         "(2000 = 20%; `recserve optimize --holdout-bp`). The demo model is trained without "
         "them.",
     )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.name == 'movielens-100k' || self.name == 'custom'",
+                    "unknown dataset: the builder knows movielens-100k (or custom with uri)",
+                    ".name",
+                ),
+                cel(
+                    "self.name != 'custom' || has(self.uri)",
+                    "a custom evalDataset needs uri (a Parquet file or folder)",
+                    ".uri",
+                ),
+                cel(
+                    "!has(self.uri) || self.name == 'custom'",
+                    "uri is read only for name: custom",
+                    ".uri",
+                ),
+            ]
+        }
+    )
+
+    # the same rules for the operator's own parsing (the API server runs the CEL above)
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in KNOWN_DATASETS:
+            raise ValueError(
+                "unknown dataset: the builder knows movielens-100k (or custom with uri)"
+            )
+        return value
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_for_custom_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        custom = info.data.get("name") == "custom"
+        if custom and value is None:
+            raise ValueError("a custom evalDataset needs uri (a Parquet file or folder)")
+        if value is not None and info.data.get("name") not in (None, "custom"):
+            raise ValueError("uri is read only for name: custom")
+        return value
 
 
 class Traffic(ApiModel):

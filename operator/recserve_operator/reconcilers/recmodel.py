@@ -41,6 +41,7 @@ from recserve_operator.api.recmodel import PoolPlacement, RecModel
 from recserve_operator.api.validation import ManifestError, field_errors, parse_object
 from recserve_operator.config import OperatorConfig
 from recserve_operator.failover import Hold, nodes_fingerprint, stalled, update_holds, why_not_ready
+from recserve_operator.jobs import failed_condition, job_failure
 from recserve_operator.kube import Kube
 from recserve_operator.planner import (
     Objectives,
@@ -63,6 +64,7 @@ from recserve_runtime.artifacts import (
 
 log = logging.getLogger("recserve.recmodel")
 CONDITION_TYPES = ("VariantsBuilt", "Profiled", "Placed", "Serving")
+PHASE_EVENTS = ("VariantsBuilt", "Profiled", "Serving", "Ready")
 PLAN_MESSAGE_LIMIT = 4096  # status.plan's maxLength
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
@@ -119,6 +121,7 @@ class Pass:
         self.status: dict[str, Any] = dict(self.old_status)
         self.events: list[tuple[str, str, str]] = []
         self.draining: list[str] = []  # pools out of the plan kept until the new ones are ready
+        self.warned: set[str] = set()  # condition reasons that are failures (Warning Events)
 
     def cond(self, type_: str, ok: bool, reason: str, message: str) -> None:
         self.conds = c.set_condition(self.conds, type_, ok, reason, message, self.generation)
@@ -131,13 +134,39 @@ class Pass:
             self.cond(type_, False, "Waiting", f"waiting for {failed_type}")
         self.cond("Ready", False, reason, message)
         if warn:
-            self.events.append(("Warning", reason, message))
+            self.warned.add(reason)
         return self.finish()
 
     def finish(self) -> Outcome:
         self.status["conditions"] = self.conds
         self.status["observedGeneration"] = self.generation
+        # in the order they happened: build and profile before the pass's own Events
+        # (the plan's), serving and Ready after them
+        self.events[:0] = self._phase_events(PHASE_EVENTS[:2])
+        self.events += self._phase_events(PHASE_EVENTS[2:])
         return Outcome(self.status, self.events)
+
+    def _phase_events(self, phases: tuple[str, ...]) -> list[tuple[str, str, str]]:
+        """One Event per phase change, none when a pass changes nothing (kubectl describe
+        tells the story: build started, variants built, profiling, profiled, serving,
+        Ready, or the failure and its cause). A plan is told by its own Event (posted
+        when it changes); a phase waiting on an earlier one, and Ready False (its cause
+        is the failing phase's Event), say nothing more."""
+        old = {
+            cond["type"]: (cond.get("status"), cond.get("reason"))
+            for cond in self.old_status.get("conditions", [])
+        }
+        new = {cond["type"]: cond for cond in self.conds}
+        events = []
+        for type_ in phases:
+            cond = new.get(type_)
+            if cond is None or old.get(type_) == (cond["status"], cond["reason"]):
+                continue
+            if cond["reason"] == "Waiting" or (type_ == "Ready" and cond["status"] != "True"):
+                continue
+            kind = "Warning" if cond["reason"] in self.warned else "Normal"
+            events.append((kind, str(cond["reason"]), str(cond["message"])))
+        return events
 
 
 def rejected(raw: dict[str, Any], error: ManifestError) -> Outcome:
@@ -202,7 +231,7 @@ def reconcile_recmodel(
     layout = config.store.local_build(p.namespace, p.name, digest)
     if not layout.report.exists():
         job = kube.create_once(children.build_job(model, digest, policy, config))
-        failed = _job_failed(job)
+        failed = _job_failed(p, job)
         if failed:
             return p.stop(
                 "VariantsBuilt",
@@ -291,7 +320,7 @@ def reconcile_recmodel(
                 job = observed[body["metadata"]["name"]] = kube.create_once(body)
         else:
             job = kube.create_once(body)
-        failed = _job_failed(job)
+        failed = _job_failed(p, job)
         if failed:
             return _variants_then_stop(
                 p,
@@ -351,12 +380,12 @@ def reconcile_recmodel(
     variant_writes = _variant_writes(p, built, budget, profiles, decision)
     live_note = f"live demand {live:.0f} req/s over the planned peak; " if live else ""
     message = (live_note + decision.message)[:PLAN_MESSAGE_LIMIT]
-    if not decision.placements:
-        p.kube.map(_call, variant_writes)
-        return p.stop("Placed", decision.reason, message, warn=True)
-    if p.old_status.get("plan") != message:
+    if p.old_status.get("plan") != message:  # the plan's Event: once per plan
         p.events.append(("Normal" if decision.feasible else "Warning", decision.reason, message))
     p.status["plan"] = message
+    if not decision.placements:
+        p.kube.map(_call, variant_writes)
+        return p.stop("Placed", decision.reason, message)
     p.cond("Placed", decision.feasible, decision.reason, message)
 
     # 5. apply serving objects
@@ -429,7 +458,7 @@ def _reprofile(p: Pass, digest: str, pool: HardwarePool, round_: int) -> str | N
     """Run (once) the re-profile Job of ``pool`` at ``round_``; a failed one ends its
     re-optimization (the current plan stays). Returns what to say in Profiled."""
     job = p.kube.create_once(children.profile_job(p.model, digest, pool, p.config, round_))
-    failed = _job_failed(job)
+    failed = _job_failed(p, job)
     if failed is None:
         return f"re-profiling {pool.name} on drift (round {round_})"
     for entry in _pending(p, pool.name, round_):
@@ -557,11 +586,14 @@ def _read(kind: type[T], path: Path) -> T:
         raise _unreadable(path, exc) from None
 
 
-def _job_failed(job: dict[str, Any]) -> str | None:
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Failed" and cond.get("status") == "True":
-            return str(cond.get("message") or cond.get("reason") or "failed")
-    return None
+def _job_failed(p: Pass, job: dict[str, Any]) -> str | None:
+    """Why ``job`` failed, in its program's words (:mod:`recserve_operator.jobs`); None
+    while it has not. Its pods are read only once it has failed."""
+    if failed_condition(job) is None:
+        return None
+    name = job["metadata"]["name"]
+    pods = p.kube.list("v1", "Pod", p.namespace, f"batch.kubernetes.io/job-name={name}")
+    return job_failure(job, pods)
 
 
 def _profile_jobs(p: Pass) -> dict[str, dict[str, Any]]:
@@ -574,7 +606,7 @@ def _profile_jobs(p: Pass) -> dict[str, dict[str, Any]]:
 
 
 def _job_finished(job: dict[str, Any]) -> bool:
-    return bool(_job_failed(job)) or _job_complete(job)
+    return failed_condition(job) is not None or _job_complete(job)
 
 
 def _job_complete(job: dict[str, Any]) -> bool:
