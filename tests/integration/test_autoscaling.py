@@ -599,3 +599,49 @@ def test_latency_drift_re_profiles_the_pool_and_re_plans(
         f"\nlatency drift detected {detected_s:.1f} s after the load began; re-profiled and "
         f"re-planned {replanned_s:.1f} s after it; outcome: {entry['outcome']}"
     )
+
+
+def test_a_killed_profile_pod_is_retried_and_the_job_succeeds(
+    autoscaling: dict[str, Any], k8s: client.ApiClient, namespace: str
+) -> None:
+    """A transient failure (the Job's pod killed, exit 137) is retried by the Job's
+    backoff, unlike bad input (exit 2, failed at once: test_operator): the second pod
+    profiles the pool and the model becomes Ready."""
+    custom, core = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s)
+    policy = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "optimizationpolicies", _policy(namespace)
+    )
+    _create_built(custom, autoscaling, namespace, _model(namespace), policy, [])  # no profile
+    selector = f"recserve.io/model={MODEL},app.kubernetes.io/component=profile"
+
+    def running_pid() -> int | None:
+        for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
+            for cs in pod.status.container_statuses or []:
+                if cs.state.running and (cs.container_id or "").startswith("local://"):
+                    return int(cs.container_id.removeprefix("local://"))
+        return None
+
+    pid = eventually(running_pid, 90, 0.5, "the profile pod running")
+    time.sleep(2)
+    os.killpg(pid, signal.SIGKILL)
+
+    def status() -> dict[str, Any]:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", MODEL)
+        return dict(obj.get("status") or {})
+
+    def ready() -> bool:
+        return any(
+            c["type"] == "Ready" and c["status"] == "True" for c in status().get("conditions", [])
+        )
+
+    eventually(ready, 240, 1, "Ready after the retried profile", lambda: status().get("conditions"))
+    pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+    codes = sorted(
+        cs.state.terminated.exit_code
+        for p in pods
+        for cs in p.status.container_statuses or []
+        if cs.state.terminated
+    )
+    assert codes == [0, 137], codes
+    job = client.BatchV1Api(k8s).list_namespaced_job(namespace, label_selector=selector).items[0]
+    assert (job.status.failed, job.status.succeeded) == (1, 1)
