@@ -10,6 +10,11 @@
   is the cost at the mean size, while the p99 of that mix is the cost of its largest
   batches (compared with the profile's p99 at the mean size, a first version reported a
   2x "drift" on an unchanged emulated device: 63 ms against 31.7 ms at 244 mean rows).
+* **Fidelity drift** (label-free accuracy): on a sampled share of live requests, the
+  servers of a compressed variant also score the candidates with the FP32 reference
+  variant, off the request path, and count the candidate pairs both order alike; that
+  pairwise order agreement below ``drift.fidelityAgreementBasisPoints`` throughout the
+  window is drift (the inputs moved away from what the variant was calibrated on).
 * **Capacity drift**: a saturated pool (refusing, or over its p99 target) whose replicas
   each serve less than the profile's capacity by more than
   ``drift.capacityDriftBasisPoints``, sustained the same way. Unsaturated samples say
@@ -47,13 +52,14 @@ class DriftSample:
     batch_rows: float | None
     per_replica_rps: float | None
     saturated: bool
+    fidelity: float | None = None  # pairwise order agreement with the FP32 reference
 
 
 @dataclass(frozen=True)
 class Finding:
     """Drift found: its cause and the evidence, in words and figures."""
 
-    cause: str  # "latency" or "capacity"
+    cause: str  # "latency", "capacity" or "fidelity"
     evidence: str
     observed: float
     expected: float
@@ -126,4 +132,30 @@ def capacity_drift(
         f"{rules.sustained_s:.0f} s (threshold {rules.capacity_bp / 100:.0f}%)",
         worst,
         profiled_rps,
+    )
+
+
+def fidelity_drift(
+    samples: Sequence[DriftSample], floor_bp: int, rules: DriftRules, now: float
+) -> Finding | None:
+    """Fidelity drift of one pool: its sampled requests' pairwise order agreement with the
+    FP32 reference below ``floor_bp`` in every sample of the window. A sample without
+    scored requests (nothing sampled yet, or a pool serving the reference itself) says
+    nothing and breaks the window, as a metrics gap does."""
+    window = _window(samples, now, rules)
+    if not window:
+        return None
+    floor = floor_bp / 10000
+    seen = []
+    for s in window:
+        if s.fidelity is None or s.fidelity >= floor:
+            return None
+        seen.append(s.fidelity)
+    best = max(seen)
+    return Finding(
+        "fidelity",
+        f"the served variant orders at most {best:.1%} of candidate pairs as the FP32 "
+        f"reference does, for {rules.sustained_s:.0f} s (threshold {floor:.0%})",
+        best,
+        floor,
     )

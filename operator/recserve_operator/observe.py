@@ -99,6 +99,12 @@ def queries(w: Windows) -> dict[str, str]:
         "batch_rows_stable": mean("recserve_batch_size_rows", stable),
         "compute_mean_stable": mean("recserve_compute_duration_seconds", stable),
         "batch_rows_fast": mean("recserve_batch_size_rows", fast),
+        # fidelity: share of candidate pairs the served variant orders as the FP32
+        # reference does, on the sampled requests the servers scored twice
+        "fidelity_stable": (
+            f"{rate('recserve_fidelity_agreeing_pairs_total', '', stable)} / "
+            f"{rate('recserve_fidelity_pairs_total', '', stable)}"
+        ),
         # what the router finally refused to clients, per model: a request a server
         # refused and the router retried elsewhere is one request, not two (see
         # snapshot_from_results)
@@ -141,6 +147,8 @@ class PoolMetrics:
     batch_rows_stable: float | None = None
     compute_mean_stable: float | None = None
     served_per_pod_max_fast: float | None = None
+    # pairwise order agreement with the FP32 reference (None: no sampled request scored)
+    fidelity_stable: float | None = None
 
     @property
     def demand_fast(self) -> float:
@@ -244,6 +252,7 @@ def snapshot_from_results(
             batch_rows_stable=get("batch_rows_stable"),
             compute_mean_stable=get("compute_mean_stable"),
             served_per_pod_max_fast=get("served_per_pod_max_fast"),
+            fidelity_stable=get("fidelity_stable"),
         )
     return Snapshot(taken_at, _count_refusals_once(pools, per_model))
 

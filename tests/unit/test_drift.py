@@ -6,7 +6,13 @@ import random
 
 import pytest
 
-from recserve_operator.drift import DriftRules, DriftSample, capacity_drift, latency_drift
+from recserve_operator.drift import (
+    DriftRules,
+    DriftSample,
+    capacity_drift,
+    fidelity_drift,
+    latency_drift,
+)
 
 pytestmark = pytest.mark.unit
 RULES = DriftRules(latency_bp=2000, capacity_bp=2000, sustained_s=120, max_gap_s=30)
@@ -83,3 +89,31 @@ def test_capacity_drift_needs_saturation_throughout() -> None:
     assert capacity_drift(mixed, 100.0, RULES, 300) is None
     found = capacity_drift(cap(50, True), 100.0, RULES, 300)
     assert found is not None and "50% less" in found.evidence
+
+
+def fidelity_series(values: list[float | None], every: float = 15) -> list[DriftSample]:
+    return [DriftSample(i * every, 0.002, 64, 100.0, False, v) for i, v in enumerate(values)]
+
+
+def test_fidelity_near_the_reference_with_noise_never_drifts() -> None:
+    noise = random.Random(5)
+    samples = fidelity_series([noise.uniform(0.93, 0.99) for _ in range(240)])
+    for now in range(120, 3600, 15):
+        seen = [s for s in samples if s.at <= now]
+        assert fidelity_drift(seen, 9000, RULES, now) is None
+
+
+def test_fidelity_sustained_below_the_floor_is_drift_with_its_evidence() -> None:
+    samples = fidelity_series([0.97] * 10 + [0.71] * 12)  # falls at 150 s
+    assert fidelity_drift(samples[:18], 9000, RULES, 255) is None  # 105 s of it
+    found = fidelity_drift(samples, 9000, RULES, 315)
+    assert found is not None and found.cause == "fidelity"
+    assert "at most 71.0% of candidate pairs" in found.evidence
+    assert (found.observed, found.expected) == (0.71, 0.9)
+
+
+def test_fidelity_unknown_or_one_dip_is_not_drift() -> None:
+    dip = fidelity_series([0.97] * 10 + [0.5] + [0.97] * 10)
+    assert all(fidelity_drift(dip[: i + 1], 9000, RULES, i * 15) is None for i in range(21))
+    unscored = fidelity_series([0.5] * 5 + [None] + [0.5] * 5)
+    assert fidelity_drift(unscored, 9000, RULES, 150) is None

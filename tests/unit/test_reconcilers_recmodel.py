@@ -860,3 +860,35 @@ def test_the_events_tell_each_phase_once_in_order(world: World) -> None:
         "Serving",
         "Ready",
     ], reasons
+
+
+def test_a_variant_whose_fidelity_drifted_is_planned_around(world: World) -> None:
+    world.built_and_profiled()
+    world.edit("RecModel", MODEL, {"hardwarePoolRefs": [{"name": "cpu-pool"}]})
+    world.reconcile()
+    [served] = world.status()["placements"]
+    world.kube.set_status(
+        "RecModel",
+        MODEL,
+        NS,
+        {
+            "driftedVariants": [served["variant"]],
+            "lastOptimization": [
+                {
+                    "time": "2026-11-23T10:00:00Z",
+                    "pool": "cpu-pool",
+                    "cause": "FidelityDrift",
+                    "evidence": "at most 61.0% of candidate pairs ordered as the reference",
+                    "action": f"re-plan without variant {served['variant']}",
+                    "variant": served["variant"],
+                    "outcome": "pending",
+                }
+            ],
+        },
+    )
+    world.reconcile()
+    [now] = world.status()["placements"]
+    assert now["variant"] != served["variant"]
+    [entry] = world.status()["lastOptimization"]
+    assert entry["outcome"].startswith(f"re-planned without {served['variant']} (changed)")
+    assert any(reason == "Reoptimized" for _, reason, _ in world.events)

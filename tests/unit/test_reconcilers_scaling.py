@@ -299,7 +299,9 @@ def _drifting_policy(**drift: Any) -> OptimizationPolicy:
     return OptimizationPolicy.model_validate(raw)
 
 
-def _run_drifting(p: OptimizationPolicy, ticks: int, rm: RecModel | None = None) -> Any:
+def _run_drifting(
+    p: OptimizationPolicy, ticks: int, rm: RecModel | None = None, fidelity: float | None = None
+) -> Any:
     """Ticks 10 s apart on a pool twice as slow as its profile and saturated (both
     latency and capacity drift); the model's status carries each tick's writes, as the
     API server would. Returns the last model and every re-optimization event."""
@@ -321,6 +323,7 @@ def _run_drifting(p: OptimizationPolicy, ticks: int, rm: RecModel | None = None)
             p99_fast=0.2,
             compute_mean_stable=0.004,
             batch_rows_stable=64.0,
+            fidelity_stable=fidelity,
         )
         observed = {"cpu-pool": Observed(2, 2, None)}
         snap = Snapshot(now, {(NS, "m", "cpu-pool"): m})
@@ -370,3 +373,22 @@ def test_reprofile_false_reports_drift_and_does_nothing_else() -> None:
     assert not actions
     assert rm.status is not None and not rm.status.last_optimization
     assert find(rm.status.to_wire()["conditions"], "Drift")["status"] == "True"
+
+
+def test_fidelity_drift_takes_the_variant_out_one_action_for_all_causes() -> None:
+    rm, actions = _run_drifting(_drifting_policy(), 12, fidelity=0.6)
+    assert len(actions) == 1 and "re-planning without m-int8" in actions[0], actions
+    assert rm.status is not None
+    assert rm.status.drifted_variants == ["m-int8"]
+    assert rm.status.profile_rounds == {}  # accuracy first: no re-profile as well
+    [entry] = rm.status.last_optimization
+    assert entry.cause == "LatencyDrift and CapacityDrift and FidelityDrift"
+    assert entry.variant == "m-int8" and entry.profile_round is None
+    assert "60.0% of candidate pairs" in entry.evidence
+    assert find(rm.status.to_wire()["conditions"], "Drift")["status"] == "True"
+
+
+def test_fidelity_within_the_floor_is_no_action_on_accuracy() -> None:
+    rm, actions = _run_drifting(_drifting_policy(), 12, fidelity=0.97)
+    assert rm.status is not None and not rm.status.drifted_variants
+    assert "re-profiling" in actions[0]  # the latency and capacity drift remain

@@ -235,6 +235,21 @@ class Drift(ApiModel):
         description="Capacity drift: saturated replicas each serve less than the profile's "
         "capacity by this much (2000 = 20%) throughout sustainedSeconds.",
     )
+    fidelity_sample_basis_points: Int = Field(
+        default=100,
+        ge=0,
+        le=10000,
+        description="Share of live requests a server of a compressed variant also scores "
+        "with the FP32 reference variant, off the request path (100 = 1%; 0: off).",
+    )
+    fidelity_agreement_basis_points: Int = Field(
+        default=9000,
+        ge=1000,
+        le=10000,
+        description="Fidelity drift: the share of candidate pairs the served variant ranks "
+        "in the same order as the FP32 reference (pairwise order agreement, over the "
+        "sampled requests) stays below this (9000 = 90%) throughout sustainedSeconds.",
+    )
     check_interval_seconds: Int = Field(
         default=60,
         ge=5,

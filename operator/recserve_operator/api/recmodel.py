@@ -238,12 +238,22 @@ class Optimization(ApiModel):
     time: str = Field(description="When it was decided (RFC 3339).")
     pool: str = Field(max_length=253, description="The pool it acted on.")
     cause: str = Field(
-        max_length=64, description="What was detected: LatencyDrift or CapacityDrift."
+        max_length=64,
+        description="What was detected: LatencyDrift, CapacityDrift or FidelityDrift.",
     )
     evidence: str = Field(max_length=2048, description="The detector's figures.")
     action: str = Field(max_length=512, description="What the operator did about it.")
-    profile_round: Int = Field(
-        ge=1, description="The pool's profile round the action asked for (profileRounds)."
+    profile_round: Int | None = Field(
+        default=None,
+        ge=1,
+        description="Latency or capacity drift: the pool's profile round the action asked "
+        "for (profileRounds).",
+    )
+    variant: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Fidelity drift: the ModelVariant the action took out of the plan "
+        "(driftedVariants).",
     )
     outcome: str = Field(
         max_length=2048,
@@ -286,6 +296,12 @@ class RecModelStatus(ApiModel):
         default_factory=dict,
         description="Per pool, how many times it was re-profiled on drift (absent: profiled "
         "once). Each round is a profile Job; the plan uses the newest finished one.",
+    )
+    drifted_variants: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="ModelVariants taken out of the plan because their live fidelity to "
+        "the FP32 reference fell (fidelity drift); the plan picks among the others.",
     )
     last_optimization: list[Optimization] = Field(
         default_factory=list,

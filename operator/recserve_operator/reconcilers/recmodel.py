@@ -119,6 +119,8 @@ class Pass:
         self.old_status = observed_status(model)
         self.conds: list[dict[str, Any]] = list(self.old_status.get("conditions", []))
         self.status: dict[str, Any] = dict(self.old_status)
+        if "lastOptimization" in self.status:  # entries the pass closes (outcome)
+            self.status["lastOptimization"] = [dict(o) for o in self.status["lastOptimization"]]
         self.events: list[tuple[str, str, str]] = []
         self.draining: list[str] = []  # pools out of the plan kept until the new ones are ready
         self.warned: set[str] = set()  # condition reasons that are failures (Warning Events)
@@ -371,8 +373,13 @@ def reconcile_recmodel(
     )
     if live is not None:
         objectives = dataclasses.replace(objectives, required_rps=live)
+    drifted = set(p.model.status.drifted_variants if p.model.status else [])
     decision = plan(
-        [VariantProfile.of(b.key, b.manifest, profiles) for b in built],
+        [
+            VariantProfile.of(b.key, b.manifest, profiles)
+            for b in built
+            if variant_object_name(p.name, b.name) not in drifted
+        ],
         list(capacities.values()),
         objectives,
     )
@@ -441,16 +448,18 @@ def reconcile_recmodel(
 PENDING = "pending"
 
 
-def _pending(p: Pass, pool: str, round_: int) -> list[dict[str, Any]]:
-    """The pass's own copies of the pending re-optimizations of ``pool`` at ``round_``."""
-    if "lastOptimization" not in p.status:
-        return []
-    entries = [dict(o) for o in p.status["lastOptimization"]]
-    p.status["lastOptimization"] = entries
+def _pending(
+    p: Pass, pool: str, round_: int | None = None, variant: str | None = None
+) -> list[dict[str, Any]]:
+    """The pending re-optimizations of ``pool`` (the pass's own copies): at profile
+    ``round_``, or taking ``variant`` out."""
     return [
         o
-        for o in entries
-        if o["pool"] == pool and o["profileRound"] == round_ and o["outcome"] == PENDING
+        for o in p.status.get("lastOptimization", [])
+        if o["pool"] == pool
+        and o["outcome"] == PENDING
+        and (round_ is None or o.get("profileRound") == round_)
+        and (variant is None or o.get("variant") == variant)
     ]
 
 
@@ -485,17 +494,20 @@ def _reoptimized(p: Pass, layout: StoreLayout[Path], decision: Plan) -> None:
         (pp.pool, variant_object_name(p.name, pp.variant), pp.replicas)
         for pp in decision.placements
     ]
+    changed = "unchanged" if sorted(before) == sorted(after) else "changed"
+    now = _summary(after) or f"nothing placed ({decision.reason}: {decision.message})"
+    was = _summary(before) or "nothing"
+    done: list[tuple[dict[str, Any], str]] = []
     for pool, round_ in rounds.items():
-        if not layout.profile(pool, round_).exists():
-            continue
-        for entry in _pending(p, pool, round_):
-            changed = "unchanged" if sorted(before) == sorted(after) else "changed"
-            now = _summary(after) or f"nothing placed ({decision.reason}: {decision.message})"
-            entry["outcome"] = (
-                f"re-planned from the new profile ({changed}): {now}; "
-                f"was {_summary(before) or 'nothing'}"
-            )[:2048]
-            p.events.append(("Normal", "Reoptimized", f"pool {pool}: {entry['outcome']}"))
+        if layout.profile(pool, round_).exists():
+            done += [(e, "from the new profile") for e in _pending(p, pool, round_=round_)]
+    for variant in p.model.status.drifted_variants if p.model.status else []:
+        entries = p.status.get("lastOptimization", [])
+        for pool in sorted({e["pool"] for e in entries if e.get("variant") == variant}):
+            done += [(e, f"without {variant}") for e in _pending(p, pool, variant=variant)]
+    for entry, how in done:
+        entry["outcome"] = f"re-planned {how} ({changed}): {now}; was {was}"[:2048]
+        p.events.append(("Normal", "Reoptimized", f"pool {entry['pool']}: {entry['outcome']}"))
 
 
 def _rfc3339(unix_s: float) -> str:

@@ -35,6 +35,7 @@ from recserve_operator.drift import (
     DriftSample,
     Finding,
     capacity_drift,
+    fidelity_drift,
     latency_drift,
 )
 from recserve_operator.kube import Kube
@@ -65,7 +66,12 @@ def _sample_drift(
         ) or (metrics.p99_fast is not None and metrics.p99_fast > slo_s)
         per_replica = metrics.served_fast / metrics.ready_pods if metrics.ready_pods else None
         sample = DriftSample(
-            now, metrics.compute_mean_stable, metrics.batch_rows_stable, per_replica, saturated
+            now,
+            metrics.compute_mean_stable,
+            metrics.batch_rows_stable,
+            per_replica,
+            saturated,
+            metrics.fidelity_stable,
         )
     else:
         sample = DriftSample(now, None, None, None, False)
@@ -98,6 +104,9 @@ def _look_for_drift(
         for f in (
             latency_drift(state.samples, pp.profile_p50_s, detector_rules, now),
             capacity_drift(state.samples, pp.capacity_rps, detector_rules, now),
+            fidelity_drift(
+                state.samples, rules.fidelity_agreement_basis_points, detector_rules, now
+            ),
         )
         if f is not None
     ]
@@ -113,11 +122,11 @@ def _look_for_drift(
             out.decisions.append(("drift", finding.cause))
             new.append(finding)
     if new and rules.reprofile:
-        _reoptimize(model, pp.pool, new, policy, now, out)
+        _reoptimize(model, pp.pool, pp.variant, new, policy, now, out)
     return DriftState(state.samples, tuple(reported.items()))
 
 
-CAUSES = {"latency": "LatencyDrift", "capacity": "CapacityDrift"}
+CAUSES = {"latency": "LatencyDrift", "capacity": "CapacityDrift", "fidelity": "FidelityDrift"}
 PENDING = "pending"
 KEEP_OPTIMIZATIONS = 10  # status.lastOptimization's maxItems
 
@@ -125,6 +134,7 @@ KEEP_OPTIMIZATIONS = 10  # status.lastOptimization's maxItems
 def _reoptimize(
     model: RecModel,
     pool: str,
+    variant: str,
     findings: list[Finding],
     policy: OptimizationPolicy,
     now: float,
@@ -141,17 +151,39 @@ def _reoptimize(
         or now - (parse_stamp(mine[-1].time) or 0.0) < policy.spec.drift.cooldown_seconds
     ):
         return
+    causes = " and ".join(CAUSES[f.cause] for f in findings)
+    evidence = "; ".join(f.evidence for f in findings)[:2048]
+    if any(f.cause == "fidelity" for f in findings):
+        # accuracy first: the variant is taken out of the plan, which re-plans the pool
+        # (another variant within the budget); a re-profile would not change its ranking
+        out.drifted_variants.append(variant)
+        out.optimizations.append(
+            Optimization(
+                time=stamp(now),
+                pool=pool,
+                cause=causes,
+                evidence=evidence,
+                action=f"re-plan without variant {variant}, whose ranking departed from the "
+                "FP32 reference",
+                variant=variant,
+                outcome=PENDING,
+            )
+        )
+        out.events.append(
+            ("Normal", "Reoptimizing", f"pool {pool}: {causes}: re-planning without {variant}")
+        )
+        out.decisions.append(("reoptimize", "fidelity"))
+        return
     rounds = dict(status.profile_rounds if status else {})
     rounds.update(out.profile_rounds)
     round_ = rounds.get(pool, 0) + 1
     out.profile_rounds[pool] = round_
-    causes = " and ".join(CAUSES[f.cause] for f in findings)
     out.optimizations.append(
         Optimization(
             time=stamp(now),
             pool=pool,
             cause=causes,
-            evidence="; ".join(f.evidence for f in findings)[:2048],
+            evidence=evidence,
             action=f"re-profile pool {pool} (round {round_}), then re-plan from the new profile",
             profile_round=round_,
             outcome=PENDING,
@@ -217,6 +249,7 @@ class TickOutcome:
     # re-optimizations decided (the pass runs them): new entries, pools' new profile rounds
     optimizations: list[Optimization] = field(default_factory=list)
     profile_rounds: dict[str, int] = field(default_factory=dict)
+    drifted_variants: list[str] = field(default_factory=list)
 
 
 def stamp(at: float) -> str:
@@ -388,7 +421,7 @@ def decide_tick(
         conds = c.set_condition(conds, SCALING, True, METRICS_KNOWN, message, model.generation)
     if out.findings:
         evidence = "; ".join(f"{pool}: {f.cause} drift: {f.evidence}" for pool, f in out.findings)
-        cause = "LatencyDrift" if out.findings[0][1].cause == "latency" else "CapacityDrift"
+        cause = CAUSES[out.findings[0][1].cause]
         conds = c.set_condition(conds, DRIFT, True, cause, evidence, model.generation)
     else:
         watched = sum(1 for s in out.drift.values() if s.samples)
@@ -402,6 +435,9 @@ def decide_tick(
             **(status.profile_rounds if status else {}),
             **out.profile_rounds,
         }
+        drifted = [*(status.drifted_variants if status else []), *out.drifted_variants]
+        if drifted:
+            out.status["driftedVariants"] = list(dict.fromkeys(drifted))
         history = [*(status.last_optimization if status else []), *out.optimizations]
         out.status["lastOptimization"] = [
             o.model_dump(by_alias=True, mode="json") for o in history[-KEEP_OPTIMIZATIONS:]
