@@ -280,6 +280,8 @@ def server_deployment(
     config: OperatorConfig,
     *,
     progress_deadline_s: int | None = None,
+    reference_dir: str | None = None,
+    fidelity_sample_bp: int = 0,
 ) -> dict[str, Any]:
     """One Deployment of `recserve serve` per (model, pool).
 
@@ -289,6 +291,9 @@ def server_deployment(
     when it changes; the arguments are where it starts). ``progress_deadline_s``: the
     policy's ``failover.pendingDeadlineSeconds``, as the Deployment's
     ``progressDeadlineSeconds`` (past it the pool is left out of the plan).
+    ``reference_dir``: the FP32 reference variant, when the served one is compressed:
+    the servers score ``fidelity_sample_bp`` of their requests with it too (fidelity
+    drift).
     """
     pool_name = pool.name
     name = dns_name(model.name, pool_name)
@@ -303,6 +308,11 @@ def server_deployment(
         f"--slo-p99-ms={p99_target_ms}",
         f"--max-batch-rows={max(batch_size, 1)}",
         f"--limits-file={LIMITS_MOUNT}/limits.json",
+        *(
+            [f"--reference-variant={reference_dir}", f"--fidelity-sample-bp={fidelity_sample_bp}"]
+            if reference_dir and fidelity_sample_bp > 0
+            else []
+        ),
         *config.server_args,
     ]
     container = {

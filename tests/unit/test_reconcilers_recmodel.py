@@ -892,3 +892,31 @@ def test_a_variant_whose_fidelity_drifted_is_planned_around(world: World) -> Non
     [entry] = world.status()["lastOptimization"]
     assert entry["outcome"].startswith(f"re-planned without {served['variant']} (changed)")
     assert any(reason == "Reoptimized" for _, reason, _ in world.events)
+
+
+def test_servers_of_a_compressed_variant_sample_fidelity_against_the_fp32_reference(
+    world: World,
+) -> None:
+    world.built_and_profiled()
+    world.reconcile()
+    served = {pl["pool"]: pl["variant"] for pl in world.status()["placements"]}
+    reference = next(
+        mv
+        for mv in world.kube.of_kind("ModelVariant", NS)
+        if mv["metadata"]["name"].endswith("-fp32")
+    )
+    checked = set()
+    for pool, variant in served.items():
+        server = world.kube.find("Deployment", f"{MODEL}-{pool}", NS)
+        assert server is not None
+        args = server["spec"]["template"]["spec"]["containers"][0]["args"]
+        sampling = [a for a in args if a.startswith(("--reference-variant", "--fidelity"))]
+        if variant == reference["metadata"]["name"]:
+            assert sampling == [], args  # the reference is not compared with itself
+        else:
+            assert sampling == [
+                f"--reference-variant={reference['spec']['artifact']['uri']}",
+                "--fidelity-sample-bp=100",  # drift.fidelitySampleBasisPoints' default
+            ], args
+        checked.add(variant == reference["metadata"]["name"])
+    assert False in checked, served  # at least one compressed variant is served

@@ -768,6 +768,20 @@ def _variants_then_stop(
     return p.stop(type_, reason, message, warn=warn)
 
 
+def _reference(built: list[Built]) -> Built | None:
+    """The FP32 variant of the source model itself (no quantization, pruning or
+    distillation): what a compressed variant's fidelity is measured against."""
+    plain = [
+        b
+        for b in built
+        if b.recipe.precision.value == "fp32"
+        and b.recipe.quantization.value == "none"
+        and b.recipe.pruning_ratio_basis_points == 0
+        and b.recipe.student is None
+    ]
+    return min(plain, key=lambda b: b.drop_bp, default=None)  # the source model: no drop
+
+
 def _apply_serving(
     p: Pass,
     pools: dict[str, HardwarePool],
@@ -806,6 +820,7 @@ def _apply_serving(
     target_ms = policy.spec.objectives.p99_latency_target_milliseconds
     mode = policy.spec.autoscaling.replicas
     static = mode == ReplicaScaling.STATIC
+    reference = _reference(built)
     servers = [
         children.server_deployment(
             p.model,
@@ -817,6 +832,12 @@ def _apply_serving(
             target_ms,
             p.config,
             progress_deadline_s=policy.spec.failover.pending_deadline_seconds,
+            reference_dir=(
+                reference.artifact.uri
+                if reference is not None and reference.name != pp.variant
+                else None
+            ),
+            fidelity_sample_bp=policy.spec.drift.fidelity_sample_basis_points,
         )
         for pp in decision.placements
     ]
