@@ -170,6 +170,7 @@ def _create_built(
     policy: dict[str, Any],
     pools: list[str],
     profile: ProfileReport | None = None,
+    variants: list[Path] | None = None,
 ) -> None:
     """Lay the variant, its emulated profile per pool (or ``profile``) and the build
     report into the store, then create the RecModel (in that order: a RecModel that finds
@@ -177,7 +178,8 @@ def _create_built(
     compression = OptimizationPolicy.model_validate(policy).spec.compression
     digest = content_hash(RecModel.model_validate(raw).spec, compression)
     layout = StoreLayout.of(autoscaling["store"], namespace, MODEL, digest)
-    shutil.copytree(autoscaling["folder"], layout.variant(autoscaling["folder"].name))
+    for folder in variants or [autoscaling["folder"]]:
+        shutil.copytree(folder, layout.variant(folder.name))
     for pool in pools:
         (profile or autoscaling["profile"]).write(layout.profile(pool))
     BuildReport(hardware="cpu", threads=1, model={"synthetic": True}).write(layout.report)
@@ -622,6 +624,7 @@ def test_a_killed_profile_pod_is_retried_and_the_job_succeeds(
         return None
 
     pid = eventually(running_pid, 90, 0.5, "the profile pod running")
+    assert pid is not None
     time.sleep(2)
     os.killpg(pid, signal.SIGKILL)
 
@@ -645,3 +648,87 @@ def test_a_killed_profile_pod_is_retried_and_the_job_succeeds(
     assert codes == [0, 137], codes
     job = client.BatchV1Api(k8s).list_namespaced_job(namespace, label_selector=selector).items[0]
     assert (job.status.failed, job.status.succeeded) == (1, 1)
+
+
+def test_a_variant_whose_ranking_departs_from_the_reference_is_planned_around(
+    autoscaling: dict[str, Any], k8s: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    """A compressed variant that ranks unlike its FP32 reference (an INT8 copy of other
+    weights: it loads and answers, its order is noise) is served first, being faster.
+    Its servers score half their requests with the reference too; the pairwise order
+    agreement stays near 50%: fidelity drift, the variant is taken out of the plan, and
+    the model is re-planned onto the reference."""
+    from recserve_dev.testmodel import TestModelSpec, quantize_variant
+
+    custom, core = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s)
+    variants = tmp_path / "variants"
+    reference = Path(shutil.copytree(autoscaling["folder"], variants / autoscaling["folder"].name))
+    other = write_variant(tmp_path / "other", TestModelSpec(seed=7))
+    bad = quantize_variant(other, variants)
+    out = tmp_path / "profile.json"
+    subprocess.run(
+        [sys.executable, "-m", "recserve_runtime.cli", "profile", f"--variants={variants}",
+         f"--json={out}", "--seconds=0.1", "--no-serving"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    real = ProfileReport.read(out)
+    slow = emulated_profile(real, US_PER_BATCH, US_PER_ROW)
+    fast = emulated_profile(real, US_PER_BATCH / 2, US_PER_ROW / 2)
+    profile = slow.model_copy(
+        update={"variants": {**slow.variants, bad.name: fast.variants[bad.name]}}
+    )
+    policy = _policy(namespace)
+    policy["spec"]["drift"] = {
+        "fidelitySampleBasisPoints": 5000,
+        "fidelityAgreementBasisPoints": 9000,
+        "checkIntervalSeconds": 5,
+        "sustainedSeconds": 20,
+        "cooldownSeconds": 600,
+        "latencyDriftBasisPoints": 50000,
+    }
+    policy = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "optimizationpolicies", policy
+    )
+    _create_built(
+        custom, autoscaling, namespace, _model(namespace), policy, [POOL], profile,
+        [reference, bad],
+    )  # fmt: skip
+
+    def status() -> dict[str, Any]:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", MODEL)
+        return dict(obj.get("status") or {})
+
+    def serving() -> set[str]:
+        st = status()
+        ready = any(
+            c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions", [])
+        )
+        return {p["variant"] for p in st.get("placements", [])} if ready else set()
+
+    def state() -> Any:
+        st = status()
+        keys = ("placements", "driftedVariants", "lastOptimization", "conditions")
+        return {k: st.get(k) for k in keys}
+
+    int8 = f"{MODEL}-synthetic-dlrm-int8"
+    eventually(lambda: serving() == {int8}, 120, 1, "the faster INT8 variant served", state)
+    router = _pod_ip(
+        core, namespace, f"recserve.io/model={MODEL},app.kubernetes.io/component=router"
+    )
+    bodies = rank_bodies(load_manifest(autoscaling["folder"]), count=32, candidates=CANDIDATES)
+    load = Load(Target(router, 8080, "/v1/rank", bodies), 10, 120)
+    started = time.monotonic()
+    eventually(lambda: status().get("driftedVariants") == [int8], 120, 1, "fidelity drift", state)
+    detected_s = time.monotonic() - started
+    [entry] = status()["lastOptimization"]
+    assert entry["cause"].startswith("FidelityDrift") and entry["variant"] == int8, entry
+    assert "of candidate pairs" in entry["evidence"]
+    eventually(lambda: serving() == {f"{MODEL}-synthetic-dlrm-fp32"}, 120, 1, "on the FP32", state)
+    replanned_s = time.monotonic() - started
+    [entry] = status()["lastOptimization"]
+    assert entry["outcome"].startswith(f"re-planned without {int8} (changed)"), entry
+    load.join()
+    print(
+        f"\nfidelity drift found {detected_s:.1f} s after the load began ({entry['evidence']}); "
+        f"Ready on the FP32 reference {replanned_s:.1f} s after it"
+    )
