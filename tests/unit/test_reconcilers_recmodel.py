@@ -920,3 +920,14 @@ def test_servers_of_a_compressed_variant_sample_fidelity_against_the_fp32_refere
             ], args
         checked.add(variant == reference["metadata"]["name"])
     assert False in checked, served  # at least one compressed variant is served
+
+
+def test_a_rebuild_clears_the_drifted_variants(world: World) -> None:
+    world.built_and_profiled()
+    world.reconcile()
+    world.kube.set_status("RecModel", MODEL, NS, {"driftedVariants": [f"{MODEL}-int8-dynamic"]})
+    world.reconcile()
+    assert world.status()["driftedVariants"] == [f"{MODEL}-int8-dynamic"]
+    world.edit("OptimizationPolicy", "latency-first", {"compression": {"precisions": ["fp32"]}})
+    world.reconcile()
+    assert world.status()["driftedVariants"] == []

@@ -229,6 +229,8 @@ def reconcile_recmodel(
     digest = children.content_hash(spec, policy.spec.compression)
     if p.status.get("contentHash") not in (None, digest):
         p.events.append(("Normal", "Rebuilding", f"model or compression changed: build {digest}"))
+        if p.status.get("driftedVariants"):  # judged on the old build's variants
+            p.status["driftedVariants"] = []
     p.status["contentHash"] = digest
     layout = config.store.local_build(p.namespace, p.name, digest)
     if not layout.report.exists():
