@@ -56,6 +56,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="benchmark/test aid, with --emulate-us-per-row: a fixed cost per batch as well "
         "(a device's launch and transfer cost, which larger batches amortize; default 0)",
     )
+    p.add_argument(
+        "--reference-variant",
+        help="the FP32 reference variant (folder or URI): with --fidelity-sample-bp, a share "
+        "of requests is also scored with it, off the request path, and the pairwise order "
+        "agreement exported (recserve_fidelity_*; the operator's fidelity drift)",
+    )
+    p.add_argument(
+        "--fidelity-sample-bp",
+        type=int,
+        default=0,
+        help="share of requests scored with --reference-variant, in basis points (100 = 1%%; "
+        "default 0 = off)",
+    )
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(handler=_serve)
 
@@ -86,6 +99,8 @@ def _serve(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout_s,
         emulate_us_per_row=args.emulate_us_per_row,
         emulate_us_per_batch=args.emulate_us_per_batch,
+        reference_variant=args.reference_variant,
+        fidelity_sample_bp=args.fidelity_sample_bp,
     )
     server = InferenceServer(config)
     logging.getLogger("recserve.server").info(

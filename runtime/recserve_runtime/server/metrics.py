@@ -69,6 +69,19 @@ class ServerMetrics:
             "recserve_variant_info", "The served variant (value 1)",
             ["variant", "sha256", "precision", "hardware", "provider"], registry=r,
         )  # fmt: skip
+        self.fidelity_samples = Counter(
+            "recserve_fidelity_samples", "Requests sampled for scoring with the FP32 reference, "
+            "by outcome (scored, dropped: the scorer was behind, failed)", ["outcome"],
+            registry=r,
+        )  # fmt: skip
+        self.fidelity_pairs = Counter(
+            "recserve_fidelity_pairs", "Candidate pairs of sampled requests that the "
+            "reference variant orders strictly", registry=r,
+        )  # fmt: skip
+        self.fidelity_agreeing_pairs = Counter(
+            "recserve_fidelity_agreeing_pairs", "Of those pairs, the ones the served variant "
+            "orders the same way (pairwise order agreement = this / pairs)", registry=r,
+        )  # fmt: skip
         self.provider_fallback = Gauge(
             "recserve_execution_provider_fallback",
             "1 when the hardware's execution provider was missing and the CPU is used",

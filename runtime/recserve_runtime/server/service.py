@@ -21,6 +21,7 @@ import orjson
 
 from recserve_runtime import __version__
 from recserve_runtime.server.batcher import Batcher, DeadlineExceeded, Overloaded
+from recserve_runtime.server.fidelity import FidelitySampler
 from recserve_runtime.server.metrics import ServerMetrics
 from recserve_runtime.server.model import LoadedModel, ModelLoadError, load
 from recserve_runtime.server.policy import Limits, retry_after_header
@@ -94,6 +95,8 @@ class ServeConfig:
     drain_timeout_s: float = 30.0
     emulate_us_per_row: float = 0.0
     emulate_us_per_batch: float = 0.0
+    reference_variant: str | None = None  # FP32 reference, for fidelity sampling
+    fidelity_sample_bp: int = 0
 
 
 def limits_to_doc(limits: Limits) -> dict[str, Any]:
@@ -144,6 +147,7 @@ class InferenceServer:
         self._watch_task: asyncio.Task[None] | None = None
         self.lag = LoopLag()
         self._lag_task: asyncio.Task[None] | None = None
+        self.fidelity: FidelitySampler | None = None
         self.name = config.model_name or "model"
         self.version = "1"
 
@@ -163,8 +167,24 @@ class InferenceServer:
             log.error("model load failed reason=%s detail=%s", exc.reason, exc)
             return
         self._install(model)
+        if cfg.reference_variant and cfg.fidelity_sample_bp > 0:
+            await self._start_fidelity(cfg.reference_variant, cfg.fidelity_sample_bp)
         if cfg.limits_file is not None:
             self._watch_task = asyncio.create_task(self._watch_limits(cfg.limits_file))
+
+    async def _start_fidelity(self, variant: str, sample_bp: int) -> None:
+        """Load the FP32 reference and start sampling; a reference that does not load
+        costs the fidelity figures, not the service (logged, counted)."""
+        cfg = self.config
+        try:
+            reference = await asyncio.to_thread(load, variant, cfg.hardware, cfg.intra_op_threads)
+        except ModelLoadError as exc:
+            self.metrics.load_failures.labels(exc.reason).inc()
+            log.error("reference variant not loaded, no fidelity sampling: %s", exc)
+            return
+        self.fidelity = FidelitySampler(reference.run, sample_bp / 10000, self.metrics)
+        self.fidelity.start()
+        log.info("fidelity sampling share=%.4f reference=%s", sample_bp / 10000, variant)
 
     def _name_from_manifest(self) -> None:
         """Keep the model's name when only its file is bad, so its routes answer 503."""
@@ -231,6 +251,8 @@ class InferenceServer:
             await asyncio.sleep(0.01)
         if self.batcher is not None:
             await asyncio.to_thread(self.batcher.stop, 5.0)
+        if self.fidelity is not None:
+            await asyncio.to_thread(self.fidelity.stop)
         log.info("drained and stopped inflight=%d", self.inflight)
 
     async def _watch_limits(self, path: Path) -> None:
@@ -442,6 +464,8 @@ class InferenceServer:
         scores = await self._score(req.batch.sparse, req.batch.dense, deadline)
         if isinstance(scores, Response):
             return scores
+        if self.fidelity is not None:
+            self.fidelity.offer(req.batch.sparse, req.batch.dense, scores)
         doc: dict[str, Any] = {"model_name": self.name, "model_version": self.version}
         if req.id is not None:
             doc["id"] = req.id
@@ -478,6 +502,8 @@ class InferenceServer:
         scores = await self._score(req.batch.sparse, req.batch.dense, deadline)
         if isinstance(scores, Response):
             return scores
+        if self.fidelity is not None:
+            self.fidelity.offer(req.batch.sparse, req.batch.dense, scores)
         order = np.argsort(-scores, kind="stable")
         if req.top_k is not None:
             order = order[: req.top_k]
