@@ -42,3 +42,38 @@ def test_only_ready_running_pods_with_an_ip_are_backends() -> None:
     assert endpoints_from_pods(pods, "http", 8080) == [("127.1.0.2", 8000), ("127.1.0.5", 8001)]
     assert endpoints_from_pods(pods, None, 8080)[0] == ("127.1.0.2", 9100)
     assert endpoints_from_pods(pods, "grpc", 8080)[0] == ("127.1.0.2", 8080)
+
+
+def test_the_router_lists_again_as_soon_as_the_watch_reports_a_change() -> None:
+    import asyncio
+    import threading
+
+    from recserve_runtime.router.balancer import Balancer
+    from recserve_runtime.router.service import Router
+
+    backends = [("127.0.0.2", 8000)]
+    fired = threading.Event()
+
+    def watch(changed, stop: threading.Event) -> None:  # type: ignore[no-untyped-def]
+        fired.wait(5)
+        changed()
+        stop.wait(5)
+
+    async def scenario() -> float:
+        router = Router(
+            Balancer(), lambda: list(backends), refresh_interval_s=60, health_interval_s=60,
+            watch=watch,
+        )  # fmt: skip
+        await router.startup()
+        assert set(router.balancer.backends) == {"127.0.0.2:8000"}
+        backends.append(("127.0.0.3", 8000))  # a new replica turned Ready
+        started = asyncio.get_running_loop().time()
+        fired.set()
+        while len(router.balancer.backends) < 2:
+            await asyncio.sleep(0.02)
+            assert asyncio.get_running_loop().time() - started < 3, "not refreshed"
+        took = asyncio.get_running_loop().time() - started
+        await router.shutdown()
+        return took
+
+    assert asyncio.run(scenario()) < 1.0  # not the 60 s periodic refresh

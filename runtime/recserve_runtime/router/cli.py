@@ -30,7 +30,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--policy", choices=["p2c", "round-robin"], default="p2c")
     p.add_argument("--timeout-s", type=float, default=5.0, help="per backend request")
     p.add_argument("--health-interval-s", type=float, default=1.0)
-    p.add_argument("--refresh-interval-s", type=float, default=10.0)
+    p.add_argument(
+        "--refresh-interval-s",
+        type=float,
+        default=10.0,
+        help="list the backends at least this often; with --selector they are also watched "
+        "and listed again on every change",
+    )
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(handler=_route)
 
@@ -52,9 +58,11 @@ def _route(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     discover: Callable[[], list[Addr]]
+    watch = None
     if args.selector:
-        source = PodSource if args.source == "pods" else EndpointSliceSource
-        discover = source(args.namespace, args.selector, args.port_name).list
+        kind = PodSource if args.source == "pods" else EndpointSliceSource
+        source = kind(args.namespace, args.selector, args.port_name)
+        discover, watch = source.list, source.watch
     else:
         static = parse_static(args.backends)
         if not static:
@@ -67,6 +75,7 @@ def _route(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s,
         health_interval_s=args.health_interval_s,
         refresh_interval_s=args.refresh_interval_s,
+        watch=watch,
     )
     logging.getLogger("recserve.router").info(
         "routing on http://%s:%d policy=%s", args.host, args.port, args.policy

@@ -5,6 +5,7 @@ control plane's loopback pod IPs, which the API server refuses in EndpointSlices
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -106,6 +107,38 @@ class _LabelSource:
         """Current ready backends (blocking)."""
         raise NotImplementedError
 
+    def _lister(self) -> Callable[..., Any]:
+        raise NotImplementedError
+
+    def watch(self, changed: Callable[[], None], stop: threading.Event) -> None:
+        """Call ``changed()`` on every change of the selected objects (a new pod, a pod
+        turning Ready), until ``stop`` is set (blocking: run it on a thread). The router
+        then lists again at once instead of at its next periodic refresh: a replica the
+        autoscaler added takes requests as soon as it is Ready, not up to a refresh
+        interval later (measured in `recserve bench autoscale`: 10 s polling left five new
+        Ready replicas idle for 6 s of a 10x flash crowd). A broken watch is started
+        again after a second; the periodic refresh covers the gap."""
+        from kubernetes import watch
+
+        while not stop.is_set():
+            w = watch.Watch()
+            try:
+                for _ in w.stream(
+                    self._lister(),
+                    self.namespace,
+                    label_selector=self.selector,
+                    timeout_seconds=60,
+                    _request_timeout=75,
+                ):
+                    changed()
+                    if stop.is_set():
+                        break
+            except Exception as exc:  # the API server away, a 410 Gone: start again
+                log.debug("watch of %s ended: %s", self.selector, exc)
+                stop.wait(1.0)
+            finally:
+                w.stop()
+
 
 class PodSource(_LabelSource):
     """Ready pods matching a label selector."""
@@ -115,6 +148,9 @@ class PodSource(_LabelSource):
             self.namespace, label_selector=self.selector, _request_timeout=10
         )
         return endpoints_from_pods(resp.items, self.port_name, self.default_port)
+
+    def _lister(self) -> Callable[..., Any]:
+        return self._client().list_namespaced_pod  # type: ignore[no-any-return]
 
 
 class EndpointSliceSource(_LabelSource):
@@ -127,3 +163,6 @@ class EndpointSliceSource(_LabelSource):
             self.namespace, label_selector=self.selector, _request_timeout=10
         )
         return endpoints_from_slices(resp.items, self.port_name, self.default_port)
+
+    def _lister(self) -> Callable[..., Any]:
+        return self._client().list_namespaced_endpoint_slice  # type: ignore[no-any-return]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,9 +32,15 @@ class Router:
         timeout_s: float = 5.0,
         health_interval_s: float = 1.0,
         refresh_interval_s: float = 10.0,
+        watch: Callable[[Callable[[], None], threading.Event], None] | None = None,
     ) -> None:
         self.balancer = balancer
         self.discover = discover
+        # backends' changes as they happen (discovery.*Source.watch); the periodic refresh
+        # stays as the fallback
+        self.watch = watch
+        self._changed: asyncio.Event | None = None
+        self._stop_watch = threading.Event()
         self.timeout_s = timeout_s
         self.health_interval_s = health_interval_s
         self.refresh_interval_s = refresh_interval_s
@@ -43,14 +50,22 @@ class Router:
 
     async def startup(self) -> None:
         """Discover backends and start the health and refresh loops."""
+        self._changed = asyncio.Event()
         await self._refresh()
         self._tasks = [
             asyncio.create_task(self._health_loop()),
             asyncio.create_task(self._refresh_loop()),
         ]
+        if self.watch is not None:
+            loop, changed = asyncio.get_running_loop(), self._changed
+            notify = lambda: loop.call_soon_threadsafe(changed.set)  # noqa: E731
+            threading.Thread(
+                target=self.watch, args=(notify, self._stop_watch), name="watch", daemon=True
+            ).start()
 
     async def shutdown(self) -> None:
         """Stop background loops and close connections."""
+        self._stop_watch.set()
         for t in self._tasks:
             t.cancel()
         for p in self.pools.values():
@@ -76,8 +91,16 @@ class Router:
             log.info("backend removed backend=%s", key)
 
     async def _refresh_loop(self) -> None:
+        """Refresh on every change the watch reports (several within 0.2 s: once), and at
+        least every ``refresh_interval_s``."""
+        assert self._changed is not None
         while True:
-            await asyncio.sleep(self.refresh_interval_s)
+            try:
+                await asyncio.wait_for(self._changed.wait(), self.refresh_interval_s)
+                await asyncio.sleep(0.2)
+            except TimeoutError:
+                pass
+            self._changed.clear()
             await self._refresh()
 
     async def _health_loop(self) -> None:
