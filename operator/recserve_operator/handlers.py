@@ -429,6 +429,8 @@ class Passes:
                         self._running.discard(key)
                         if raw is None:  # deleted
                             self._finished.pop(key, None)
+                            for told in [k for k in ANNOUNCED if k.startswith(f"{key}/")]:
+                                ANNOUNCED.pop(told, None)
                         else:
                             self._finished[key] = time.monotonic()
                         return
@@ -508,6 +510,12 @@ async def _autoscale_forever() -> None:
                 log.warning("autoscaling tick of %s failed: %s", key, result)
 
 
+# per RecModel, the (status, reason) of each phase this process last announced in an
+# Event: a pass that reads a body older than its predecessor's status write (kopf's copy
+# lags the API server by a watch event) must not announce the same change again
+ANNOUNCED: dict[str, dict[str, tuple[str, str]]] = {}
+
+
 def recmodel_pass(
     raw: dict[str, Any], kube: Kube, config: OperatorConfig, live_demand_rps: float | None = None
 ) -> Outcome:
@@ -517,7 +525,10 @@ def recmodel_pass(
     except ManifestError as exc:
         log.warning("%s", exc)
         return rejected(raw, exc)
-    return reconcile_recmodel(model, kube, config, live_demand_rps)
+    key = _key(str(model.namespace), model.name)
+    uid = model.metadata.get("uid", "")
+    announced = ANNOUNCED.setdefault(f"{key}/{uid}", {})  # a re-created model: anew
+    return reconcile_recmodel(model, kube, config, live_demand_rps, announced)
 
 
 def post_events(target: Any, events: list[tuple[str, str, str]]) -> None:

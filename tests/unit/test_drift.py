@@ -117,3 +117,13 @@ def test_fidelity_unknown_or_one_dip_is_not_drift() -> None:
     assert all(fidelity_drift(dip[: i + 1], 9000, RULES, i * 15) is None for i in range(21))
     unscored = fidelity_series([0.5] * 5 + [None] + [0.5] * 5)
     assert fidelity_drift(unscored, 9000, RULES, 150) is None
+
+
+def test_batches_larger_than_any_profiled_are_expected_to_cost_more() -> None:
+    # an emulated device of 20 ms + 50 us per row, profiled up to 128 rows; batch tuning
+    # ran 290-row batches: 34.5 ms is what the device costs there, not drift
+    profile = [(b, 0.020 + 0.00005 * b) for b in (1, 8, 64, 128)]
+    samples = [DriftSample(t, 0.0345, 290, 100.0, False) for t in range(0, 300, 15)]
+    assert latency_drift(samples, profile, RULES, 285) is None
+    slow = [DriftSample(t, 0.0345 * 1.5, 290, 100.0, False) for t in range(0, 300, 15)]
+    assert latency_drift(slow, profile, RULES, 285) is not None

@@ -209,6 +209,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     w = World(tmp_path / "store")
     monkeypatch.setitem(handlers._state, "kube", w.kube)
     monkeypatch.setitem(handlers._state, "config", w.config)
+    monkeypatch.setattr(handlers, "ANNOUNCED", {})  # what earlier tests' passes announced
     monkeypatch.setattr(handlers, "post_events", lambda _target, events: w.events.extend(events))
     yield w
 
@@ -931,3 +932,15 @@ def test_a_rebuild_clears_the_drifted_variants(world: World) -> None:
     world.edit("OptimizationPolicy", "latency-first", {"compression": {"precisions": ["fp32"]}})
     world.reconcile()
     assert world.status()["driftedVariants"] == []
+
+
+def test_a_pass_over_a_stale_body_does_not_announce_a_phase_again(world: World) -> None:
+    import copy
+
+    world.reconcile()
+    world.finish_job(world.job("build"), "Failed", "BackoffLimitExceeded")
+    stale = copy.deepcopy(world.kube.find("RecModel", MODEL, NS))  # says Building
+    world.reconcile()
+    assert len([e for e in world.events if e[1] == "BuildFailed"]) == 1
+    handlers.recmodel(body=stale)  # the operator's copy lags its own status write
+    assert len([e for e in world.events if e[1] == "BuildFailed"]) == 1

@@ -109,8 +109,15 @@ def observed_status(model: RecModel) -> dict[str, Any]:
 class Pass:
     """State of one reconcile pass over one RecModel."""
 
-    def __init__(self, model: RecModel, kube: Kube, config: OperatorConfig) -> None:
+    def __init__(
+        self,
+        model: RecModel,
+        kube: Kube,
+        config: OperatorConfig,
+        announced: dict[str, tuple[str, str]] | None = None,
+    ) -> None:
         self.model = model
+        self.announced = {} if announced is None else announced
         self.kube = kube
         self.config = config
         self.name = model.name
@@ -162,7 +169,12 @@ class Pass:
         events = []
         for type_ in phases:
             cond = new.get(type_)
-            if cond is None or old.get(type_) == (cond["status"], cond["reason"]):
+            if cond is None:
+                continue
+            now = (str(cond["status"]), str(cond["reason"]))
+            told = self.announced.get(type_)
+            self.announced[type_] = now
+            if now in (old.get(type_), told):
                 continue
             if cond["reason"] == "Waiting" or (type_ == "Ready" and cond["status"] != "True"):
                 continue
@@ -187,12 +199,17 @@ def rejected(raw: dict[str, Any], error: ManifestError) -> Outcome:
 
 
 def reconcile_recmodel(
-    model: RecModel, kube: Kube, config: OperatorConfig, live_demand_rps: float | None = None
+    model: RecModel,
+    kube: Kube,
+    config: OperatorConfig,
+    live_demand_rps: float | None = None,
+    announced: dict[str, tuple[str, str]] | None = None,
 ) -> Outcome:
     """One pass; see the module docstring. ``live_demand_rps``: the demand the
     autoscaler saw lately (when it is over the planned peak, the plan carries it: the
-    surplus over a pool's ceiling goes to the next pool by cost)."""
-    p = Pass(model, kube, config)
+    surplus over a pool's ceiling goes to the next pool by cost). ``announced``: the
+    phases already told in Events, kept by the caller across passes (updated here)."""
+    p = Pass(model, kube, config, announced)
     spec = model.spec
     if spec.paused:
         p.cond("Ready", False, c.PAUSED, "spec.paused is true: not reconciling")
