@@ -133,6 +133,12 @@ BAD_CASES: list[BadCase] = [
         "spec.evalDataset.uri",
     ),
     BadCase(
+        "custom-architecture-without-torchscript-and-spec",
+        "movielens-dlrm",
+        setting("spec.architecture", "custom"),
+        "spec.architecture",
+    ),
+    BadCase(
         "missing-policy-ref",
         "movielens-dlrm",
         removing("spec.policyRef"),

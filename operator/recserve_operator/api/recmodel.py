@@ -184,6 +184,37 @@ class RecModelSpec(ApiModel):
         default=False, description="Stop reconciling (keeps what runs; for maintenance)."
     )
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.architecture != 'custom' || (self.source.format == 'torchscript' "
+                    "&& has(self.source.featureSpecUri))",
+                    "a custom architecture needs a TorchScript model (source.format: "
+                    "torchscript) and source.featureSpecUri",
+                    ".architecture",
+                ),
+            ]
+        }
+    )
+
+    @field_validator("architecture")
+    @classmethod
+    def _custom_needs_torchscript_and_spec(
+        cls, value: Architecture, info: ValidationInfo
+    ) -> Architecture:
+        source = info.data.get("source")
+        if (
+            value == Architecture.CUSTOM
+            and isinstance(source, ModelSource)
+            and (source.format != ModelFormat.TORCHSCRIPT or source.feature_spec_uri is None)
+        ):
+            raise ValueError(
+                "a custom architecture needs a TorchScript model (source.format: "
+                "torchscript) and source.featureSpecUri"
+            )
+        return value
+
 
 class PoolPlacement(ApiModel):
     """What runs in one pool, and the autoscaler's last word on it."""
