@@ -61,6 +61,10 @@ def installed(
     yield store
     for name in POOLS:
         custom.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", name)
+    # the operator goes too: left running, it reconciles the next modules' RecModels
+    # from its own artifact store (a second operator creating build Jobs and Events)
+    helm(local_cluster, "uninstall", "recserve-e2e", "-n", OPERATOR_NS)
+    client.CoreV1Api(k8s).delete_namespace(OPERATOR_NS)
 
 
 def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
