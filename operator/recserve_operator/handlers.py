@@ -38,7 +38,7 @@ from recserve_operator.api.hardwarepool import HardwarePool
 from recserve_operator.api.recmodel import RecModel
 from recserve_operator.api.validation import ManifestError, parse_object
 from recserve_operator.config import OperatorConfig
-from recserve_operator.failover import DEADLINE_EXCEEDED
+from recserve_operator.failover import stalled
 from recserve_operator.kube import APPLIED_HASH, ChildrenLookup, Kube, Lookup
 from recserve_operator.observe import MetricsCache, Windows, prometheus_query
 from recserve_operator.operator_metrics import RECONCILE_SECONDS
@@ -357,11 +357,7 @@ def _progress(body: kopf.Body) -> tuple[Any, ...]:
                 if c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
             )
         )
-    progressing = next(
-        (c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Progressing"),
-        None,
-    )
-    return (int(status.get("readyReplicas") or 0), progressing == DEADLINE_EXCEEDED)
+    return (int(status.get("readyReplicas") or 0), stalled(body) is not None)
 
 
 async def _in_thread(fn: Callable[..., None], *args: Any) -> None:

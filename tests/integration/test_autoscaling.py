@@ -188,6 +188,21 @@ def _create_built(
     assert content_hash(RecModel.model_validate(stored).spec, compression) == digest
 
 
+def _model_status(custom: client.CustomObjectsApi, namespace: str) -> dict[str, Any]:
+    """The test RecModel's status as the API server holds it."""
+    obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", MODEL)
+    return dict(obj.get("status") or {})
+
+
+def _is_ready(status: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+
+
+def _served(status: dict[str, Any], key: str) -> set[str]:
+    """The placements' pools (or variants) when the model is Ready, else nothing."""
+    return {p[key] for p in status.get("placements", [])} if _is_ready(status) else set()
+
+
 def _pod_ip(core: client.CoreV1Api, namespace: str, selector: str) -> str:
     """The address of the first pod of ``selector`` that has one."""
     return str(
@@ -389,11 +404,7 @@ def test_a_cordoned_pool_fails_over_to_the_next_and_comes_back(
             )
 
         def serving_on() -> set[str]:
-            status = model().get("status", {})
-            ready = any(
-                c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])
-            )
-            return {p["pool"] for p in status.get("placements", [])} if ready else set()
+            return _served(model().get("status", {}), "pool")
 
         def state() -> Any:
             status = model().get("status", {})
@@ -457,15 +468,10 @@ def test_a_pool_whose_pods_stay_pending_fails_over_and_comes_back_when_fixed(
         created = time.monotonic()
 
         def status() -> dict[str, Any]:
-            obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", MODEL)
-            return dict(obj.get("status") or {})
+            return _model_status(custom, namespace)
 
         def serving_on() -> set[str]:
-            st = status()
-            ready = any(
-                c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions", [])
-            )
-            return {p["pool"] for p in st.get("placements", [])} if ready else set()
+            return _served(status(), "pool")
 
         def deployments() -> set[str]:
             return {d.metadata.name for d in apps.list_namespaced_deployment(namespace).items}
@@ -545,13 +551,10 @@ def test_latency_drift_re_profiles_the_pool_and_re_plans(
     _create_built(custom, autoscaling, namespace, raw, policy, [POOL], fast)
 
     def status() -> dict[str, Any]:
-        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", MODEL)
-        return dict(obj.get("status") or {})
+        return _model_status(custom, namespace)
 
     def ready() -> bool:
-        return any(
-            c["type"] == "Ready" and c["status"] == "True" for c in status().get("conditions", [])
-        )
+        return _is_ready(status())
 
     def state() -> Any:
         st = status()
@@ -629,13 +632,10 @@ def test_a_killed_profile_pod_is_retried_and_the_job_succeeds(
     os.killpg(pid, signal.SIGKILL)
 
     def status() -> dict[str, Any]:
-        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", MODEL)
-        return dict(obj.get("status") or {})
+        return _model_status(custom, namespace)
 
     def ready() -> bool:
-        return any(
-            c["type"] == "Ready" and c["status"] == "True" for c in status().get("conditions", [])
-        )
+        return _is_ready(status())
 
     eventually(ready, 240, 1, "Ready after the retried profile", lambda: status().get("conditions"))
     pods = core.list_namespaced_pod(namespace, label_selector=selector).items
@@ -695,15 +695,10 @@ def test_a_variant_whose_ranking_departs_from_the_reference_is_planned_around(
     )  # fmt: skip
 
     def status() -> dict[str, Any]:
-        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", MODEL)
-        return dict(obj.get("status") or {})
+        return _model_status(custom, namespace)
 
     def serving() -> set[str]:
-        st = status()
-        ready = any(
-            c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions", [])
-        )
-        return {p["variant"] for p in st.get("placements", [])} if ready else set()
+        return _served(status(), "variant")
 
     def state() -> Any:
         st = status()

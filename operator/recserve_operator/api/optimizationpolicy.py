@@ -296,8 +296,7 @@ class Failover(ApiModel):
         le=86400,
         description="Seconds a pool left out for that reason stays out before it is tried "
         "again; a change of the pool (its spec, or its nodes' count, ready count or "
-        "allocatable) brings it back "
-        "sooner.",
+        "allocatable) brings it back sooner.",
     )
 
 

@@ -77,6 +77,15 @@ class ModelSource(ApiModel):
 
 
 KNOWN_DATASETS = ("movielens-100k", "custom")
+# what the CEL rules and the types' validators say (the API server runs the one, the
+# operator's parsing the other)
+UNKNOWN_DATASET = "unknown dataset: the builder knows movielens-100k (or custom with uri)"
+CUSTOM_NEEDS_URI = "a custom evalDataset needs uri (a Parquet file or folder)"
+URI_ONLY_FOR_CUSTOM = "uri is read only for name: custom"
+CUSTOM_ARCHITECTURE_NEEDS = (
+    "a custom architecture needs a TorchScript model (source.format: torchscript) and "
+    "source.featureSpecUri"
+)
 
 
 class EvalDataset(ApiModel):
@@ -109,17 +118,17 @@ class EvalDataset(ApiModel):
             "x-kubernetes-validations": [
                 cel(
                     "self.name == 'movielens-100k' || self.name == 'custom'",
-                    "unknown dataset: the builder knows movielens-100k (or custom with uri)",
+                    UNKNOWN_DATASET,
                     ".name",
                 ),
                 cel(
                     "self.name != 'custom' || has(self.uri)",
-                    "a custom evalDataset needs uri (a Parquet file or folder)",
+                    CUSTOM_NEEDS_URI,
                     ".uri",
                 ),
                 cel(
                     "!has(self.uri) || self.name == 'custom'",
-                    "uri is read only for name: custom",
+                    URI_ONLY_FOR_CUSTOM,
                     ".uri",
                 ),
             ]
@@ -131,9 +140,7 @@ class EvalDataset(ApiModel):
     @classmethod
     def _known_dataset(cls, value: str) -> str:
         if value not in KNOWN_DATASETS:
-            raise ValueError(
-                "unknown dataset: the builder knows movielens-100k (or custom with uri)"
-            )
+            raise ValueError(UNKNOWN_DATASET)
         return value
 
     @field_validator("uri")
@@ -141,9 +148,9 @@ class EvalDataset(ApiModel):
     def _uri_for_custom_only(cls, value: str | None, info: ValidationInfo) -> str | None:
         custom = info.data.get("name") == "custom"
         if custom and value is None:
-            raise ValueError("a custom evalDataset needs uri (a Parquet file or folder)")
+            raise ValueError(CUSTOM_NEEDS_URI)
         if value is not None and info.data.get("name") not in (None, "custom"):
-            raise ValueError("uri is read only for name: custom")
+            raise ValueError(URI_ONLY_FOR_CUSTOM)
         return value
 
 
@@ -190,8 +197,7 @@ class RecModelSpec(ApiModel):
                 cel(
                     "self.architecture != 'custom' || (self.source.format == 'torchscript' "
                     "&& has(self.source.featureSpecUri))",
-                    "a custom architecture needs a TorchScript model (source.format: "
-                    "torchscript) and source.featureSpecUri",
+                    CUSTOM_ARCHITECTURE_NEEDS,
                     ".architecture",
                 ),
             ]
@@ -209,10 +215,7 @@ class RecModelSpec(ApiModel):
             and isinstance(source, ModelSource)
             and (source.format != ModelFormat.TORCHSCRIPT or source.feature_spec_uri is None)
         ):
-            raise ValueError(
-                "a custom architecture needs a TorchScript model (source.format: "
-                "torchscript) and source.featureSpecUri"
-            )
+            raise ValueError(CUSTOM_ARCHITECTURE_NEEDS)
         return value
 
 

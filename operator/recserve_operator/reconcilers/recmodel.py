@@ -14,7 +14,6 @@ through the artifact types of :mod:`recserve_runtime.artifacts`.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import functools
 import logging
 import time
@@ -52,7 +51,14 @@ from recserve_operator.planner import (
     replica_limit,
 )
 from recserve_operator.reconcilers.hardwarepool import observed_status as pool_observed
-from recserve_operator.reconcilers.scaling import PlannedPool, batch_range, limits_config_map
+from recserve_operator.reconcilers.scaling import (
+    PENDING,
+    PlannedPool,
+    batch_range,
+    limits_config_map,
+    parse_stamp,
+    stamp,
+)
 from recserve_runtime.artifacts import (
     MANIFEST,
     BuildReport,
@@ -298,7 +304,8 @@ def reconcile_recmodel(
     reprofiling: list[str] = []
     for pool_name, pool in pools.items():
         round_ = rounds.get(pool_name, 0)
-        if round_ > 0 and not layout.profile(pool_name, round_).exists():
+        path = layout.profile(pool_name, round_)
+        if round_ > 0 and not path.exists():
             # re-profile on drift: the Job runs while the newest finished round serves
             older = next(
                 (
@@ -309,17 +316,8 @@ def reconcile_recmodel(
                 None,
             )
             if older is not None:
-                note = _reprofile(p, digest, pool, round_)
-                if note is not None:
-                    reprofiling.append(note)
-                try:
-                    profiles[pool_name] = _read(ProfileReport, older)
-                except _Unreadable as exc:
-                    return _variants_then_stop(
-                        p, built, budget, profiles, "Profiled", c.PROFILE_FAILED, str(exc)
-                    )
-                continue
-        path = layout.profile(pool_name, round_)
+                reprofiling.append(_reprofile(p, digest, pool, round_))
+                path = older
         if path.exists():
             try:
                 profiles[pool_name] = _read(ProfileReport, path)
@@ -464,9 +462,6 @@ def reconcile_recmodel(
     return outcome
 
 
-PENDING = "pending"
-
-
 def _pending(
     p: Pass, pool: str, round_: int | None = None, variant: str | None = None
 ) -> list[dict[str, Any]]:
@@ -482,7 +477,11 @@ def _pending(
     ]
 
 
-def _reprofile(p: Pass, digest: str, pool: HardwarePool, round_: int) -> str | None:
+def _pending_any(p: Pass) -> bool:
+    return any(o["outcome"] == PENDING for o in p.status.get("lastOptimization", []))
+
+
+def _reprofile(p: Pass, digest: str, pool: HardwarePool, round_: int) -> str:
     """Run (once) the re-profile Job of ``pool`` at ``round_``; a failed one ends its
     re-optimization (the current plan stays). Returns what to say in Profiled."""
     job = p.kube.create_once(children.profile_job(p.model, digest, pool, p.config, round_))
@@ -504,6 +503,8 @@ def _summary(placements: list[tuple[str, str, int]]) -> str:
 def _reoptimized(p: Pass, layout: StoreLayout[Path], decision: Plan) -> None:
     """Close the pending re-optimizations whose profile round has finished: the outcome is
     the new plan against the one it replaces."""
+    if not _pending_any(p):
+        return
     rounds = p.model.status.profile_rounds if p.model.status else {}
     before = [
         (pl.pool, pl.variant, pl.replicas)
@@ -529,14 +530,6 @@ def _reoptimized(p: Pass, layout: StoreLayout[Path], decision: Plan) -> None:
         p.events.append(("Normal", "Reoptimized", f"pool {entry['pool']}: {entry['outcome']}"))
 
 
-def _rfc3339(unix_s: float) -> str:
-    return dt.datetime.fromtimestamp(unix_s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _unix(text: str) -> float:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 def _failover(
     p: Pass, pools: dict[str, HardwarePool], policy: OptimizationPolicy
 ) -> dict[str, str]:
@@ -544,7 +537,7 @@ def _failover(
     (:mod:`recserve_operator.failover`); release holds that ended. Writes
     ``status.unavailablePools`` and an Event per change; returns why each held pool is out."""
     old = [
-        Hold(u.pool, u.reason, _unix(u.since), _unix(u.retry_at), u.nodes)
+        Hold(u.pool, u.reason, parse_stamp(u.since) or 0.0, parse_stamp(u.retry_at) or 0.0, u.nodes)
         for u in (p.model.status.unavailable_pools if p.model.status else [])
     ]
     held_before = {h.pool for h in old}
@@ -564,15 +557,13 @@ def _failover(
     retry_s = policy.spec.failover.retry_seconds
     update = update_holds(old, newly, nodes, time.time(), retry_s)
     deadline = policy.spec.failover.pending_deadline_seconds
+    left_out = {
+        h.pool: f"{h.pool}: no replica ready within {deadline} s ({h.reason}); left out of "
+        f"the plan until {stamp(h.retry_at)} or the pool changes"
+        for h in update.holds
+    }
     for hold in update.held:
-        p.events.append(
-            (
-                "Warning",
-                "PoolUnavailable",
-                f"pool {hold.pool}: no replica ready within {deadline} s ({hold.reason}); "
-                f"left out of the plan until {_rfc3339(hold.retry_at)} or the pool changes",
-            )
-        )
+        p.events.append(("Warning", "PoolUnavailable", f"pool {left_out[hold.pool]}"))
     for hold, why in update.released:
         p.events.append(("Normal", "PoolRetried", f"pool {hold.pool} back in the plan: {why}"))
     if update.holds or p.old_status.get("unavailablePools"):
@@ -580,17 +571,13 @@ def _failover(
             {
                 "pool": h.pool,
                 "reason": h.reason,
-                "since": _rfc3339(h.since),
-                "retryAt": _rfc3339(h.retry_at),
+                "since": stamp(h.since),
+                "retryAt": stamp(h.retry_at),
                 "nodes": h.nodes,
             }
             for h in update.holds
         ]
-    return {
-        h.pool: f"{h.pool}: no replica ready within {deadline} s ({h.reason}); left out "
-        f"until {_rfc3339(h.retry_at)} or the pool changes"
-        for h in update.holds
-    }
+    return left_out
 
 
 def _profile_p50(report: ProfileReport | None, key: str | None) -> tuple[tuple[int, float], ...]:

@@ -152,47 +152,38 @@ def _reoptimize(
     ):
         return
     causes = " and ".join(CAUSES[f.cause] for f in findings)
-    evidence = "; ".join(f.evidence for f in findings)[:2048]
     if any(f.cause == "fidelity" for f in findings):
         # accuracy first: the variant is taken out of the plan, which re-plans the pool
         # (another variant within the budget); a re-profile would not change its ranking
-        out.drifted_variants.append(variant)
-        out.optimizations.append(
-            Optimization(
-                time=stamp(now),
-                pool=pool,
-                cause=causes,
-                evidence=evidence,
-                action=f"re-plan without variant {variant}, whose ranking departed from the "
-                "FP32 reference",
-                variant=variant,
-                outcome=PENDING,
-            )
+        action = (
+            f"re-plan without variant {variant}, whose ranking departed from the FP32 reference"
         )
-        out.events.append(
-            ("Normal", "Reoptimizing", f"pool {pool}: {causes}: re-planning without {variant}")
-        )
-        out.decisions.append(("reoptimize", "fidelity"))
-        return
-    rounds = dict(status.profile_rounds if status else {})
-    rounds.update(out.profile_rounds)
-    round_ = rounds.get(pool, 0) + 1
-    out.profile_rounds[pool] = round_
+        target: dict[str, Any] = {"variant": variant}
+        doing, kind = f"re-planning without {variant}", "fidelity"
+    else:
+        rounds = {**(status.profile_rounds if status else {}), **_rounds(out.optimizations)}
+        round_ = rounds.get(pool, 0) + 1
+        action = f"re-profile pool {pool} (round {round_}), then re-plan from the new profile"
+        target = {"profile_round": round_}
+        doing, kind = f"re-profiling (round {round_})", findings[0].cause
     out.optimizations.append(
         Optimization(
             time=stamp(now),
             pool=pool,
             cause=causes,
-            evidence=evidence,
-            action=f"re-profile pool {pool} (round {round_}), then re-plan from the new profile",
-            profile_round=round_,
+            evidence="; ".join(f.evidence for f in findings)[:2048],
+            action=action,
             outcome=PENDING,
+            **target,
         )
     )
-    out.events.append(
-        ("Normal", "Reoptimizing", f"pool {pool}: {causes}: re-profiling (round {round_})")
-    )
-    out.decisions.append(("reoptimize", findings[0].cause))
+    out.events.append(("Normal", "Reoptimizing", f"pool {pool}: {causes}: {doing}"))
+    out.decisions.append(("reoptimize", kind))
+
+
+def _rounds(optimizations: list[Optimization]) -> dict[str, int]:
+    """The profile round each pool's latest re-profile asked for."""
+    return {o.pool: o.profile_round for o in optimizations if o.profile_round is not None}
 
 
 @dataclass(frozen=True)
@@ -246,10 +237,8 @@ class TickOutcome:
     # some pool's demand wants more replicas than its ceiling: a re-plan may add a pool
     over_ceiling: bool = False
     held: int = 0  # pools whose replicas were held because their metrics were unknown
-    # re-optimizations decided (the pass runs them): new entries, pools' new profile rounds
+    # re-optimizations decided (the pass runs them)
     optimizations: list[Optimization] = field(default_factory=list)
-    profile_rounds: dict[str, int] = field(default_factory=dict)
-    drifted_variants: list[str] = field(default_factory=list)
 
 
 def stamp(at: float) -> str:
@@ -433,9 +422,10 @@ def decide_tick(
         status = model.status
         out.status["profileRounds"] = {
             **(status.profile_rounds if status else {}),
-            **out.profile_rounds,
+            **_rounds(out.optimizations),
         }
-        drifted = [*(status.drifted_variants if status else []), *out.drifted_variants]
+        new_drifted = [o.variant for o in out.optimizations if o.variant is not None]
+        drifted = [*(status.drifted_variants if status else []), *new_drifted]
         if drifted:
             out.status["driftedVariants"] = list(dict.fromkeys(drifted))
         history = [*(status.last_optimization if status else []), *out.optimizations]
