@@ -34,7 +34,7 @@ from enum import StrEnum
 from pathlib import Path, PurePath
 from typing import Any, Generic, Protocol, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 MANIFEST = "manifest.json"
@@ -112,12 +112,49 @@ class TensorSpec(_Wire):
     shape: list[int]
 
 
+class Oov(StrEnum):
+    """What an id outside a table's vocabulary ``[0, vocab_size)`` becomes."""
+
+    HASH = "hash"  # id modulo vocab_size (string values are hashed to an id first)
+    ID = "id"  # the feature's oovId (default vocab_size - 1, the model's OOV row)
+
+
 class SparseFeature(_Wire):
     """A categorical feature: one column of the int64 sparse input."""
 
     name: str
     vocab_size: int = Field(ge=1, description="ids must be in [0, vocab_size)")
     side: Side
+    column: str | None = Field(
+        default=None, description="Data column that feeds it (custom eval data; default: name)."
+    )
+    oov: Oov | None = Field(
+        default=None,
+        description="How ids outside [0, vocab_size) are mapped, in the builder's data and "
+        "in served requests: hash (id modulo vocab_size; needed for string values) or id "
+        "(oovId). Unset: such an id fails the build and gets HTTP 400 when served.",
+    )
+    oov_id: int | None = Field(
+        default=None, ge=0, description="With oov: id, the id they become (default vocab_size - 1)."
+    )
+
+    @property
+    def data_column(self) -> str:
+        """The data column that feeds this feature."""
+        return self.column or self.name
+
+    @property
+    def oov_row(self) -> int:
+        """The id out-of-vocabulary ids become under ``oov: id``."""
+        return self.vocab_size - 1 if self.oov_id is None else self.oov_id
+
+    @model_validator(mode="after")
+    def _oov_id_in_vocabulary(self) -> Self:
+        if self.oov_id is not None and (self.oov != Oov.ID or self.oov_id >= self.vocab_size):
+            raise ValueError(
+                f"{self.name}: oovId needs oov: id and must be < vocabSize ({self.vocab_size})"
+            )
+        return self
 
 
 class DenseFeature(_Wire):
@@ -126,15 +163,53 @@ class DenseFeature(_Wire):
     name: str
     width: int = Field(default=1, ge=1)
     side: Side
+    columns: list[str] | None = Field(
+        default=None,
+        description="Data columns that feed it, one per width (custom eval data; default: "
+        "name when width is 1, name_0 .. name_<width-1> otherwise).",
+    )
+    fill: float | None = Field(
+        default=None,
+        description="Value for missing (NaN/empty) entries in custom eval data; unset: "
+        "missing values fail the build, with their count. Infinities always do.",
+    )
+
+    @property
+    def data_columns(self) -> list[str]:
+        """The data columns that feed this feature, in order."""
+        if self.columns is not None:
+            return self.columns
+        return [self.name] if self.width == 1 else [f"{self.name}_{i}" for i in range(self.width)]
+
+    @model_validator(mode="after")
+    def _one_column_per_width(self) -> Self:
+        if self.columns is not None and len(self.columns) != self.width:
+            raise ValueError(
+                f"{self.name}: columns lists {len(self.columns)} columns for width {self.width}"
+            )
+        return self
 
 
 class FeatureSpec(_Wire):
-    """How request features map onto the model's input tensors (in column order)."""
+    """How request features map onto the model's input tensors (in column order), and,
+    for custom eval data, which data columns feed them."""
 
-    sparse_input: str = "sparse_ids"
-    dense_input: str = "dense"
+    sparse_input: str = Field(
+        default="sparse_ids", description="Name of the model's int64 [B, sparse] input."
+    )
+    dense_input: str = Field(
+        default="dense", description="Name of the model's float32 [B, dense] input."
+    )
     sparse: list[SparseFeature]
     dense: list[DenseFeature] = Field(default_factory=list)
+    label: str = Field(
+        default="label", description="Data column holding the 0/1 label (custom eval data)."
+    )
+
+    @property
+    def n_dense(self) -> int:
+        """Columns of the dense input."""
+        return sum(f.width for f in self.dense)
 
 
 class Recipe(_Wire):
