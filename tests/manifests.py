@@ -133,10 +133,36 @@ BAD_CASES: list[BadCase] = [
         "spec.evalDataset.uri",
     ),
     BadCase(
-        "custom-architecture-without-torchscript-and-spec",
+        "custom-eval-dataset-without-a-split",
         "movielens-dlrm",
-        setting("spec.architecture", "custom"),
-        "spec.architecture",
+        setting("spec.evalDataset", {"name": "custom", "uri": "/artifacts/data/eval.parquet"}),
+        "spec.evalDataset.timeColumn",
+    ),
+    BadCase(
+        "user-column-without-time-column",
+        "movielens-dlrm",
+        setting(
+            "spec.evalDataset",
+            {
+                "name": "custom",
+                "uri": "/artifacts/data/eval.parquet",
+                "testUri": "/artifacts/data/test.parquet",
+                "userColumn": "user_id",
+            },
+        ),
+        "spec.evalDataset.userColumn",
+    ),
+    BadCase(
+        "torchscript-source-without-feature-spec",
+        "movielens-dlrm",
+        setting("spec.source", {"uri": "/artifacts/models/m.pt", "format": "torchscript"}),
+        "spec.source.featureSpecUri",
+    ),
+    BadCase(
+        "demo-format-with-a-model-file",
+        "movielens-dlrm",
+        setting("spec.source", {"uri": "/artifacts/models/m.pt", "format": "demo"}),
+        "spec.source.format",
     ),
     BadCase(
         "missing-policy-ref",

@@ -17,7 +17,7 @@ from recserve_operator.api.common import ObjectRef, Resource
 from recserve_operator.api.hardwarepool import HardwarePool
 from recserve_operator.api.modelvariant import Artifact, ModelVariant, ModelVariantSpec, Recipe
 from recserve_operator.api.optimizationpolicy import Compression, OptimizationPolicy
-from recserve_operator.api.recmodel import RecModel, RecModelSpec
+from recserve_operator.api.recmodel import EvalDataset, ModelSource, RecModel, RecModelSpec
 from recserve_operator.config import STORE_MOUNT, OperatorConfig
 from recserve_operator.jobs import pod_failure_policy
 from recserve_runtime.artifacts import StoreLayout
@@ -43,7 +43,7 @@ def dns_name(*parts: str, limit: int = 63) -> str:
 
 
 def content_hash(spec: RecModelSpec, compression: Compression) -> str:
-    """What the variants depend on: model source, architecture, data and compressions.
+    """What the variants depend on: model source, data and compressions.
 
     Traffic, pools and objectives are not part of it: changing them re-plans without a
     rebuild. Hashed in the wire form the API server holds (camelCase, defaults filled,
@@ -51,7 +51,6 @@ def content_hash(spec: RecModelSpec, compression: Compression) -> str:
     """
     relevant = {
         "source": spec.source.to_wire(),
-        "architecture": spec.architecture.value,
         "evalDataset": spec.eval_dataset.to_wire(),
         "compression": compression.to_wire(),
     }
@@ -157,6 +156,33 @@ def pod_layout(model: RecModel, digest: str, config: OperatorConfig) -> StoreLay
     return config.store.pod_build(str(model.namespace), model.name, digest)
 
 
+def source_args(source: ModelSource) -> list[str]:
+    """`recserve optimize` flags for spec.source: every field is checked by the builder."""
+    return [
+        f"--model={source.uri}",
+        f"--model-format={source.format.value}",
+        *([f"--model-sha256={source.sha256}"] if source.sha256 else []),
+        *([f"--feature-spec={source.feature_spec_uri}"] if source.feature_spec_uri else []),
+    ]
+
+
+def eval_args(data: EvalDataset) -> list[str]:
+    """`recserve optimize` flags for spec.evalDataset."""
+    if data.name != "custom":
+        return [f"--dataset={data.name}", f"--holdout-bp={data.holdout_basis_points}"]
+    optional = {
+        "--eval-format": data.format.value if data.format else None,
+        "--eval-test-data": data.test_uri,
+        "--time-column": data.time_column,
+        "--user-column": data.user_column,
+    }
+    return [
+        f"--eval-data={data.uri}",
+        f"--holdout-bp={data.holdout_basis_points}",
+        *(f"{flag}={value}" for flag, value in optional.items() if value is not None),
+    ]
+
+
 def build_job(
     model: RecModel, digest: str, policy: OptimizationPolicy, config: OperatorConfig
 ) -> dict[str, Any]:
@@ -168,9 +194,8 @@ def build_job(
     args = [
         "recserve",
         "optimize",
-        f"--model={model.spec.source.uri}",
-        f"--dataset={model.spec.eval_dataset.name}",
-        f"--holdout-bp={model.spec.eval_dataset.holdout_basis_points}",
+        *source_args(model.spec.source),
+        *eval_args(model.spec.eval_dataset),
         f"--out={layout.variants}",
         f"--json={layout.report}",
         f"--accuracy-budget-bp={objectives.accuracy_budget_basis_points}",

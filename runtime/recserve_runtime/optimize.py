@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from recserve_runtime.builder.report import plot, table, variant_row, write_json
     from recserve_runtime.builder.source import check_data, load_source
     from recserve_runtime.builder.store import check_writable, check_writable_file, put_variant
-    from recserve_runtime.data import DatasetNotFoundError, load_dataset
+    from recserve_runtime.data import DatasetError, load_custom, load_dataset
     from recserve_runtime.profiler import cpu_threads
     from recserve_runtime.train import set_threads, stderr_progress
 
@@ -77,14 +77,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for path in (json_path, plot_path):
         if path is not None:
             check_writable_file(path)
+    check_eval_args(args)
     try:
-        data = load_dataset(args.dataset, holdout_bp=options.holdout_bp)
+        named = (
+            None if args.eval_data else load_dataset(args.dataset, holdout_bp=options.holdout_bp)
+        )
+        source = load_source(
+            args.model,
+            args.feature_spec,
+            args.dataset,
+            args.seed,
+            options.holdout_bp,
+            args.model_format,
+            args.model_sha256,
+        )
+        data = named or load_custom(
+            args.eval_data,
+            source.spec,
+            fmt=args.eval_format,
+            test_uri=args.eval_test_data,
+            time_column=args.time_column,
+            user_column=args.user_column,
+            holdout_bp=options.holdout_bp,
+            seed=args.seed,
+        )
         if args.max_train_rows and args.max_train_rows < len(data.train):
             data = replace(data, train=data.train.sample(args.max_train_rows, args.seed))
-    except DatasetNotFoundError as exc:
+    except DatasetError as exc:
         raise BuildError(str(exc)) from exc
-    spec_path = Path(args.feature_spec) if args.feature_spec else None
-    source = load_source(args.model, spec_path, args.dataset, args.seed, options.holdout_bp)
     check_data(source.spec, data)
     policy = Policy(
         accuracy_budget_basis_points=args.accuracy_budget_bp,
@@ -120,8 +140,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         meta = source.meta.get("metrics", {})
         facts = {
             "name": source.name,
-            "arch": getattr(getattr(source.model, "config", None), "arch", "torchscript"),
-            "dataset": args.dataset,
+            "arch": getattr(getattr(source.model, "config", None), "arch", source.kind),
+            "format": source.kind,
+            "dataset": args.eval_data or args.dataset,
             "synthetic": False,
             "teacherAuc": teacher_auc,
         }
@@ -178,6 +199,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def check_eval_args(args: argparse.Namespace) -> None:
+    """The custom eval data flags go together (with --eval-data, and a declared split)."""
+    from recserve_runtime.builder.errors import BuildError
+
+    custom_only = {
+        "--eval-format": args.eval_format,
+        "--eval-test-data": args.eval_test_data,
+        "--time-column": args.time_column,
+        "--user-column": args.user_column,
+    }
+    if not args.eval_data:
+        given = [flag for flag, value in custom_only.items() if value]
+        if given:
+            raise BuildError(f"{', '.join(given)} describe --eval-data, which is not given")
+        return
+    if args.user_column and not args.time_column:
+        raise BuildError("--user-column splits each user's rows by time: give --time-column too")
+
+
 def parse_shape(text: str) -> tuple[int, list[int]]:
     """'16:256x128' -> (16, [256, 128])."""
     try:
@@ -204,10 +244,62 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model",
         default="demo",
         help="'demo' (MovieLens DLRM teacher, trained if missing), a checkpoint "
-        "from `recserve train`, or a TorchScript file (needs --feature-spec)",
+        "from `recserve train`, or a TorchScript or ONNX file (needs --feature-spec): a path "
+        "or an fsspec URI (s3://, gs://, http(s)://)",
     )
-    p.add_argument("--feature-spec", default=None, help="FeatureSpec YAML/JSON file")
-    p.add_argument("--dataset", default="movielens-100k", help="evaluation/training data")
+    p.add_argument(
+        "--model-format",
+        default="auto",
+        choices=["auto", "demo", "checkpoint", "torchscript", "onnx"],
+        help="what --model is; the file must be that (default: tell by its content)",
+    )
+    p.add_argument(
+        "--model-sha256",
+        default=None,
+        metavar="HEX",
+        help="the model file's expected sha256, checked before anything runs",
+    )
+    p.add_argument(
+        "--feature-spec",
+        default=None,
+        metavar="URI",
+        help="FeatureSpec YAML/JSON file (path or fsspec URI): the model's input names and "
+        "columns, and which data columns feed them (docs/bring-your-own-model.md)",
+    )
+    p.add_argument(
+        "--dataset",
+        default="movielens-100k",
+        help="named evaluation/training data (movielens-100k); see --eval-data for your own",
+    )
+    p.add_argument(
+        "--eval-data",
+        default=None,
+        metavar="URI",
+        help="your own data instead of --dataset: a Parquet file or folder, a CSV file or a "
+        "Criteo TSV file (path or fsspec URI), columns mapped by --feature-spec",
+    )
+    p.add_argument(
+        "--eval-format",
+        default=None,
+        choices=["parquet", "csv", "criteo"],
+        help="format of --eval-data (default: from the file extension)",
+    )
+    p.add_argument(
+        "--eval-test-data",
+        default=None,
+        metavar="URI",
+        help="a ready-made test file (same format): --eval-data is then the training part",
+    )
+    p.add_argument(
+        "--time-column",
+        default=None,
+        help="split --eval-data by time: the latest --holdout-bp of rows are held out",
+    )
+    p.add_argument(
+        "--user-column",
+        default=None,
+        help="with --time-column: hold out each user's latest --holdout-bp of rows",
+    )
     p.add_argument("--hardware", default="cpu", choices=["cpu", "gpu", "fpga"])
     p.add_argument(
         "--out",

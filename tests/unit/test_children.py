@@ -48,7 +48,9 @@ def test_content_hash_ignores_traffic_but_not_compression() -> None:
     busier = model(traffic={"expectedRequestsPerSecond": 1}).spec
     assert children.content_hash(busier, policy(precisions=["int8"]).spec.compression) == base
     assert children.content_hash(spec, policy(precisions=["fp32"]).spec.compression) != base
-    other = model(source={"uri": "s3://other", "format": "torchscript"}).spec
+    other = model(
+        source={"uri": "s3://other", "format": "torchscript", "featureSpecUri": "s3://spec"}
+    ).spec
     assert children.content_hash(other, policy(precisions=["int8"]).spec.compression) != base
 
 
@@ -61,7 +63,6 @@ def test_content_hash_is_that_of_the_wire_form_the_api_server_holds() -> None:
     compression = policy().spec.compression
     held = {
         "source": {"uri": "demo", "format": "demo"},
-        "architecture": "dlrm",
         "evalDataset": {"name": "movielens-100k", "holdoutBasisPoints": 2000},
         "compression": {
             "precisions": ["fp32", "fp16", "int8", "int4"],
@@ -78,6 +79,49 @@ def build_args(m: RecModel | None = None, p: OptimizationPolicy | None = None) -
     job = children.build_job(m or model(), "abcdef0123456789", p or policy(), CONFIG)
     args: list[str] = job["spec"]["template"]["spec"]["containers"][0]["args"]
     return args
+
+
+def test_build_job_passes_every_source_field() -> None:
+    assert build_args()[1:3] == ["--model=demo", "--model-format=demo"]
+    sha = "ab" * 32
+    source = {
+        "uri": "/artifacts/models/m.onnx",
+        "format": "onnx",
+        "sha256": sha,
+        "featureSpecUri": "s3://bucket/spec.yaml",
+    }
+    args = build_args(model(source=source))
+    for flag in (
+        "--model=/artifacts/models/m.onnx",
+        "--model-format=onnx",
+        f"--model-sha256={sha}",
+        "--feature-spec=s3://bucket/spec.yaml",
+    ):
+        assert flag in args
+
+
+def test_build_job_passes_the_eval_dataset() -> None:
+    assert {"--dataset=movielens-100k", "--holdout-bp=2000"} <= set(build_args())
+    data = {
+        "name": "custom",
+        "uri": "/artifacts/data/train.csv",
+        "format": "csv",
+        "testUri": "/artifacts/data/test.csv",
+        "holdoutBasisPoints": 1500,
+    }
+    args = build_args(model(evalDataset=data))
+    assert not any(a.startswith("--dataset") for a in args)
+    for flag in (
+        "--eval-data=/artifacts/data/train.csv",
+        "--eval-format=csv",
+        "--eval-test-data=/artifacts/data/test.csv",
+        "--holdout-bp=1500",
+    ):
+        assert flag in args
+    timed = {"name": "custom", "uri": "d.parquet", "timeColumn": "ts", "userColumn": "uid"}
+    args = build_args(model(evalDataset=timed))
+    assert {"--time-column=ts", "--user-column=uid"} <= set(args)
+    assert not any(a.startswith(("--eval-format", "--eval-test-data")) for a in args)
 
 
 def test_build_job_passes_the_precisions() -> None:

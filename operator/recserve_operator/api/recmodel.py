@@ -21,20 +21,35 @@ from recserve_operator.api.common import (
 
 
 class ModelFormat(StrEnum):
-    """How the model file at source.uri is stored."""
+    """What the model file at source.uri is."""
 
     DEMO = "demo"
+    CHECKPOINT = "checkpoint"
     TORCHSCRIPT = "torchscript"
-    STATE_DICT = "stateDict"
+    ONNX = "onnx"
 
 
-class Architecture(StrEnum):
-    """Model family; `custom` needs a TorchScript model and a feature spec."""
+class EvalFormat(StrEnum):
+    """How a custom eval data file is stored."""
 
-    DLRM = "dlrm"
-    DCNV2 = "dcnv2"
-    DEEPFM = "deepfm"
-    CUSTOM = "custom"
+    PARQUET = "parquet"
+    CSV = "csv"
+    CRITEO = "criteo"
+
+
+KNOWN_DATASETS = ("movielens-100k", "custom")
+# what the CEL rules and the types' validators say (the API server runs the one, the
+# operator's parsing the other)
+UNKNOWN_DATASET = "unknown dataset: the builder knows movielens-100k (or custom with uri)"
+CUSTOM_NEEDS_URI = "a custom evalDataset needs uri (a Parquet, CSV or Criteo TSV file)"
+CUSTOM_ONLY = "uri, format, testUri, timeColumn and userColumn are read only for name: custom"
+CUSTOM_NEEDS_SPLIT = (
+    "a custom evalDataset needs a declared split: timeColumn (and userColumn for a per-user "
+    "split) or testUri"
+)
+USER_NEEDS_TIME = "userColumn splits each user's rows by time: set timeColumn too"
+FILE_NEEDS_SPEC = "a torchscript or onnx source needs featureSpecUri (its inputs and columns)"
+DEMO_IS_DEMO = "format demo goes with uri demo, and has no sha256 (the model is trained here)"
 
 
 class ModelSource(ApiModel):
@@ -44,23 +59,31 @@ class ModelSource(ApiModel):
         min_length=1,
         max_length=2048,
         description="Location of the model: `demo` (the bundled MovieLens teacher, trained on "
-        "first use), a path, or any fsspec URI (file://, s3://, gs://, http(s)://).",
+        "first use), a path as the build Job sees it (the artifact store is mounted at "
+        "/artifacts), or any fsspec URI (file://, s3://, gs://, http(s)://).",
     )
     format: ModelFormat = Field(
         default=ModelFormat.TORCHSCRIPT,
-        description="torchscript, stateDict (needs architecture) or demo.",
+        description="What the file is: demo, checkpoint (from `recserve train`: every "
+        "compression, pruning and distillation included), torchscript or onnx (both: the "
+        "ONNX-level variants, and need featureSpecUri). The build fails if the file is "
+        "something else.",
     )
     sha256: str | None = Field(
         default=None,
         pattern=SHA256_PATTERN,
-        description="Expected sha256 of the model file (lowercase hex). Checked before use; "
-        "immutable once set (create a new RecModel to change the model).",
+        description="Expected sha256 of the model file (lowercase hex), checked before the "
+        "model is used (a mismatch fails the build); immutable once set (create a new "
+        "RecModel to change the model).",
     )
     feature_spec_uri: str | None = Field(
         default=None,
+        validate_default=True,
         max_length=2048,
-        description="JSON feature spec (field names, vocabulary sizes, dense features) for "
-        "bring-your-own models; not needed for `demo`.",
+        description="YAML/JSON feature spec (path or fsspec URI): the model's input names, "
+        "its sparse and dense features, and which data columns feed them "
+        "(docs/bring-your-own-model.md). Needed for torchscript and onnx; optional for a "
+        "checkpoint, which carries its own.",
     )
 
     model_config = ConfigDict(
@@ -71,21 +94,39 @@ class ModelSource(ApiModel):
                     "sha256 is immutable once set",
                     ".sha256",
                 ),
+                cel(
+                    "!(self.format == 'torchscript' || self.format == 'onnx') "
+                    "|| has(self.featureSpecUri)",
+                    FILE_NEEDS_SPEC,
+                    ".featureSpecUri",
+                ),
+                cel("(self.format == 'demo') == (self.uri == 'demo')", DEMO_IS_DEMO, ".format"),
+                cel("self.format != 'demo' || !has(self.sha256)", DEMO_IS_DEMO, ".sha256"),
             ]
         }
     )
 
+    # the same rules for the operator's own parsing (the API server runs the CEL above)
+    @field_validator("format")
+    @classmethod
+    def _demo_is_demo(cls, value: ModelFormat, info: ValidationInfo) -> ModelFormat:
+        if (value == ModelFormat.DEMO) != (info.data.get("uri") == "demo"):
+            raise ValueError(DEMO_IS_DEMO)
+        return value
 
-KNOWN_DATASETS = ("movielens-100k", "custom")
-# what the CEL rules and the types' validators say (the API server runs the one, the
-# operator's parsing the other)
-UNKNOWN_DATASET = "unknown dataset: the builder knows movielens-100k (or custom with uri)"
-CUSTOM_NEEDS_URI = "a custom evalDataset needs uri (a Parquet file or folder)"
-URI_ONLY_FOR_CUSTOM = "uri is read only for name: custom"
-CUSTOM_ARCHITECTURE_NEEDS = (
-    "a custom architecture needs a TorchScript model (source.format: torchscript) and "
-    "source.featureSpecUri"
-)
+    @field_validator("sha256")
+    @classmethod
+    def _no_sha_for_demo(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("format") == ModelFormat.DEMO:
+            raise ValueError(DEMO_IS_DEMO)
+        return value
+
+    @field_validator("feature_spec_uri")
+    @classmethod
+    def _files_need_spec(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("format") in (ModelFormat.TORCHSCRIPT, ModelFormat.ONNX):
+            raise ValueError(FILE_NEEDS_SPEC)
+        return value
 
 
 class EvalDataset(ApiModel):
@@ -94,23 +135,45 @@ class EvalDataset(ApiModel):
     name: str = Field(
         default="movielens-100k",
         max_length=253,
-        description="A known dataset name (movielens-100k) or `custom` with uri.",
+        description="A known dataset name (movielens-100k) or `custom`: your own data at uri.",
     )
     uri: str | None = Field(
         default=None,
         validate_default=True,
         max_length=2048,
-        description="Parquet file or folder for `custom` (required there, refused "
-        "otherwise). This version's builder does not read custom datasets yet: the build "
-        "fails at once and says so.",
+        description="custom: a Parquet file or folder, a CSV file or a Criteo TSV file (path "
+        "as the build Job sees it, or fsspec URI), columns mapped by the feature spec.",
+    )
+    format: EvalFormat | None = Field(
+        default=None,
+        description="custom: parquet, csv or criteo (default: from uri's extension).",
+    )
+    test_uri: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="custom: a ready-made test file (same format); uri is then the training "
+        "part (validation and static-quantization calibration rows).",
+    )
+    time_column: str | None = Field(
+        default=None,
+        validate_default=True,
+        max_length=253,
+        description="custom: split by this time column; the latest holdoutBasisPoints of "
+        "rows are held out.",
+    )
+    user_column: str | None = Field(
+        default=None,
+        max_length=253,
+        description="custom, with timeColumn: hold out each user's latest "
+        "holdoutBasisPoints of rows instead.",
     )
     holdout_basis_points: Int = Field(
         default=2000,
         ge=100,
         le=5000,
-        description="Share of each user's latest interactions held out for evaluation "
-        "(2000 = 20%; `recserve optimize --holdout-bp`). The demo model is trained without "
-        "them.",
+        description="Share of the rows held out for evaluation (2000 = 20%; `recserve "
+        "optimize --holdout-bp`): each user's latest for movielens-100k (the demo model is "
+        "trained without them), the latest by timeColumn for custom data.",
     )
 
     model_config = ConfigDict(
@@ -121,15 +184,20 @@ class EvalDataset(ApiModel):
                     UNKNOWN_DATASET,
                     ".name",
                 ),
+                cel("self.name != 'custom' || has(self.uri)", CUSTOM_NEEDS_URI, ".uri"),
                 cel(
-                    "self.name != 'custom' || has(self.uri)",
-                    CUSTOM_NEEDS_URI,
+                    "self.name == 'custom' || !(has(self.uri) || has(self.format) || "
+                    "has(self.testUri) || has(self.timeColumn) || has(self.userColumn))",
+                    CUSTOM_ONLY,
                     ".uri",
                 ),
                 cel(
-                    "!has(self.uri) || self.name == 'custom'",
-                    URI_ONLY_FOR_CUSTOM,
-                    ".uri",
+                    "self.name != 'custom' || has(self.timeColumn) || has(self.testUri)",
+                    CUSTOM_NEEDS_SPLIT,
+                    ".timeColumn",
+                ),
+                cel(
+                    "!has(self.userColumn) || has(self.timeColumn)", USER_NEEDS_TIME, ".userColumn"
                 ),
             ]
         }
@@ -143,14 +211,33 @@ class EvalDataset(ApiModel):
             raise ValueError(UNKNOWN_DATASET)
         return value
 
+    @field_validator("uri", "format", "test_uri", "time_column", "user_column")
+    @classmethod
+    def _custom_only(cls, value: object, info: ValidationInfo) -> object:
+        if value is not None and info.data.get("name") not in (None, "custom"):
+            raise ValueError(CUSTOM_ONLY)
+        return value
+
     @field_validator("uri")
     @classmethod
-    def _uri_for_custom_only(cls, value: str | None, info: ValidationInfo) -> str | None:
-        custom = info.data.get("name") == "custom"
-        if custom and value is None:
+    def _custom_needs_uri(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("name") == "custom":
             raise ValueError(CUSTOM_NEEDS_URI)
-        if value is not None and info.data.get("name") not in (None, "custom"):
-            raise ValueError(URI_ONLY_FOR_CUSTOM)
+        return value
+
+    @field_validator("time_column")
+    @classmethod
+    def _custom_needs_split(cls, value: str | None, info: ValidationInfo) -> str | None:
+        custom = info.data.get("name") == "custom"
+        if custom and value is None and info.data.get("test_uri") is None:
+            raise ValueError(CUSTOM_NEEDS_SPLIT)
+        return value
+
+    @field_validator("user_column")
+    @classmethod
+    def _user_needs_time(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("time_column") is None:
+            raise ValueError(USER_NEEDS_TIME)
         return value
 
 
@@ -176,9 +263,6 @@ class RecModelSpec(ApiModel):
     """Desired state of a RecModel."""
 
     source: ModelSource = Field(description="The trained model.")
-    architecture: Architecture = Field(
-        default=Architecture.DLRM, description="Model family of the source model."
-    )
     eval_dataset: EvalDataset = nested(EvalDataset, "Data accuracy is evaluated on.")
     policy_ref: ObjectRef = Field(description="OptimizationPolicy (same namespace) to follow.")
     hardware_pool_refs: list[ObjectRef] = Field(
@@ -190,33 +274,6 @@ class RecModelSpec(ApiModel):
     paused: bool = Field(
         default=False, description="Stop reconciling (keeps what runs; for maintenance)."
     )
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "self.architecture != 'custom' || (self.source.format == 'torchscript' "
-                    "&& has(self.source.featureSpecUri))",
-                    CUSTOM_ARCHITECTURE_NEEDS,
-                    ".architecture",
-                ),
-            ]
-        }
-    )
-
-    @field_validator("architecture")
-    @classmethod
-    def _custom_needs_torchscript_and_spec(
-        cls, value: Architecture, info: ValidationInfo
-    ) -> Architecture:
-        source = info.data.get("source")
-        if (
-            value == Architecture.CUSTOM
-            and isinstance(source, ModelSource)
-            and (source.format != ModelFormat.TORCHSCRIPT or source.feature_spec_uri is None)
-        ):
-            raise ValueError(CUSTOM_ARCHITECTURE_NEEDS)
-        return value
 
 
 class PoolPlacement(ApiModel):

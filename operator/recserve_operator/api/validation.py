@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +11,14 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
+from pydantic.alias_generators import to_camel
 
 from recserve_operator.api.common import API_VERSION, Resource
 from recserve_operator.api.registry import kind_for
 
 R = TypeVar("R", bound=Resource)
 log = logging.getLogger("recserve.api")
+_SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)+")
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,9 @@ def _path(loc: Iterable[int | str]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            # a defaulted field checked by a validator is named by its Python name
+            wire = to_camel(part) if _SNAKE.fullmatch(part) else part
+            out += f".{wire}" if out else wire
     return out
 
 

@@ -30,11 +30,26 @@ def predict_onnx(
     return np.concatenate(out).astype(np.float64)
 
 
-def evaluate_onnx(path: Path, spec: FeatureSpec, rows: Split, threads: int) -> dict[str, float]:
-    """{"auc", "logLoss"} of an ONNX model on ``rows``."""
+class NotProbabilities(ValueError):
+    """A model's scores are not probabilities (log-loss needs them)."""
+
+
+def evaluate_onnx(
+    path: Path, spec: FeatureSpec, rows: Split, threads: int, probabilities: bool = False
+) -> dict[str, float]:
+    """{"auc", "logLoss"} of an ONNX model on ``rows``. ``probabilities``: raise
+    NotProbabilities when a score is outside [0, 1] (checked on the source model: a model
+    that returns logits would get a meaningless log-loss)."""
     from recserve_runtime.train import auc_logloss
 
-    auc, ll = auc_logloss(rows.label, predict_onnx(path, spec, rows, threads))
+    scores = predict_onnx(path, spec, rows, threads)
+    if probabilities and len(scores) and (scores.min() < 0.0 or scores.max() > 1.0):
+        raise NotProbabilities(
+            f"the model's scores on the held-out rows range over [{scores.min():.4g}, "
+            f"{scores.max():.4g}]: it must return a probability in [0, 1] per row (apply "
+            "the sigmoid in forward()), which log-loss and the served scores assume"
+        )
+    auc, ll = auc_logloss(rows.label, scores)
     return {"auc": auc, "logLoss": ll}
 
 

@@ -2,8 +2,10 @@
 
 The legacy TorchScript exporter is used on purpose: it also takes TorchScript models
 (bring-your-own), and it emits plain Gemm/Gather graphs that onnxruntime's quantizer
-handles. Inputs: ``sparse_ids`` int64 [B, F], ``dense`` float32 [B, D]; output ``score``
-float32 [B].
+handles. Inputs: the feature spec's ``sparseInput`` (int64 [B, F], default ``sparse_ids``)
+and ``denseInput`` (float32 [B, D], default ``dense``), in the order the model takes them;
+output ``score`` float32 [B]. A bring-your-own ONNX model is brought to the same output
+contract by :func:`normalize_onnx`.
 """
 
 from __future__ import annotations
@@ -41,18 +43,23 @@ def example_inputs(spec: FeatureSpec, batch: int = 4, seed: int = 0) -> tuple[An
     return torch.from_numpy(sparse), torch.from_numpy(dense)
 
 
-def export_onnx(model: Any, spec: FeatureSpec, path: Path) -> Path:
-    """Export a torch (or TorchScript) model taking (sparse_ids, dense) to ONNX."""
+def export_onnx(
+    model: Any, spec: FeatureSpec, path: Path, order: tuple[str, str] | None = None
+) -> Path:
+    """Export a torch (or TorchScript) model to ONNX. ``order``: its input names in the
+    order forward() takes them (default: sparseInput, denseInput)."""
     import torch
 
     sparse, dense = example_inputs(spec)
+    names = order or (spec.sparse_input, spec.dense_input)
+    by_name = {spec.sparse_input: sparse, spec.dense_input: dense}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
-            (sparse, dense),
+            tuple(by_name[n] for n in names),
             str(path),
-            input_names=[spec.sparse_input, spec.dense_input],
+            input_names=list(names),
             output_names=["score"],
             dynamic_axes={
                 spec.sparse_input: {0: "batch"},
@@ -63,6 +70,27 @@ def export_onnx(model: Any, spec: FeatureSpec, path: Path) -> Path:
             dynamo=False,
         )
     return path
+
+
+def normalize_onnx(src: Path, dst: Path) -> Path:
+    """A bring-your-own ONNX model with the recserve output contract: its one output
+    (checked by the source loader: [B] or [B, 1]) reshaped to ``score`` float32 [B]."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    out = model.graph.output[0]
+    shape = numpy_helper.from_array(np.array([-1], np.int64), "recserve_score_shape")
+    model.graph.initializer.append(shape)
+    model.graph.node.append(
+        helper.make_node("Reshape", [out.name, shape.name], ["score"], name="recserve_score")
+    )
+    del model.graph.output[:]
+    model.graph.output.append(
+        helper.make_tensor_value_info("score", onnx.TensorProto.FLOAT, ["batch"])
+    )
+    onnx.save(model, str(dst))
+    return dst
 
 
 def optimize_portable(src: Path, dst: Path) -> Path:

@@ -2,8 +2,8 @@
 
 What is built is decided by ``builder.plan.plan_variants`` from the build options
 (precisions, static quantization, pruning ratios, distillation); this module executes
-that plan. The full plan (zoo models get all of it; TorchScript models the ONNX-level
-variants of the original):
+that plan. The full plan (zoo models get all of it; TorchScript and ONNX models the
+ONNX-level variants of the original):
 
 =========================== ==================================================
 fp32                        exported ONNX, portable graph optimizations (always)
@@ -121,10 +121,15 @@ class BuildContext:
 
 
 def export_float(ctx: BuildContext, model: Any, stem: str) -> Path:
-    """Export to ONNX and apply the portable FP32 optimizations."""
-    from recserve_runtime.builder.export import export_onnx, optimize_portable
+    """Export to ONNX (an ONNX source: bring it to the output contract) and apply the
+    portable FP32 optimizations."""
+    from recserve_runtime.builder.export import export_onnx, normalize_onnx, optimize_portable
 
-    raw = export_onnx(model, ctx.source.spec, ctx.work / f"{stem}-raw.onnx")
+    raw = ctx.work / f"{stem}-raw.onnx"
+    if ctx.source.kind == "onnx":
+        normalize_onnx(model, raw)
+    else:
+        export_onnx(model, ctx.source.spec, raw, ctx.source.inputs)
     return optimize_portable(raw, ctx.work / f"{stem}.onnx")
 
 
@@ -284,8 +289,8 @@ def build_variants(ctx: BuildContext) -> list[Variant]:
     opts = ctx.options
     if not zoo and (opts.pruning_ratios_bp or student_shapes(opts, ctx.shapes)):
         ctx.say(
-            "[build] TorchScript model: pruning and distillation need a zoo model "
-            "(architecture + state dict); building ONNX-level variants only"
+            f"[build] {ctx.source.kind} model: pruning and distillation need a recserve "
+            "checkpoint (`recserve train`); building ONNX-level variants only"
         )
     best = search(ctx) if zoo else None
     shape = (best.embedding_dim, best.mlp_layers) if best is not None else None
@@ -317,7 +322,7 @@ def measure(ctx: BuildContext, variants: list[Variant], hardware: str, seconds: 
 
     Latency is measured with ``ctx.profile_threads`` onnxruntime threads, what one server
     replica uses, so that the gate and the selection see what a replica delivers."""
-    from recserve_runtime.builder.evaluate import drop_rel_pct, evaluate_onnx
+    from recserve_runtime.builder.evaluate import NotProbabilities, drop_rel_pct, evaluate_onnx
     from recserve_runtime.profiler import profile
 
     teacher_auc = 0.0
@@ -325,7 +330,11 @@ def measure(ctx: BuildContext, variants: list[Variant], hardware: str, seconds: 
     for v in list(variants):
         ctx.say(f"[measure] {v.name}: accuracy on {len(ctx.data.test)} held-out rows, profile")
         try:
-            v.metrics.update(evaluate_onnx(v.path, ctx.source.spec, ctx.data.test, ctx.threads))
+            v.metrics.update(
+                evaluate_onnx(v.path, ctx.source.spec, ctx.data.test, ctx.threads, v.name == "fp32")
+            )
+        except NotProbabilities as exc:
+            raise BuildError(str(exc)) from exc
         except Exception as exc:
             if v.name == "fp32":
                 raise BuildError(f"the exported fp32 model cannot be run: {exc}") from exc

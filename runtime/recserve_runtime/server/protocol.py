@@ -1,9 +1,10 @@
 """Request decoding and validation: OIP v2 infer (JSON and binary tensors) and /v1/rank.
 
 Every rejection is a :class:`BadInput` naming the offending field, which the server turns
-into HTTP 400. Out-of-vocabulary ids are rejected (400), not mapped to an OOV row: the
-variant's tables have no reserved OOV row, and silently scoring a client bug as an
-unknown item hides it.
+into HTTP 400. Out-of-vocabulary ids are rejected (400), not mapped to an OOV row,
+unless the feature spec declares a mapping for the feature (``oov: hash`` or ``oov: id``,
+applied exactly as the builder applied it to the eval data): without one, the tables
+have no reserved OOV row, and silently scoring a client bug as an unknown item hides it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import orjson
 
 from recserve_runtime import artifacts
+from recserve_runtime.data.oov import map_ids
 
 # OIP v2 datatype <-> numpy
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -87,6 +89,7 @@ class Validator:
         self.dense_name = fs.dense_input
         self.vocab = np.array([f.vocab_size for f in fs.sparse], dtype=np.int64)
         self.sparse_names = [f.name for f in fs.sparse]
+        self.oov = [(col, f) for col, f in enumerate(fs.sparse) if f.oov is not None]
         self.n_sparse = len(fs.sparse)
         self.n_dense = sum(f.width for f in fs.dense)
         self.inputs = {t.name: t for t in manifest.inputs}
@@ -134,6 +137,10 @@ class Validator:
             )
         if dense.shape[0] != n:
             raise BadInput(dfield, f"has {dense.shape[0]} rows, {sfield} has {n}")
+        if self.oov:
+            sparse = sparse.copy()  # may be a view of the request's buffer
+            for col, feature in self.oov:
+                sparse[:, col] = map_ids(sparse[:, col], feature)
         bad = (sparse < 0) | (sparse >= self.vocab)
         if bad.any():
             row, col = (int(v[0]) for v in np.nonzero(bad))
