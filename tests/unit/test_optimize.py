@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from recserve_runtime.artifacts import load_manifest, verify
 from recserve_runtime.data import load_dataset
 from recserve_runtime.zoo.checkpoint import save_checkpoint
 from recserve_runtime.zoo.models import ModelConfig, build_model
+from tests.manifests import REPO
 
 pytestmark = pytest.mark.unit
 torch.set_num_threads(2)
@@ -156,7 +158,9 @@ def test_corrupt_model_file(
     bad, out = tmp_path / "bad.pt", tmp_path / "store"
     bad.write_bytes(content)
     assert run_optimize("--model", str(bad), "--out", str(out)) == 2
-    assert "neither a recserve checkpoint nor a TorchScript model" in capsys.readouterr().err
+    assert "neither a recserve checkpoint, a TorchScript model nor an ONNX model" in (
+        capsys.readouterr().err
+    )
     assert no_valid_artifact(out)
 
 
@@ -368,3 +372,61 @@ def test_model_from_fsspec_uri(
     )
     rc = run_optimize("--model", "memory://recserve-test/models/missing.pt", "--out", str(tmp_path))
     assert rc == 2 and "cannot be fetched" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def byom(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The bring-your-own example: a TorchScript DeepFM taking (dense_feats, ids), the same
+    model as ONNX, its spec and Parquet interactions with a planted signal."""
+    out = tmp_path_factory.mktemp("byom")
+    script = REPO / "examples" / "bring-your-own" / "make_model_and_data.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--out", str(out), "--rows", "20000"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return out, json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("model", ["deepfm.pt", "deepfm.onnx"])
+def test_bring_your_own_model_is_measured_on_its_own_data(
+    byom: tuple[Path, dict[str, Any]], tmp_path: Path, model: str
+) -> None:
+    folder, facts = byom
+    report = tmp_path / "r.json"
+    rc = run_optimize(
+        *("--model", str(folder / model), "--feature-spec", str(folder / "spec.yaml")),
+        *("--eval-data", str(folder / "interactions.parquet"), "--time-column", "ts"),
+        *("--precisions", "fp32,int8", "--no-static-quantization", "--quick"),
+        *("--out", str(tmp_path / "store"), "--json", str(report)),
+    )
+    assert rc == 0
+    data = json.loads(report.read_text())
+    assert data["heldOutRows"] == facts["test_rows"]
+    assert data["model"]["format"] == model.split(".")[1].replace("pt", "torchscript")
+    variants = {v["name"]: v for v in data["variants"]}
+    assert set(variants) == {"fp32", "int8-dynamic"}
+    # the FP32 variant scores the held-out rows as the model itself does
+    assert abs(variants["fp32"]["metrics"]["auc"] - facts["model_test_auc"]) < 1e-3
+    assert variants["int8-dynamic"]["accepted"]
+    manifest = load_manifest(Path(variants["int8-dynamic"]["location"]))
+    assert [t.name for t in manifest.inputs] == ["ids", "dense_feats"]
+    assert [t.name for t in manifest.outputs] == ["score"]
+
+
+def test_custom_eval_data_errors_are_one_line_and_write_nothing(
+    byom: tuple[Path, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = byom
+    out = tmp_path / "store"
+    base = ("--model", str(folder / "deepfm.pt"), "--feature-spec", str(folder / "spec.yaml"))
+    data = ("--eval-data", str(folder / "interactions.parquet"))
+    assert run_optimize(*base, *data, "--out", str(out)) == 2
+    assert "no split declared" in capsys.readouterr().err
+    assert run_optimize(*base, "--time-column", "ts", "--out", str(out)) == 2
+    assert "--time-column describe --eval-data, which is not given" in capsys.readouterr().err
+    assert run_optimize(*base, *data, "--time-column", "when", "--out", str(out)) == 2
+    assert "'when'" in capsys.readouterr().err
+    assert no_valid_artifact(out)

@@ -1,10 +1,20 @@
-"""Data sets for training and evaluating recommendation models (MovieLens, synthetic)."""
+"""Data sets for training and evaluating recommendation models (MovieLens, synthetic,
+a user's own data)."""
 
-from recserve_runtime.data.tabular import DatasetNotFoundError, Split, TabularData
+from recserve_runtime.data.custom import load_custom
+from recserve_runtime.data.tabular import DatasetError, DatasetNotFoundError, Split, TabularData
 
 DATASETS = ("movielens-100k",)
 
-__all__ = ["DATASETS", "DatasetNotFoundError", "Split", "TabularData", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "DatasetError",
+    "DatasetNotFoundError",
+    "Split",
+    "TabularData",
+    "load_custom",
+    "load_dataset",
+]
 
 
 def load_dataset(name: str, cache_dir: str | None = None, holdout_bp: int = 2000) -> TabularData:

@@ -9,7 +9,6 @@ import numpy as np
 
 from recserve_runtime.artifacts import FeatureSpec
 
-
 # Share of the train part, its latest rows, that validates (early stopping).
 VALID_BP = 1000
 
