@@ -59,7 +59,12 @@ def test_model_digest_is_immutable_once_set(
     k8s: client.ApiClient, crds: list[str], namespace: str
 ) -> None:
     doc = example("movielens-dlrm")
-    doc["spec"]["source"]["sha256"] = "a" * 64
+    doc["spec"]["source"] = {
+        "uri": "/artifacts/models/m.onnx",
+        "format": "onnx",
+        "featureSpecUri": "/artifacts/models/spec.yaml",
+        "sha256": "a" * 64,
+    }
     _create(k8s, doc, namespace, dry_run=False)
     api = client.CustomObjectsApi(k8s)
     for new in ("b" * 64, None):

@@ -23,6 +23,18 @@ def test_every_example_is_valid() -> None:
     assert kinds == ["HardwarePool"] * 3 + ["OptimizationPolicy", "RecModel"]
 
 
+def test_the_bring_your_own_example_is_valid() -> None:
+    import yaml
+
+    from tests.manifests import EXAMPLES
+
+    doc = yaml.safe_load((EXAMPLES / "bring-your-own" / "recmodel.yaml").read_text())
+    model = validate_manifest(doc)
+    assert model.kind == "RecModel"
+    assert model.spec.source.format == "torchscript"  # type: ignore[attr-defined]
+    assert model.spec.eval_dataset.time_column == "ts"  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("case", BAD_CASES, ids=lambda c: c.id)
 def test_bad_manifest_is_rejected_with_field_path(case: BadCase) -> None:
     with pytest.raises(ManifestError) as caught:
