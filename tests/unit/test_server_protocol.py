@@ -177,3 +177,24 @@ def test_bad_rank_requests_name_the_field(validator: Validator, body: Any, field
 def test_variant_fixture_verifies(tmp_path: Path) -> None:
     variant = tm.write_variant(tmp_path, SPEC)
     assert artifacts.verify(variant).name == "model.onnx"
+
+
+def test_out_of_vocabulary_ids_are_mapped_only_as_the_spec_declares(validator: Validator) -> None:
+    """Unset: 400. ``oov: id``: the OOV row; ``oov: hash``: modulo the vocabulary, the
+    same mapping the builder applied to the eval data."""
+    manifest = validator.manifest.model_copy(deep=True)
+    sparse, dense = tm.random_batch(SPEC, 2)
+    sparse[0, 0], sparse[1, 0] = 100, -3  # outside [0, 100)
+    sparse[0, 1], sparse[1, 1] = 250, -1
+    with pytest.raises(BadInput, match="outside the vocabulary"):
+        validator.check_batch(sparse, dense, ("sparse_ids", "dense"))
+    fs = manifest.feature_spec
+    fs.sparse[0] = fs.sparse[0].model_copy(update={"oov": artifacts.Oov.ID})
+    fs.sparse[1] = fs.sparse[1].model_copy(update={"oov": artifacts.Oov.HASH})
+    original = sparse.copy()
+    batch = Validator(manifest, max_batch_rows=256).check_batch(
+        sparse, dense, ("sparse_ids", "dense")
+    )
+    assert batch.sparse[:, 0].tolist() == [99, 99]
+    assert batch.sparse[:, 1].tolist() == [50, 99]
+    assert (sparse == original).all(), "the request's own buffer is not written"
