@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from recserve_dev import testmodel as tm
 from recserve_runtime import artifacts
@@ -198,3 +203,102 @@ def test_out_of_vocabulary_ids_are_mapped_only_as_the_spec_declares(validator: V
     assert batch.sparse[:, 0].tolist() == [99, 99]
     assert batch.sparse[:, 1].tolist() == [50, 99]
     assert (sparse == original).all(), "the request's own buffer is not written"
+
+
+# --- fuzzing the decoder: any body is a request or a BadInput (HTTP 400), never a crash ---
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
+FUZZ = settings(
+    max_examples=int(os.environ.get("RECSERVE_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def _mutate(doc: Any, path: list[Any], value: Any) -> Any:
+    """``doc`` with the node at ``path`` (followed as far as it exists) replaced."""
+    if not path or not isinstance(doc, dict | list):
+        return value
+    key, rest = path[0], path[1:]
+    if isinstance(doc, list):
+        if not doc:
+            return value
+        index = key % len(doc) if isinstance(key, int) else 0
+        return [_mutate(v, rest, value) if i == index else v for i, v in enumerate(doc)]
+    name = key if isinstance(key, str) and key in doc else next(iter(doc), None)
+    if name is None:
+        return value
+    return {k: _mutate(v, rest, value) if k == name else v for k, v in doc.items()}
+
+
+PATHS = st.lists(st.sampled_from(["inputs", "outputs", "name", "datatype", "shape", "data",
+                                  "parameters", "user", "candidates", "sparse", "dense", "id",
+                                  "top_k", 0, 1, 2]), max_size=4)  # fmt: skip
+
+
+def _encode(doc: Any) -> bytes:
+    """JSON as a client may send it: integers past 64 bits, Infinity (stdlib json)."""
+    return json.dumps(doc).encode()
+
+
+def _decodes_or_400(call: Any, *args: Any) -> None:
+    with contextlib.suppress(BadInput):
+        call(*args)
+
+
+@FUZZ
+@given(doc=JSON)
+def test_fuzz_any_json_document(validator: Validator, doc: Any) -> None:
+    body = _encode(doc)
+    _decodes_or_400(validator.infer_request, body, None)
+    _decodes_or_400(validator.rank_request, body)
+
+
+@FUZZ
+@given(path=PATHS, value=JSON)
+def test_fuzz_valid_infer_bodies_with_one_node_replaced(
+    validator: Validator, path: list[Any], value: Any
+) -> None:
+    doc = _mutate(infer_body(2), path, value)
+    _decodes_or_400(validator.infer_request, _encode(doc), None)
+
+
+@FUZZ
+@given(path=PATHS, value=JSON)
+def test_fuzz_valid_rank_bodies_with_one_node_replaced(
+    validator: Validator, path: list[Any], value: Any
+) -> None:
+    sparse, dense = tm.random_batch(SPEC, 3)
+    doc = {
+        "user": {"sparse": sparse[0, : SPEC.n_sparse_user].tolist(),
+                 "dense": dense[0, : SPEC.n_dense_user].tolist()},
+        "candidates": [{"id": i, "sparse": sparse[i, SPEC.n_sparse_user :].tolist(),
+                        "dense": dense[i, SPEC.n_dense_user :].tolist()} for i in range(3)],
+    }  # fmt: skip
+    _decodes_or_400(validator.rank_request, _encode(_mutate(doc, path, value)))
+
+
+@FUZZ
+@given(raw=st.binary(max_size=400), header_length=st.none() | st.integers(-5, 500))
+def test_fuzz_raw_bytes_and_binary_header_lengths(
+    validator: Validator, raw: bytes, header_length: int | None
+) -> None:
+    _decodes_or_400(validator.infer_request, raw, header_length)
+    _decodes_or_400(validator.rank_request, raw)
+
+
+def test_an_input_name_that_is_not_a_string_is_a_400(validator: Validator) -> None:
+    """Regression: {"name": {}} was answered 500 (TypeError: unhashable type)."""
+    for bad in ({}, [], 1, None):
+        with pytest.raises(BadInput, match=r"inputs\[0\]\.name"):
+            validator.infer_request(orjson.dumps(infer_body(2, {(0, "name"): bad})), None)

@@ -182,7 +182,7 @@ class Validator:
             if not isinstance(item, dict):
                 raise BadInput(field, "must be an object")
             name = item.get("name")
-            if name not in self.inputs:
+            if not isinstance(name, str) or name not in self.inputs:
                 raise BadInput(
                     f"{field}.name",
                     f"unknown input {name!r}; the model's inputs are {', '.join(self.inputs)}",
