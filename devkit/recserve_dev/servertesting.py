@@ -86,11 +86,18 @@ class Running:
     port: int
     proc: subprocess.Popen[bytes]
     log: Path
+    admin_port: int | None = None
 
     @property
     def url(self) -> str:
         """Base URL."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """Base URL of the admin API (servers only)."""
+        assert self.admin_port is not None, "a router has no admin API"
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def logs(self) -> str:
         """What the process printed so far."""
@@ -112,13 +119,16 @@ def run_server(
     port: int | None = None,
     **kw: Any,
 ) -> Iterator[Running]:
-    """A `recserve serve` process; waits for live (and ready unless ``wait_ready=False``)."""
+    """A `recserve serve` process with its admin API on a free port of its own; waits for
+    live (and ready unless ``wait_ready=False``)."""
     port = port or free_port()
+    admin = free_port()
     log = log_dir / f"serve-{port}.log"
-    with process(serve_argv(variant, port, *extra), log, **kw) as proc:
+    argv = serve_argv(variant, port, "--admin-port", str(admin), *extra)
+    with process(argv, log, **kw) as proc:
         path = "/v2/health/ready" if wait_ready else "/v2/health/live"
         wait_http(f"http://127.0.0.1:{port}{path}", 60, proc)
-        yield Running(port, proc, log)
+        yield Running(port, proc, log, admin)
 
 
 @contextmanager

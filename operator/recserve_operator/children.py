@@ -28,6 +28,8 @@ POOL_LABEL = "recserve.io/pool"
 VARIANT_LABEL = "recserve.io/variant"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 SERVER_PORT = 8000
+# the servers' admin API (/admin/limits): its own port, never the inference one
+ADMIN_PORT = 8001
 ROUTER_PORT = 8080
 CACHE_MOUNT = "/var/cache/recserve"
 
@@ -329,6 +331,7 @@ def server_deployment(
         f"--variant={variant_dir}",
         "--host=$(POD_IP)",
         f"--port={SERVER_PORT}",
+        f"--admin-port={ADMIN_PORT}",
         f"--hardware={pool.spec.hardware_type.value}",
         f"--slo-p99-ms={p99_target_ms}",
         f"--max-batch-rows={max(batch_size, 1)}",
@@ -345,7 +348,10 @@ def server_deployment(
         "image": config.server_image,
         "command": ["recserve"],
         "args": args,
-        "ports": [{"name": "http", "containerPort": SERVER_PORT}],
+        "ports": [
+            {"name": "http", "containerPort": SERVER_PORT},
+            {"name": "admin", "containerPort": ADMIN_PORT},
+        ],
         "env": _pod_ip_env(),
         "resources": resources(pool),
         "securityContext": CONTAINER_SECURITY,

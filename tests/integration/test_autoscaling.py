@@ -316,7 +316,7 @@ def test_load_step_scales_up_holds_without_prometheus_and_scales_back(
     )
 
     def server_ceiling() -> int:
-        with urllib.request.urlopen(f"http://{server}:8000/admin/limits", timeout=5) as r:
+        with urllib.request.urlopen(f"http://{server}:8001/admin/limits", timeout=5) as r:
             return int(json.load(r)["max_batch_rows"])
 
     eventually(

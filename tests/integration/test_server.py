@@ -197,21 +197,55 @@ def test_metrics_are_exposed(server: Running) -> None:
 
 
 def test_admin_limits_change_at_run_time(server: Running) -> None:
-    status, _, raw = http("GET", f"{server.url}/admin/limits")
+    admin = server.admin_url
+    status, _, raw = http("GET", f"{admin}/admin/limits")
     assert status == 200 and orjson.loads(raw)["max_queue"] == 1024
-    status, doc = post(f"{server.url}/admin/limits", {"max_batch_rows": 8, "min_batch_rows": 8})
+    status, doc = post(f"{admin}/admin/limits", {"max_batch_rows": 8, "min_batch_rows": 8})
     assert status == 200 and doc["max_batch_rows"] == 8
     try:
         status, body = post(
             f"{server.url}/v2/models/{MODEL}/infer", infer_doc(*tm.random_batch(SPEC, 9))
         )
         assert status == 400 and body["error"].startswith("inputs[0].shape[0]:"), body
-        status, body = post(f"{server.url}/admin/limits", {"max_queue": -1})
+        status, body = post(f"{admin}/admin/limits", {"max_queue": -1})
         assert status == 400 and "max_queue" in body["error"]
-        status, body = post(f"{server.url}/admin/limits", {"bogus": 1})
+        status, body = post(f"{admin}/admin/limits", {"bogus": 1})
         assert status == 400 and body["error"].startswith("bogus:")
     finally:
-        post(f"{server.url}/admin/limits", {"max_batch_rows": 4096, "min_batch_rows": 64})
+        post(f"{admin}/admin/limits", {"max_batch_rows": 4096, "min_batch_rows": 64})
+
+
+def test_admin_api_is_not_on_the_inference_port(server: Running) -> None:
+    """Anyone who may rank must not set the limits: the inference port has no /admin, and
+    the admin port serves nothing else."""
+    for method in ("GET", "PUT"):
+        status, _, raw = http(method, f"{server.url}/admin/limits", b'{"max_queue": 1}')
+        assert status == 404 and b"own port" in raw, raw
+    assert http("GET", f"{server.admin_url}/admin/limits")[0] == 200
+    for path in ("/v1/rank", "/v2/health/ready", "/metrics"):
+        assert http("GET", f"{server.admin_url}{path}")[0] == 404
+    assert orjson.loads(http("GET", f"{server.admin_url}/admin/limits")[2])["max_queue"] == 1024
+
+
+def test_admin_api_with_a_token_refuses_requests_without_it(variant: Path, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    with run_server(variant, tmp_path, "--admin-token-file", str(token)) as srv:
+        url = f"{srv.admin_url}/admin/limits"
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret-token"}):
+            status, answer_headers, _ = http("PUT", url, b'{"max_queue": 1}', headers)
+            assert status == 401 and answer_headers["www-authenticate"] == "Bearer"
+        good = {"authorization": "Bearer s3cret-token"}
+        status, _, raw = http("PUT", url, b'{"max_queue": 7}', good)
+        assert status == 200 and orjson.loads(raw)["max_queue"] == 7
+        assert "s3cret-token" not in srv.logs()
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    with (
+        pytest.raises(RuntimeError, match="exited"),
+        run_server(variant, tmp_path, "--admin-token-file", str(empty)),
+    ):
+        pass
 
 
 @pytest.mark.parametrize("damage", ["truncate", "bitflip"])
@@ -256,7 +290,7 @@ def test_overload_3x_sheds_with_429_and_keeps_accepted_within_slo(
         variant, tmp_path, "--emulate-us-per-row", "300", "--slo-p99-ms", str(slo_ms)
     ) as srv:
         # leave half the SLO as margin for this shared, noisy test machine
-        assert post(f"{srv.url}/admin/limits", {"admit_fraction": 0.5})[0] == 200
+        assert post(f"{srv.admin_url}/admin/limits", {"admit_fraction": 0.5})[0] == 200
         bodies = tm.rank_bodies(artifacts.load_manifest(variant), 16, 64)
         target = Target("127.0.0.1", srv.port, "/v1/rank", bodies)
 

@@ -826,7 +826,7 @@ class Bench:
             if rows is not None:
                 body = json.dumps({"max_batch_rows": rows}).encode()
                 req = urllib.request.Request(
-                    f"http://{server}:8000/admin/limits", data=body, method="PUT"
+                    f"http://{server}:8001/admin/limits", data=body, method="PUT"
                 )
                 with urllib.request.urlopen(req, timeout=5):
                     pass

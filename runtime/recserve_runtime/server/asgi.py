@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -21,17 +22,21 @@ Handler = Callable[[str, str, dict[str, str], bytes], Awaitable[Response]]
 
 
 class ASGIApp:
-    """A minimal ASGI app: lifespan hooks plus one handler for every HTTP request."""
+    """A minimal ASGI app: lifespan hooks plus one handler for every HTTP request, and
+    optionally another for the requests that arrive on the admin port."""
 
     def __init__(
         self,
         handle: Handler,
         on_startup: Callable[[], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
+        admin: tuple[int, Handler] | None = None,
     ) -> None:
         self.handle = handle
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
+        self.admin_port: int | None = admin[0] if admin else None
+        self.admin_handle: Handler | None = admin[1] if admin else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -50,7 +55,12 @@ class ASGIApp:
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        resp = await self.handle(scope["method"], scope["path"], headers, body)
+        handle = self.handle
+        if self.admin_handle is not None and (scope.get("server") or (None, None))[1] == (
+            self.admin_port
+        ):
+            handle = self.admin_handle
+        resp = await handle(scope["method"], scope["path"], headers, body)
         raw_headers = [
             (b"content-type", resp.content_type.encode()),
             (b"content-length", str(len(resp.body)).encode()),
@@ -72,8 +82,25 @@ class ASGIApp:
                 return
 
 
-def run_uvicorn(app: ASGIApp, host: str, port: int, graceful_timeout_s: float = 30.0) -> None:
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), for uvicorn to listen on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def run_uvicorn(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    graceful_timeout_s: float = 30.0,
+    admin_host: str | None = None,
+) -> None:
     """Serve ``app`` with uvicorn (httptools parser, uvloop when installed); blocks.
+    With an admin handler, the app's admin port is listened on too (at ``admin_host``,
+    default ``host``).
 
     On SIGTERM/SIGINT uvicorn stops accepting, waits for in-flight requests (which
     drains the batch queue), then runs the lifespan shutdown hook.
@@ -117,9 +144,14 @@ def run_uvicorn(app: ASGIApp, host: str, port: int, graceful_timeout_s: float = 
         server_header=False,
         date_header=False,
     )
-    _Server(config).run()
+    sockets = [bind(host, port)]
+    if app.admin_port is not None:
+        sockets.append(bind(admin_host or host, app.admin_port))
+    _Server(config).run(sockets=sockets)
 
 
-def make_app(server: InferenceServer) -> ASGIApp:
-    """The ASGI app of an inference server."""
-    return ASGIApp(server.handle, server.startup, server.shutdown)
+def make_app(server: InferenceServer, admin_port: int | None = None) -> ASGIApp:
+    """The ASGI app of an inference server; ``admin_port``: where its admin API is served
+    (None: nowhere)."""
+    admin = (admin_port, server.handle_admin) if admin_port else None
+    return ASGIApp(server.handle, server.startup, server.shutdown, admin)

@@ -69,6 +69,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="share of requests scored with --reference-variant, in basis points (100 = 1%%; "
         "default 0 = off)",
     )
+    p.add_argument(
+        "--admin-port",
+        type=int,
+        default=0,
+        help="serve the admin API (GET/PUT /admin/limits) on this port, never on --port "
+        "(default 0: no admin API; the operator's servers use 8001, reachable by the "
+        "operator only where NetworkPolicies are enforced)",
+    )
+    p.add_argument("--admin-host", default=None, help="address of --admin-port (default --host)")
+    p.add_argument(
+        "--admin-token-file",
+        type=Path,
+        default=None,
+        help="file holding a token (e.g. a mounted Secret): admin requests then need "
+        "`Authorization: Bearer <token>`",
+    )
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(handler=_serve)
 
@@ -101,11 +117,27 @@ def _serve(args: argparse.Namespace) -> int:
         emulate_us_per_batch=args.emulate_us_per_batch,
         reference_variant=args.reference_variant,
         fidelity_sample_bp=args.fidelity_sample_bp,
+        admin_token=_read_token(args.admin_token_file),
     )
     server = InferenceServer(config)
     logging.getLogger("recserve.server").info(
         "serving variant=%s on http://%s:%d hardware=%s", args.variant, args.host, args.port,
         args.hardware,
     )  # fmt: skip
-    run_uvicorn(make_app(server), args.host, args.port, args.drain_timeout_s)
+    app = make_app(server, args.admin_port or None)
+    run_uvicorn(app, args.host, args.port, args.drain_timeout_s, args.admin_host)
     return 0
+
+
+def _read_token(path: Path | None) -> str | None:
+    """The admin token from its file (surrounding whitespace dropped); SystemExit if the
+    file is missing or empty: a server that should be protected never starts open."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise SystemExit(f"error: --admin-token-file {path}: {exc.strerror}") from exc
+    if not token:
+        raise SystemExit(f"error: --admin-token-file {path} is empty")
+    return token

@@ -9,6 +9,7 @@ or draining 503 + Retry-After, client deadline passed before compute 504.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import time
@@ -97,6 +98,7 @@ class ServeConfig:
     emulate_us_per_batch: float = 0.0
     reference_variant: str | None = None  # FP32 reference, for fidelity sampling
     fidelity_sample_bp: int = 0
+    admin_token: str | None = None  # Bearer token the admin API requires, if any
 
 
 def limits_to_doc(limits: Limits) -> dict[str, Any]:
@@ -316,8 +318,9 @@ class InferenceServer:
             return await self._v2(method, parts[1:], headers, body)
         if parts == ["metrics"]:
             return "metrics", Response(200, self.metrics.render(), "text/plain; version=0.0.4")
-        if parts == ["admin", "limits"]:
-            return "admin", await self._admin(method, body)
+        if parts[:1] == ["admin"]:
+            # never on the inference port: anyone who may rank could set the limits
+            return "other", error(404, "the admin API is served on its own port (--admin-port)")
         return "other", error(404, f"no route for {path}")
 
     @staticmethod
@@ -386,6 +389,32 @@ class InferenceServer:
                 "feature_spec": m.feature_spec.model_dump(by_alias=True, mode="json"),
             }
         return json_response(200, doc)
+
+    async def handle_admin(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> Response:
+        """Answer one request on the admin port (never raises): ``/admin/limits`` only,
+        with ``Authorization: Bearer <token>`` when the server was given a token."""
+        token = self.config.admin_token
+        if token is not None:
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                log.warning("admin request refused: missing or wrong token path=%s", path)
+                return Response(
+                    401,
+                    orjson.dumps({"error": "the admin API needs Authorization: Bearer <token>"}),
+                    JSON,
+                    [("www-authenticate", "Bearer")],
+                )
+        if [p for p in path.split("/") if p] != ["admin", "limits"]:
+            return error(404, f"no route for {path} on the admin port (only /admin/limits)")
+        try:
+            return await self._admin(method, body)
+        except BadInput as exc:
+            return error(400, str(exc))
+        except Exception as exc:  # the server survives any request
+            log.exception("admin request failed path=%s", path)
+            return error(500, f"internal error: {type(exc).__name__}")
 
     async def _admin(self, method: str, body: bytes) -> Response:
         if method == "GET":
