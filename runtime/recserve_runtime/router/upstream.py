@@ -25,7 +25,9 @@ class _Conn:
         self.reader = reader
         self.writer = writer
 
-    async def roundtrip(self, raw: bytes) -> UpstreamResponse:
+    async def roundtrip(self, raw: bytes, head_request: bool = False) -> UpstreamResponse:
+        """Send one request, read its response. ``head_request``: it was a HEAD request, whose
+        response has no body whatever its Content-Length says (RFC 9110 9.3.2)."""
         self.writer.write(raw)
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head[:-4].decode("latin-1").split("\r\n")
@@ -40,7 +42,8 @@ class _Conn:
             elif name == "transfer-encoding":
                 raise UpstreamError("chunked responses are not supported")
             headers.append((name, value))
-        body = await self.reader.readexactly(length) if length else b""
+        bodiless = head_request or status in (204, 304) or 100 <= status < 200
+        body = await self.reader.readexactly(length) if length and not bodiless else b""
         return UpstreamResponse(status, headers, body)
 
 
@@ -71,7 +74,7 @@ class UpstreamPool:
             conn = self._idle.pop()
             try:
                 async with asyncio.timeout(timeout_s):
-                    resp = await conn.roundtrip(raw)
+                    resp = await conn.roundtrip(raw, method == "HEAD")
             except (ConnectionError, asyncio.IncompleteReadError):
                 conn.writer.close()
             except (OSError, TimeoutError, ValueError, IndexError, UpstreamError) as exc:
@@ -87,7 +90,7 @@ class UpstreamPool:
             async with asyncio.timeout(timeout_s):
                 r, w = await asyncio.open_connection(self.host, self.port)
                 fresh = _Conn(r, w)
-                resp = await fresh.roundtrip(raw)
+                resp = await fresh.roundtrip(raw, method == "HEAD")
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
             if fresh is not None:
                 fresh.writer.close()

@@ -19,6 +19,9 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[str, str, dict[str, str], bytes], Awaitable[Response]]
+# The largest request body read: a full 4096-row batch is about 2 MB as JSON; anything
+# far larger is refused (413) before it is buffered, not after it filled the memory.
+MAX_BODY_BYTES = 16 << 20
 
 
 class ASGIApp:
@@ -31,8 +34,10 @@ class ASGIApp:
         on_startup: Callable[[], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
         admin: tuple[int, Handler] | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.handle = handle
+        self.max_body_bytes = max_body_bytes
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
         self.admin_port: int | None = admin[0] if admin else None
@@ -45,22 +50,41 @@ class ASGIApp:
             return
         if scope["type"] != "http":
             return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        too_large = Response(
+            413,
+            f'{{"error": "request body over {self.max_body_bytes} bytes"}}'.encode(),
+            "application/json",
+            [("connection", "close")],
+        )
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._send(send, too_large)
+            return
         chunks: list[bytes] = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            chunks.append(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:  # chunked, or longer than it said
+                await self._send(send, too_large)
+                return
+            chunks.append(chunk)
             if not message.get("more_body"):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         handle = self.handle
         if self.admin_handle is not None and (scope.get("server") or (None, None))[1] == (
             self.admin_port
         ):
             handle = self.admin_handle
-        resp = await handle(scope["method"], scope["path"], headers, body)
+        await self._send(send, await handle(scope["method"], scope["path"], headers, body))
+
+    @staticmethod
+    async def _send(send: Send, resp: Response) -> None:
         raw_headers = [
             (b"content-type", resp.content_type.encode()),
             (b"content-length", str(len(resp.body)).encode()),
