@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from recserve_operator.api import (
@@ -99,3 +104,64 @@ def test_every_problem_is_reported_at_once() -> None:
         "spec.objectives.costWeightPercent",
         "spec.drift.cooldownSeconds",
     }
+
+
+# --- a corpus of hostile manifests: every one is a typed object or a ManifestError ------
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path into a document (mappings and lists), the root included."""
+    out = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out += _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            out += _paths(value, (*prefix, index))
+    return out
+
+
+def _replaced(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    copy = list(doc) if isinstance(doc, list) else dict(doc)
+    copy[path[0]] = _replaced(doc[path[0]], path[1:], value)
+    return copy
+
+
+def _deep(depth: int) -> Any:
+    node: Any = "leaf"
+    for _ in range(depth):
+        node = {"k": node}
+    return node
+
+
+HOSTILE = (
+    st.sampled_from([None, "", "x" * 100_000, "é😀\u202e\x00", 2**63, -(2**63) - 1, -1, 0,
+                     10**30, 1.5, float("inf"), True, [], {}, ["a"] * 1000, "not-an-enum"])
+    | st.text(max_size=300)
+    | st.integers()
+)  # fmt: skip
+DOCS = st.sampled_from(sorted(examples()))
+
+
+@settings(
+    max_examples=int(os.environ.get("RECSERVE_FUZZ_EXAMPLES", "400")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    name=DOCS, pick=st.integers(min_value=0), value=HOSTILE, depth=st.none() | st.integers(1, 3000)
+)
+def test_fuzz_hostile_manifests_are_typed_or_refused_by_field(
+    name: str, pick: int, value: Any, depth: int | None
+) -> None:
+    doc = example(name)
+    paths = _paths(doc)
+    path = paths[pick % len(paths)]
+    # a deep map is built here, not drawn: hypothesis could not print a failing one
+    hostile = _deep(depth) if depth is not None else value
+    try:
+        validate_manifest(_replaced(doc, path, hostile))
+    except ManifestError as exc:
+        assert exc.errors and all(e.path for e in exc.errors), str(exc)

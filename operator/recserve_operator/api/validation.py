@@ -65,8 +65,13 @@ def _path(loc: Iterable[int | str]) -> str:
 def _describe(doc: Any) -> str:
     if not isinstance(doc, dict):
         return "manifest"
-    name = (doc.get("metadata") or {}).get("name", "<unnamed>")
-    return f"{doc.get('kind', '<no kind>')}/{name}"
+    metadata = doc.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    kind = doc.get("kind")
+    return (
+        f"{kind if isinstance(kind, str) else '<no kind>'}/"
+        f"{name if isinstance(name, str) else '<unnamed>'}"
+    )
 
 
 def field_errors(exc: ValidationError) -> list[FieldError]:
@@ -94,12 +99,22 @@ def parse_object(model: type[R], doc: Any) -> R:
 
 def validate_manifest(doc: Any) -> Resource:
     """Parse one manifest into its API type or raise :class:`ManifestError`."""
+    try:
+        return _validate_manifest(doc)
+    except RecursionError:  # a hostile document nested thousands of levels deep
+        raise ManifestError(
+            _describe(doc), [FieldError("<root>", "nested too deeply to be a manifest")]
+        ) from None
+
+
+def _validate_manifest(doc: Any) -> Resource:
     name = _describe(doc)
     if not isinstance(doc, dict):
         raise ManifestError(name, [FieldError("<root>", "a manifest must be a mapping")])
     if doc.get("apiVersion") != API_VERSION:
         got = doc.get("apiVersion")
-        raise ManifestError(name, [FieldError("apiVersion", f"must be {API_VERSION}, got {got!r}")])
+        shown = repr(got)[:80] if isinstance(got, str | int | float | bool | None) else type(got)
+        raise ManifestError(name, [FieldError("apiVersion", f"must be {API_VERSION}, got {shown}")])
     try:
         model = kind_for(str(doc.get("kind"))).model
     except KeyError as exc:
