@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
+import socket
 import sys
-from collections.abc import Sequence
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlparse
 
 from recserve_operator import __version__
 
@@ -32,8 +41,80 @@ def build_parser() -> argparse.ArgumentParser:
         default="http://0.0.0.0:8080/healthz",
         help="liveness endpoint URL (default: %(default)s; empty to disable)",
     )
+    parser.add_argument(
+        "--leader-elect",
+        action="store_true",
+        default=os.environ.get("RECSERVE_LEADER_ELECTION", "") == "1",
+        help="take part in leader election on the Lease recserve-operator in "
+        "$RECSERVE_NAMESPACE before acting (for more than one replica; the chart's "
+        "leaderElection.enabled; env RECSERVE_LEADER_ELECTION=1)",
+    )
+    parser.add_argument(
+        "--lease-duration",
+        type=int,
+        default=int(os.environ.get("RECSERVE_LEASE_DURATION_SECONDS", "15")),
+        help="seconds a Lease not renewed stays the leader's (default %(default)s; a "
+        "standby takes over after it; env RECSERVE_LEASE_DURATION_SECONDS)",
+    )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser
+
+
+LEASE_NAME = "recserve-operator"
+
+
+@contextlib.contextmanager
+def standby_liveness(url: str) -> Iterator[None]:
+    """Answer the liveness URL while standing by (kopf serves it once it runs): a standby
+    is alive, and must not be restarted for waiting."""
+    if not url:
+        yield
+        return
+    parsed = urlparse(url)
+
+    class Alive(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == parsed.path else 404)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((parsed.hostname or "0.0.0.0", parsed.port or 80), Alive)
+    thread = threading.Thread(target=server.serve_forever, name="standby-liveness", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def elector(duration_s: int) -> Any:
+    """This process's candidate for the operator Lease (identity: the pod's name)."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    from recserve_operator.leader import LeaderElector
+
+    # unique per process, as client-go's: a restarted container is a new candidate, which
+    # waits for the lease like any standby instead of resuming a leadership it lost
+    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    namespace = os.environ.get("RECSERVE_NAMESPACE", "default")
+    renew_s = max(duration_s / 3, 1.0)
+    return LeaderElector(
+        client.CoordinationV1Api(), namespace, LEASE_NAME, identity, duration_s, renew_s
+    )
+
+
+def _lost_lease() -> None:
+    # a leader that may have been replaced must not take one more decision: no cleanup
+    # handlers, no graceful drain (client-go's leader election exits the same way)
+    logging.getLogger("recserve.leader").error("exiting: the lease is lost")
+    os._exit(1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,12 +125,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from recserve_operator import handlers  # registers the handlers with kopf
 
     kopf.configure(verbose=args.verbose)
-    kopf.run(
-        standalone=True,
-        clusterwide=not args.namespace,
-        namespaces=list(args.namespace),
-        liveness_endpoint=args.liveness or None,
-    )
+    lease = None
+    if args.leader_elect:
+        lease = elector(args.lease_duration)
+        with standby_liveness(args.liveness):
+            lease.acquire()
+        lease.keep(on_lost=_lost_lease)
+    try:
+        kopf.run(
+            standalone=True,  # one replica, or the Lease's leader: no kopf peering
+            clusterwide=not args.namespace,
+            namespaces=list(args.namespace),
+            liveness_endpoint=args.liveness or None,
+        )
+    finally:
+        if lease is not None:
+            lease.release()
     _ = handlers
     return 0
 

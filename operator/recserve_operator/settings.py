@@ -70,7 +70,7 @@ def configure(settings: Any) -> None:
         prefix=PROGRESS_ANNOTATION_PREFIX
     )
     settings.persistence.finalizer = FINALIZER
-    # One replica by default (chart: replicas 1, strategy Recreate). For a standby
-    # replica, run kopf peering (`--peering`), which lets only one instance act.
-    settings.peering.standalone = os.environ.get("RECSERVE_PEERING", "") == ""
+    # One replica by default (chart: strategy Recreate); with more, a Lease elects the one
+    # that acts (recserve_operator/leader.py), so kopf's peering stays off.
+    settings.peering.standalone = True
     settings.posting.level = 20  # Events for INFO and above

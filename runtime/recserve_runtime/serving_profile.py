@@ -216,6 +216,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    admin_port: int
 
     @property
     def url(self) -> str:
@@ -247,7 +248,7 @@ class Server:
         """Change the batch row ceiling at run time (PUT /admin/limits)."""
         doc = f'{{"max_batch_rows": {rows}, "min_batch_rows": {min(rows, 64)}}}'.encode()
         request = urllib.request.Request(
-            f"{self.url}/admin/limits",
+            f"http://127.0.0.1:{self.admin_port}/admin/limits",
             data=doc,
             method="PUT",
             headers={"content-type": "application/json"},
@@ -257,12 +258,13 @@ class Server:
 
 
 def serve_argv(
-    variant_dir: Path, port: int, hardware: str, threads: int, workers: int = 1
+    variant_dir: Path, port: int, hardware: str, threads: int, workers: int = 1, admin_port: int = 0
 ) -> list[str]:
-    """`recserve serve` as the operator deploys it, on 127.0.0.1:port, with the
-    calibration's latency target (see the module docstring)."""
+    """`recserve serve` as the operator deploys it, on 127.0.0.1:port (its admin API on
+    ``admin_port``), with the calibration's latency target (see the module docstring)."""
     return [sys.executable, "-m", "recserve_runtime.cli", "serve", "--variant", str(variant_dir),
-            "--host", "127.0.0.1", "--port", str(port), "--hardware", hardware,
+            "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin_port),
+            "--hardware", hardware,
             "--intra-op-threads", str(threads), "--workers", str(workers),
             "--slo-p99-ms", str(CALIBRATION_SLO_MS), "--log-level", "WARNING"]  # fmt: skip
 
@@ -272,14 +274,14 @@ def running_server(
     variant_dir: Path, hardware: str, threads: int, log_dir: Path, workers: int = 1
 ) -> Iterator[Server]:
     """Start `recserve serve` in its own process group; wait until ready; stop it after."""
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     log = log_dir / f"serve-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            serve_argv(variant_dir, port, hardware, threads, workers),
+            serve_argv(variant_dir, port, hardware, threads, workers, admin_port),
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    server = Server(proc, port, log)
+    server = Server(proc, port, log, admin_port)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:

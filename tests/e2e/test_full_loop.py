@@ -337,3 +337,123 @@ def test_bring_your_own_model_and_data_become_a_served_model(
     (score,) = out["outputs"]
     assert score["name"] == "score" and len(score["data"]) == 2
     assert all(0.0 <= s <= 1.0 for s in score["data"])
+
+
+HA_S = 600  # two replicas up, build, a leader killed mid-build, takeover, Ready
+
+
+def _operator_process(pod_name: str) -> int:
+    """The pid of the operator running in ``pod_name`` (local control plane pods are
+    processes of this machine)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"POD_NAME={pod_name}".encode() in environ and b"recserve-operator" in cmdline:
+            return int(proc.name)
+    raise AssertionError(f"no operator process for pod {pod_name}")
+
+
+@pytest.mark.timeout(SETUP_S + HA_S + TEARDOWN_S)
+def test_a_standby_operator_takes_over_when_the_leader_dies_mid_build(
+    installed: Path, k8s: client.ApiClient, local_cluster: Any, namespace: str
+) -> None:
+    """Two operator replicas elect a leader on a Lease; the leader is killed (SIGKILL,
+    no release) while the build Job runs: another candidate takes the Lease over within
+    the lease duration and carries the model to Ready, with no second build Job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    helm(
+        local_cluster,
+        "upgrade", "recserve-e2e", str(REPO / "charts" / "recserve"), "-n", OPERATOR_NS,
+        "--reuse-values", "--set", "replicaCount=2", "--set", "leaderElection.enabled=true",
+        "--set", "leaderElection.leaseDurationSeconds=6",
+    )  # fmt: skip
+    custom, core = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s)
+    leases = client.CoordinationV1Api(k8s)
+
+    def lease_holder() -> str | None:
+        try:
+            spec = leases.read_namespaced_lease("recserve-operator", OPERATOR_NS).spec
+        except client.ApiException:
+            return None
+        return spec.holder_identity  # type: ignore[no-any-return]
+
+    def two_up_one_leading() -> str | None:
+        pods = core.list_namespaced_pod(OPERATOR_NS, label_selector=OPERATOR_PODS).items
+        running = [
+            p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp
+        ]
+        names = {p.metadata.name for p in running}
+        holder = lease_holder()
+        leading = holder is not None and holder.rsplit("_", 1)[0] in names
+        return holder if len(running) == 2 and leading else None
+
+    first = eventually(two_up_one_leading, timeout=180, interval=1, what="2 replicas, 1 leader")
+    script = REPO / "examples" / "bring-your-own" / "make_model_and_data.py"
+    subprocess.run(
+        [sys.executable, str(script), "--out", str(installed / "byom"), "--rows", "20000"],
+        capture_output=True, check=True, timeout=300,
+    )  # fmt: skip
+    policy = example("latency-first")
+    policy["metadata"].update(name="byom-quick", namespace=namespace)
+    policy["spec"]["compression"] = {
+        "precisions": ["fp32", "int8"],
+        "staticQuantization": False,
+        "pruningRatiosBasisPoints": [],
+        "distillation": {"enabled": False},
+    }
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "optimizationpolicies", policy
+    )
+    model = yaml.safe_load((REPO / "examples" / "bring-your-own" / "recmodel.yaml").read_text())
+    model["metadata"].update(name="byom-ha", namespace=namespace)
+    model["spec"]["policyRef"]["name"] = "byom-quick"
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", model)
+    batch = client.BatchV1Api(k8s)
+
+    def build_jobs() -> list[Any]:
+        return list(
+            batch.list_namespaced_job(
+                namespace, label_selector="app.kubernetes.io/component=build"
+            ).items
+        )
+
+    eventually(build_jobs, timeout=120, interval=0.5, what="the leader created the build Job")
+    os.kill(_operator_process(first.rsplit("_", 1)[0]), signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    def taken_over() -> str | None:
+        holder = lease_holder()
+        return holder if holder not in (None, first) else None
+
+    second = eventually(taken_over, timeout=60, interval=0.5, what="another leader")
+    takeover_s = time.monotonic() - killed_at
+
+    def ready() -> dict[str, Any] | None:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", "byom-ha")
+        cond = _conditions(obj).get("Ready")
+        if cond and cond["reason"] in ("BuildFailed", "ProfileFailed", "NoFeasiblePlacement"):
+            pytest.fail(f"{cond['reason']}: {cond['message']}")
+        return dict(obj) if cond and cond["status"] == "True" else None
+
+    eventually(ready, timeout=HA_S - 240, interval=2, what="Ready after the takeover")
+    ready_s = time.monotonic() - killed_at
+    jobs = build_jobs()
+    assert len(jobs) == 1, [j.metadata.name for j in jobs]
+    lease = leases.read_namespaced_lease("recserve-operator", OPERATOR_NS).spec
+    assert lease.holder_identity == second and lease.lease_transitions >= 1
+    # the lease must run out first (6 s); then a standby retrying every 2 s takes it
+    assert takeover_s < 20, f"takeover took {takeover_s:.1f} s (lease 6 s, retry 2 s)"
+    print(
+        f"HA: leader {first} killed; {second} leads after {takeover_s:.1f} s; Ready {ready_s:.1f} s"
+    )
