@@ -339,7 +339,7 @@ def test_bring_your_own_model_and_data_become_a_served_model(
     assert all(0.0 <= s <= 1.0 for s in score["data"])
 
 
-HA_S = 600  # two replicas up, build, a leader killed mid-build, takeover, Ready
+HA_S = 600  # two replicas up, build, the leader frozen mid-build, takeover, Ready
 
 
 def _operator_process(pod_name: str) -> int:
@@ -359,12 +359,13 @@ def _operator_process(pod_name: str) -> int:
 
 
 @pytest.mark.timeout(SETUP_S + HA_S + TEARDOWN_S)
-def test_a_standby_operator_takes_over_when_the_leader_dies_mid_build(
+def test_a_standby_operator_takes_over_when_the_leader_hangs_mid_build(
     installed: Path, k8s: client.ApiClient, local_cluster: Any, namespace: str
 ) -> None:
-    """Two operator replicas elect a leader on a Lease; the leader is killed (SIGKILL,
-    no release) while the build Job runs: another candidate takes the Lease over within
-    the lease duration and carries the model to Ready, with no second build Job."""
+    """Two operator replicas elect a leader on a Lease; the leader freezes (SIGSTOP: a
+    hung or cut-off process, no release) while the build Job runs. The standby pod takes
+    the Lease over once it expires and carries the model to Ready, with no second build
+    Job; the old leader, thawed, finds the Lease gone and exits instead of acting."""
     import os
     import signal
     import subprocess
@@ -429,15 +430,28 @@ def test_a_standby_operator_takes_over_when_the_leader_dies_mid_build(
         )
 
     eventually(build_jobs, timeout=120, interval=0.5, what="the leader created the build Job")
-    os.kill(_operator_process(first.rsplit("_", 1)[0]), signal.SIGKILL)
-    killed_at = time.monotonic()
+    frozen = _operator_process(first.rsplit("_", 1)[0])
+    os.kill(frozen, signal.SIGSTOP)
+    frozen_at = time.monotonic()
 
     def taken_over() -> str | None:
         holder = lease_holder()
         return holder if holder not in (None, first) else None
 
-    second = eventually(taken_over, timeout=60, interval=0.5, what="another leader")
-    takeover_s = time.monotonic() - killed_at
+    try:
+        second = eventually(taken_over, timeout=60, interval=0.5, what="another leader")
+        takeover_s = time.monotonic() - frozen_at
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert second.rsplit("_", 1)[0] != first.rsplit("_", 1)[0], "the standby pod took over"
+
+    def stepped_down() -> bool:
+        return (
+            not Path(f"/proc/{frozen}").exists()
+            or b"zombie" in Path(f"/proc/{frozen}/status").read_bytes().replace(b"(", b"").lower()
+        )
+
+    eventually(stepped_down, timeout=30, interval=0.5, what="the thawed old leader exits")
 
     def ready() -> dict[str, Any] | None:
         obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", "byom-ha")
@@ -447,7 +461,7 @@ def test_a_standby_operator_takes_over_when_the_leader_dies_mid_build(
         return dict(obj) if cond and cond["status"] == "True" else None
 
     eventually(ready, timeout=HA_S - 240, interval=2, what="Ready after the takeover")
-    ready_s = time.monotonic() - killed_at
+    ready_s = time.monotonic() - frozen_at
     jobs = build_jobs()
     assert len(jobs) == 1, [j.metadata.name for j in jobs]
     lease = leases.read_namespaced_lease("recserve-operator", OPERATOR_NS).spec
@@ -455,5 +469,5 @@ def test_a_standby_operator_takes_over_when_the_leader_dies_mid_build(
     # the lease must run out first (6 s); then a standby retrying every 2 s takes it
     assert takeover_s < 20, f"takeover took {takeover_s:.1f} s (lease 6 s, retry 2 s)"
     print(
-        f"HA: leader {first} killed; {second} leads after {takeover_s:.1f} s; Ready {ready_s:.1f} s"
+        f"HA: leader {first} frozen; {second} leads after {takeover_s:.1f} s; Ready {ready_s:.1f} s"
     )
