@@ -238,34 +238,38 @@ def test_examples_become_a_served_model(
     print(f"e2e step seconds: {steps}")
 
 
-BYOM_READY_S = 600  # data + model script, build (2 variants), profile on 1 pool, serve
+def _ready_or_fail(custom: Any, namespace: str, name: str) -> Any:
+    """A probe for ``eventually``: the RecModel when Ready, None before; fails the test at
+    once on a terminal reason."""
+
+    def ready() -> dict[str, Any] | None:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", name)
+        cond = _conditions(obj).get("Ready")
+        if cond and cond["reason"] in ("BuildFailed", "ProfileFailed", "NoFeasiblePlacement"):
+            pytest.fail(f"{cond['reason']}: {cond['message']}")
+        return dict(obj) if cond and cond["status"] == "True" else None
+
+    return ready
 
 
-@pytest.mark.timeout(SETUP_S + BYOM_READY_S + CHECKS_S + TEARDOWN_S)
-def test_bring_your_own_model_and_data_become_a_served_model(
-    installed: Path, k8s: client.ApiClient, namespace: str
-) -> None:
-    """The bring-your-own example: a TorchScript DeepFM taking (dense_feats, ids) and a
-    Parquet data set, both in the artifact store, reach Ready and answer /v1/rank and OIP
-    v2 with the model's own input names; accuracy is measured on that data."""
+def _apply_byom(store: Path, k8s: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    """The bring-your-own example, as a user runs it: its script writes the model and
+    the data into the artifact store, then its RecModel (named ``name``) is applied with
+    a two-variant policy (the gate and the plan are the same as for more). Returns the
+    script's facts (the model's own test AUC)."""
     import subprocess
     import sys
 
     import yaml
 
-    custom, core = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s)
     script = REPO / "examples" / "bring-your-own" / "make_model_and_data.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--out", str(installed / "byom"), "--rows", "20000"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    facts = json.loads(done.stdout.splitlines()[-1])
+        [sys.executable, str(script), "--out", str(store / "byom"), "--rows", "20000"],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    custom = client.CustomObjectsApi(k8s)
     policy = example("latency-first")
     policy["metadata"].update(name="byom-quick", namespace=namespace)
-    # two variants keep the build short; the gate and the plan are the same as for more
     policy["spec"]["compression"] = {
         "precisions": ["fp32", "int8"],
         "staticQuantization": False,
@@ -276,17 +280,26 @@ def test_bring_your_own_model_and_data_become_a_served_model(
         GROUP, VERSION, namespace, "optimizationpolicies", policy
     )
     model = yaml.safe_load((REPO / "examples" / "bring-your-own" / "recmodel.yaml").read_text())
-    model["metadata"]["namespace"] = namespace
+    model["metadata"].update(name=name, namespace=namespace)
     model["spec"]["policyRef"]["name"] = "byom-quick"
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", model)
-    name = model["metadata"]["name"]
+    return dict(json.loads(done.stdout.splitlines()[-1]))
 
-    def ready() -> dict[str, Any] | None:
-        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", name)
-        cond = _conditions(obj).get("Ready")
-        if cond and cond["reason"] in ("BuildFailed", "ProfileFailed", "NoFeasiblePlacement"):
-            pytest.fail(f"{cond['reason']}: {cond['message']}")
-        return dict(obj) if cond and cond["status"] == "True" else None
+
+BYOM_READY_S = 600  # data + model script, build (2 variants), profile on 1 pool, serve
+
+
+@pytest.mark.timeout(SETUP_S + BYOM_READY_S + CHECKS_S + TEARDOWN_S)
+def test_bring_your_own_model_and_data_become_a_served_model(
+    installed: Path, k8s: client.ApiClient, namespace: str
+) -> None:
+    """The bring-your-own example: a TorchScript DeepFM taking (dense_feats, ids) and a
+    Parquet data set, both in the artifact store, reach Ready and answer /v1/rank and OIP
+    v2 with the model's own input names; accuracy is measured on that data."""
+    custom, core = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s)
+    name = "byom-deepfm"
+    facts = _apply_byom(installed, k8s, namespace, name)
+    ready = _ready_or_fail(custom, namespace, name)
 
     def state() -> dict[str, str]:
         obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", name)
@@ -368,10 +381,6 @@ def test_a_standby_operator_takes_over_when_the_leader_hangs_mid_build(
     Job; the old leader, thawed, finds the Lease gone and exits instead of acting."""
     import os
     import signal
-    import subprocess
-    import sys
-
-    import yaml
 
     helm(
         local_cluster,
@@ -400,26 +409,7 @@ def test_a_standby_operator_takes_over_when_the_leader_hangs_mid_build(
         return holder if len(running) == 2 and leading else None
 
     first = eventually(two_up_one_leading, timeout=180, interval=1, what="2 replicas, 1 leader")
-    script = REPO / "examples" / "bring-your-own" / "make_model_and_data.py"
-    subprocess.run(
-        [sys.executable, str(script), "--out", str(installed / "byom"), "--rows", "20000"],
-        capture_output=True, check=True, timeout=300,
-    )  # fmt: skip
-    policy = example("latency-first")
-    policy["metadata"].update(name="byom-quick", namespace=namespace)
-    policy["spec"]["compression"] = {
-        "precisions": ["fp32", "int8"],
-        "staticQuantization": False,
-        "pruningRatiosBasisPoints": [],
-        "distillation": {"enabled": False},
-    }
-    custom.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "optimizationpolicies", policy
-    )
-    model = yaml.safe_load((REPO / "examples" / "bring-your-own" / "recmodel.yaml").read_text())
-    model["metadata"].update(name="byom-ha", namespace=namespace)
-    model["spec"]["policyRef"]["name"] = "byom-quick"
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", model)
+    _apply_byom(installed, k8s, namespace, "byom-ha")
     batch = client.BatchV1Api(k8s)
 
     def build_jobs() -> list[Any]:
@@ -453,13 +443,7 @@ def test_a_standby_operator_takes_over_when_the_leader_hangs_mid_build(
 
     eventually(stepped_down, timeout=30, interval=0.5, what="the thawed old leader exits")
 
-    def ready() -> dict[str, Any] | None:
-        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", "byom-ha")
-        cond = _conditions(obj).get("Ready")
-        if cond and cond["reason"] in ("BuildFailed", "ProfileFailed", "NoFeasiblePlacement"):
-            pytest.fail(f"{cond['reason']}: {cond['message']}")
-        return dict(obj) if cond and cond["status"] == "True" else None
-
+    ready = _ready_or_fail(custom, namespace, "byom-ha")
     eventually(ready, timeout=HA_S - 240, interval=2, what="Ready after the takeover")
     ready_s = time.monotonic() - frozen_at
     jobs = build_jobs()
