@@ -129,6 +129,7 @@ def test_missing_reference_then_failed_build_are_reported_without_duplicates(
     model["spec"]["source"] = {
         "uri": str(Path(operator["store"]) / "missing.pt"),
         "format": "torchscript",
+        "featureSpecUri": str(Path(operator["store"]) / "spec.yaml"),
     }
     api.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", model)
 
