@@ -9,7 +9,7 @@ BOOTSTRAP_PYTHON ?= python3
 VENV ?= .venv
 PYTHON := $(abspath $(VENV))/bin/python
 UV := $(abspath $(VENV))/bin/uv
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=20  # the slowest tests, to keep CI within its time
 # Entry points (recserve, recserve-operator) that the local cluster's pods run come from
 # the environment's bin/, so it leads PATH for every recipe.
 export VIRTUAL_ENV := $(abspath $(VENV))
