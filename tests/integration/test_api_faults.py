@@ -43,12 +43,33 @@ def byom_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return store
 
 
+POOL = "faults-cpu-pool"  # not the examples' name: other modules create cpu-pool
+
+
 @pytest.fixture(scope="module")
 def cpu_pool(k8s: client.ApiClient, crds: list[str]) -> Iterator[str]:
+    """A CPU pool of its own. At the end its finalizers are dropped before it is deleted:
+    the operator that put kopf's there is no longer running to take it off, and a pool
+    left Terminating would block the next module's."""
     custom = client.CustomObjectsApi(k8s)
-    custom.create_cluster_custom_object(GROUP, VERSION, "hardwarepools", example("cpu-pool"))
-    yield "cpu-pool"
-    custom.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", "cpu-pool")
+    pool = example("cpu-pool")
+    pool["metadata"]["name"] = POOL
+    custom.create_cluster_custom_object(GROUP, VERSION, "hardwarepools", pool)
+    yield POOL
+    custom.patch_cluster_custom_object(
+        GROUP, VERSION, "hardwarepools", POOL, {"metadata": {"finalizers": None}}
+    )
+    custom.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", POOL)
+    eventually(
+        lambda: (
+            not any(
+                p["metadata"]["name"] == POOL
+                for p in custom.list_cluster_custom_object(GROUP, VERSION, "hardwarepools")["items"]
+            )
+        ),
+        timeout=30,
+        what=f"HardwarePool {POOL} gone",
+    )
 
 
 class ProxiedOperator:
@@ -107,6 +128,7 @@ def apply_model(k8s: client.ApiClient, namespace: str, name: str) -> None:
     model = yaml.safe_load((BYOM / "recmodel.yaml").read_text())
     model["metadata"].update(name=name, namespace=namespace)
     model["spec"]["policyRef"]["name"] = "byom-quick"
+    model["spec"]["hardwarePoolRefs"] = [{"name": POOL}]
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", model)
 
 
