@@ -8,7 +8,14 @@ from typing import Any
 
 from recserve_dev.waiting import eventually
 
-__all__ = ["OPERATOR_PODS", "eventually", "helm", "pod_log", "restart_operator"]
+__all__ = [
+    "OPERATOR_PODS",
+    "apply_byom_example",
+    "eventually",
+    "helm",
+    "pod_log",
+    "restart_operator",
+]
 
 
 def helm(local_cluster: Any, *args: str) -> str:
@@ -70,3 +77,34 @@ def pod_log(local_cluster: Any, pod: Any) -> str:
     logs = sorted(folder.glob("*.log"))
     assert logs, f"no container log under {folder}"
     return "".join(path.read_text(errors="replace") for path in logs)
+
+
+def apply_byom_example(k8s: Any, namespace: str, name: str, pools: list[str] | None = None) -> None:
+    """Apply the bring-your-own example's RecModel (named ``name``, on ``pools`` if
+    given) with a two-variant policy: a short build, with the same gate and plan as
+    more variants. Its model and data must already be in the artifact store."""
+    import yaml
+    from kubernetes import client
+
+    from recserve_operator.api import GROUP, VERSION
+    from tests.manifests import REPO, example
+
+    custom = client.CustomObjectsApi(k8s)
+    policy = example("latency-first")
+    policy["metadata"].update(name="byom-quick", namespace=namespace)
+    policy["spec"]["compression"] = {
+        "precisions": ["fp32", "int8"],
+        "staticQuantization": False,
+        "pruningRatiosBasisPoints": [],
+        "distillation": {"enabled": False},
+    }
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "optimizationpolicies", policy
+    )
+    path = REPO / "examples" / "bring-your-own" / "recmodel.yaml"
+    model = yaml.safe_load(path.read_text())
+    model["metadata"].update(name=name, namespace=namespace)
+    model["spec"]["policyRef"]["name"] = "byom-quick"
+    if pools is not None:
+        model["spec"]["hardwarePoolRefs"] = [{"name": p} for p in pools]
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", model)

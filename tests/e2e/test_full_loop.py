@@ -15,7 +15,14 @@ import pytest
 from kubernetes import client
 
 from recserve_operator.api import GROUP, VERSION
-from tests.helpers import OPERATOR_PODS, eventually, helm, pod_log, restart_operator
+from tests.helpers import (
+    OPERATOR_PODS,
+    apply_byom_example,
+    eventually,
+    helm,
+    pod_log,
+    restart_operator,
+)
 from tests.manifests import REPO, example
 
 POOLS = ("gpu-pool", "fpga-pool", "cpu-pool")
@@ -260,8 +267,6 @@ def _apply_byom(store: Path, k8s: client.ApiClient, namespace: str, name: str) -
     import subprocess
     import sys
 
-    import yaml
-
     script = REPO / "examples" / "bring-your-own" / "make_model_and_data.py"
     facts = store / "byom" / "facts.json"
     if not facts.exists():  # one module writes it once (the same seed gives the same files)
@@ -270,22 +275,7 @@ def _apply_byom(store: Path, k8s: client.ApiClient, namespace: str, name: str) -
             capture_output=True, text=True, check=True, timeout=300,
         )  # fmt: skip
         facts.write_text(done.stdout.splitlines()[-1])
-    custom = client.CustomObjectsApi(k8s)
-    policy = example("latency-first")
-    policy["metadata"].update(name="byom-quick", namespace=namespace)
-    policy["spec"]["compression"] = {
-        "precisions": ["fp32", "int8"],
-        "staticQuantization": False,
-        "pruningRatiosBasisPoints": [],
-        "distillation": {"enabled": False},
-    }
-    custom.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "optimizationpolicies", policy
-    )
-    model = yaml.safe_load((REPO / "examples" / "bring-your-own" / "recmodel.yaml").read_text())
-    model["metadata"].update(name=name, namespace=namespace)
-    model["spec"]["policyRef"]["name"] = "byom-quick"
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", model)
+    apply_byom_example(k8s, namespace, name)
     return dict(json.loads(facts.read_text()))
 
 

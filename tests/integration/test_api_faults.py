@@ -23,7 +23,7 @@ from recserve_dev.faultproxy import FaultPlan, FaultProxy
 from recserve_dev.localcluster.cluster import write_kubeconfig
 from recserve_dev.servertesting import process
 from recserve_operator.api import GROUP, VERSION
-from tests.helpers import eventually
+from tests.helpers import apply_byom_example, eventually
 from tests.manifests import REPO, example
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -112,24 +112,8 @@ def start_operator(
 
 
 def apply_model(k8s: client.ApiClient, namespace: str, name: str) -> None:
-    """The bring-your-own RecModel with a two-variant policy (a short build)."""
-    custom = client.CustomObjectsApi(k8s)
-    policy = example("latency-first")
-    policy["metadata"].update(name="byom-quick", namespace=namespace)
-    policy["spec"]["compression"] = {
-        "precisions": ["fp32", "int8"],
-        "staticQuantization": False,
-        "pruningRatiosBasisPoints": [],
-        "distillation": {"enabled": False},
-    }
-    custom.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "optimizationpolicies", policy
-    )
-    model = yaml.safe_load((BYOM / "recmodel.yaml").read_text())
-    model["metadata"].update(name=name, namespace=namespace)
-    model["spec"]["policyRef"]["name"] = "byom-quick"
-    model["spec"]["hardwarePoolRefs"] = [{"name": POOL}]
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", model)
+    """The bring-your-own RecModel on this module's pool."""
+    apply_byom_example(k8s, namespace, name, [POOL])
 
 
 def ready_probe(k8s: client.ApiClient, namespace: str, name: str, op: ProxiedOperator) -> Any:
