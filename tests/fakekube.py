@@ -54,6 +54,7 @@ class FakeKube(Kube):
     def __init__(self) -> None:  # deliberately no super().__init__: no ApiClient
         self.objects: dict[Key, dict[str, Any]] = {}
         self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name)
+        self.lists: list[tuple[str, str]] = []  # (kind, label selector)
         self._uids = itertools.count(1)
         self._versions = itertools.count(1)
 
@@ -160,6 +161,7 @@ class FakeKube(Kube):
     def list(
         self, api_version: str, kind: str, namespace: str | None, selector: str = ""
     ) -> list[dict[str, Any]]:
+        self.lists.append((kind, selector))
         return [o for o in self.of_kind(kind, namespace) if _matches(o, selector)]
 
     def scale_deployment(self, name: str, namespace: str, replicas: int) -> None:

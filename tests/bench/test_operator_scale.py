@@ -310,6 +310,12 @@ def test_recmodels_on_fake_nodes(
         }
         delta.subtract(before)
         delta = +delta  # drop zeros
+        # Who posted the namespace's Events (a POST each): the operator, or the
+        # controllers that roll out what it wrote.
+        posted = Counter(
+            f"{(e.source.component if e.source else None) or e.reporting_component}/{e.reason}"
+            for e in core.list_namespaced_event(namespace).items
+        )
     finally:
         operator.terminate()
         try:
@@ -328,6 +334,7 @@ def test_recmodels_on_fake_nodes(
     )
     print(f"\nAPI requests during the run (all clients), top: {top}")
     print(f"handler runs: {dict(runs)}")
+    print(f"Events in the namespace by source/reason: {dict(posted.most_common(12))}")
     print(f"CPU seconds during the run by process: {cpu}")
     by_verb = {k: v for k, v in mean_ms.items() if " " not in k}
     print(f"API server mean latency by verb, ms: {by_verb}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from recserve_operator import handlers
+from recserve_operator import children, handlers
 from recserve_operator.api import OptimizationPolicy, RecModel
 from recserve_operator.children import content_hash
 from recserve_operator.conditions import find
@@ -464,8 +464,14 @@ def test_feasible_plan_is_served_then_ready_and_a_second_pass_writes_nothing(
     assert world.status()["endpoint"] == f"http://{MODEL}-router.{NS}.svc:8080"
 
     before = list(world.kube.writes)
+    world.kube.lists.clear()
     world.reconcile()
     assert world.kube.writes == before, "a steady-state pass only reads"
+    # ... and what it reads of its children, the operator's child index answers (the owner
+    # label alone): any other selector is a LIST on the API server, every pass, per model.
+    owner = f"{children.MODEL_LABEL}={MODEL}"
+    listed = [(k, sel) for k, sel in world.kube.lists if k in handlers.CHILD_KINDS]
+    assert listed and all(sel == owner for _, sel in listed), listed
 
 
 def test_infeasible_plan_places_nothing_and_says_why(world: World) -> None:

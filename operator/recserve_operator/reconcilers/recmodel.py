@@ -543,8 +543,14 @@ def _failover(
     held_before = {h.pool for h in old}
     selector = f"{children.MODEL_LABEL}={p.name},{children.COMPONENT_LABEL}=server"
     newly: dict[str, str] = {}
-    for deployment in p.kube.list("apps/v1", "Deployment", p.namespace, selector):
-        pool = deployment["metadata"].get("labels", {}).get(children.POOL_LABEL)
+    # Listed by the owner label alone (the operator's child index answers that without a
+    # LIST; a LIST per pass was the operator's costliest read at scale), servers picked here.
+    owned = p.kube.list("apps/v1", "Deployment", p.namespace, f"{children.MODEL_LABEL}={p.name}")
+    for deployment in owned:
+        labels = deployment["metadata"].get("labels") or {}
+        if labels.get(children.COMPONENT_LABEL) != "server":
+            continue
+        pool = labels.get(children.POOL_LABEL)
         message = stalled(deployment)
         if message is None or pool not in pools or pool in held_before:
             continue
