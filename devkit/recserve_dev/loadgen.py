@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 import math
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -185,8 +186,10 @@ async def open_loop(
     timeout_s: float = 2.0,
     max_connections: int = 512,
     seed: int = 0,
+    stop: threading.Event | None = None,
 ) -> RunResult:
-    """Send at ``rate`` req/s for ``duration_s``; latency from scheduled send time."""
+    """Send at ``rate`` req/s for ``duration_s`` (or until ``stop`` is set, from another
+    thread); latency from scheduled send time. The result's duration is the time sent."""
     rng = random.Random(seed)
     pool = _Pool(target, max_connections)
     latencies: list[float] = []
@@ -206,7 +209,7 @@ async def open_loop(
     start = time.perf_counter()
     t = 0.0
     i = 0
-    while t < duration_s:
+    while t < duration_s and not (stop is not None and stop.is_set()):
         now = time.perf_counter() - start
         if t > now:
             await asyncio.sleep(t - now)
@@ -221,7 +224,7 @@ async def open_loop(
     k = math.ceil(0.99 * n) - 1 if n else 0
     srt = np.sort(lat)
     p99_all = float(srt[k]) if n and k < len(srt) else math.inf
-    return RunResult(rate, duration_s, n, len(latencies), dict(codes), lat, p99_all)
+    return RunResult(rate, min(t, duration_s), n, len(latencies), dict(codes), lat, p99_all)
 
 
 def thinned_arrivals(
