@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from recserve_runtime import artifacts
+from recserve_runtime.datadrift import reference_from
 
 WEIGHTS_FILE = "weights.npz"
 
@@ -204,6 +205,8 @@ def write_variant(
         ],
         outputs=[artifacts.TensorSpec(name="score", dtype="float32", shape=[-1])],
         feature_spec=feature_spec(spec),
+        # its "training data" is what random_batch draws (other seeds: the same law)
+        data_reference=reference_from(feature_spec(spec), *random_batch(spec, 20_000, seed=99)),
     )
     artifacts.write_manifest(tmp, manifest)
     tmp.rename(final)
@@ -277,9 +280,14 @@ def random_batch(
 
 
 def rank_bodies(
-    manifest: artifacts.Manifest, count: int, candidates: int = 64, seed: int = 0
+    manifest: artifacts.Manifest,
+    count: int,
+    candidates: int = 64,
+    seed: int = 0,
+    dense_shift: float = 0.0,
 ) -> list[bytes]:
-    """``count`` valid /v1/rank JSON bodies, each ranking ``candidates`` items."""
+    """``count`` valid /v1/rank JSON bodies, each ranking ``candidates`` items; every dense
+    value drawn from N(0, 1), plus ``dense_shift`` (inputs unlike the training data)."""
     import orjson
 
     rng = np.random.default_rng(seed)
@@ -293,13 +301,13 @@ def rank_bodies(
         doc = {
             "user": {
                 "sparse": [int(rng.integers(0, v)) for v in u_sp],
-                "dense": np.round(rng.standard_normal(u_dn), 4).tolist(),
+                "dense": np.round(rng.standard_normal(u_dn) + dense_shift, 4).tolist(),
             },
             "candidates": [
                 {
                     "id": int(rng.integers(0, 1 << 30)),
                     "sparse": [int(rng.integers(0, v)) for v in i_sp],
-                    "dense": np.round(rng.standard_normal(i_dn), 4).tolist(),
+                    "dense": np.round(rng.standard_normal(i_dn) + dense_shift, 4).tolist(),
                 }
                 for _ in range(candidates)
             ],

@@ -15,6 +15,10 @@
   variant, off the request path, and count the candidate pairs both order alike; that
   pairwise order agreement below ``drift.fidelityAgreementBasisPoints`` throughout the
   window is drift (the inputs moved away from what the variant was calibrated on).
+* **Data drift**: the largest population stability index of an input column against
+  the training data (:mod:`recserve_runtime.datadrift`; the servers bin what they are
+  sent) above ``drift.dataDriftPsiThousandths`` in every sample of the window. The
+  inputs, not the device or the variant, have moved: it is reported, not re-planned.
 * **Capacity drift**: a saturated pool (refusing, or over its p99 target) whose replicas
   each serve less than the profile's capacity by more than
   ``drift.capacityDriftBasisPoints``, sustained the same way. Unsaturated samples say
@@ -53,13 +57,15 @@ class DriftSample:
     per_replica_rps: float | None
     saturated: bool
     fidelity: float | None = None  # pairwise order agreement with the FP32 reference
+    data_psi: float | None = None  # the largest PSI of an input column (data drift)
+    data_feature: str | None = None  # that column
 
 
 @dataclass(frozen=True)
 class Finding:
     """Drift found: its cause and the evidence, in words and figures."""
 
-    cause: str  # "latency", "capacity" or "fidelity"
+    cause: str  # "latency", "capacity", "fidelity" or "data"
     evidence: str
     observed: float
     expected: float
@@ -171,4 +177,30 @@ def fidelity_drift(
         f"reference does, for {rules.sustained_s:.0f} s (threshold {floor:.0%})",
         best,
         floor,
+    )
+
+
+def data_drift(
+    samples: Sequence[DriftSample], psi_thousandths: int, rules: DriftRules, now: float
+) -> Finding | None:
+    """Data drift of one pool: some input column's PSI above ``psi_thousandths`` / 1000 in
+    every sample of the window (the column may differ from sample to sample; the
+    evidence names the one of the latest). A sample without a recent window breaks it."""
+    window = _window(samples, now, rules)
+    if not window:
+        return None
+    threshold = psi_thousandths / 1000
+    seen = []
+    for s in window:
+        if s.data_psi is None or s.data_psi <= threshold:
+            return None
+        seen.append(s.data_psi)
+    least = min(seen)
+    return Finding(
+        "data",
+        f"the inputs moved away from the training data: PSI of {window[-1].data_feature} "
+        f"{window[-1].data_psi:.2f} (at least {least:.2f} on some column for "
+        f"{rules.sustained_s:.0f} s; threshold {threshold:.2f})",
+        least,
+        threshold,
     )

@@ -52,6 +52,12 @@ class Windows:
     def stale_seconds(self) -> float:
         return STALE_AFTER_SCRAPES * self.scrape_seconds
 
+    @property
+    def stale_psi_seconds(self) -> float:
+        """A data drift window (2,000 rows by default) that ended longer ago than this
+        describes traffic that is gone: ten minutes covers a window at a few rows a second."""
+        return 600.0
+
 
 def _range(seconds: float) -> str:
     return f"{max(round(seconds), 1)}s"
@@ -105,6 +111,12 @@ def queries(w: Windows) -> dict[str, str]:
             f"{rate('recserve_fidelity_agreeing_pairs_total', '', stable)} / "
             f"{rate('recserve_fidelity_pairs_total', '', stable)}"
         ),
+        # data drift: the largest PSI of each input column over the pool's servers, from
+        # windows that ended recently (a gauge keeps its last window after traffic stops)
+        "data_psi_by_feature": (
+            f"max by ({BY}, feature) (recserve_feature_psi and on (namespace, pod) "
+            f"(time() - recserve_feature_window_end_timestamp_seconds < {w.stale_psi_seconds:.0f}))"
+        ),
         # what the router finally refused to clients, per model: a request a server
         # refused and the router retried elsewhere is one request, not two (see
         # snapshot_from_results)
@@ -149,6 +161,10 @@ class PoolMetrics:
     served_per_pod_max_fast: float | None = None
     # pairwise order agreement with the FP32 reference (None: no sampled request scored)
     fidelity_stable: float | None = None
+    # the largest PSI of an input column against the training data, and that column
+    # (None: no recent data drift window)
+    data_psi: float | None = None
+    data_psi_feature: str | None = None
 
     @property
     def demand_fast(self) -> float:
@@ -212,8 +228,18 @@ def snapshot_from_results(
             (str(s["metric"].get("namespace")), str(s["metric"].get(MODEL))): _number(s) or 0.0
             for s in results.get(name, [])
         }
+    worst_psi: dict[Key, tuple[float, str]] = {}
+    for sample in results.get("data_psi_by_feature", []):
+        labels = sample.get("metric") or {}
+        key = (labels.get("namespace"), labels.get(MODEL), labels.get(POOL))
+        value = _number(sample)
+        if None in key or value is None:
+            continue
+        pool_key = (str(key[0]), str(key[1]), str(key[2]))
+        if pool_key not in worst_psi or value > worst_psi[pool_key][0]:
+            worst_psi[pool_key] = (value, str(labels.get("feature", "?")))
     for name, samples in results.items():
-        if name in per_model:
+        if name in per_model or name == "data_psi_by_feature":
             continue
         values: dict[Key, float | None] = {}
         for sample in samples:
@@ -253,6 +279,8 @@ def snapshot_from_results(
             compute_mean_stable=get("compute_mean_stable"),
             served_per_pod_max_fast=get("served_per_pod_max_fast"),
             fidelity_stable=get("fidelity_stable"),
+            data_psi=worst_psi[key][0] if key in worst_psi else None,
+            data_psi_feature=worst_psi[key][1] if key in worst_psi else None,
         )
     return Snapshot(taken_at, _count_refusals_once(pools, per_model))
 

@@ -468,6 +468,38 @@ class BuildReport(_Report):
     seconds: float = 0.0
 
 
+class FeatureBins(_Wire):
+    """One input column's distribution in the training data, as bins (data drift).
+
+    A dense column: ``edges`` are the inner bin edges (its deciles), ``shares`` the
+    training rows in each of the ``len(edges) + 1`` bins. A sparse field: ``ids`` are its
+    most frequent ids, ``shares`` their share of the rows and, last, that of every other id.
+    """
+
+    feature: str = Field(description="Sparse feature name, or dense data column name.")
+    kind: str = Field(pattern="^(sparse|dense)$")
+    column: int = Field(ge=0, description="Column of the model's sparse or dense input.")
+    edges: list[float] = Field(default_factory=list)
+    ids: list[int] = Field(default_factory=list)
+    shares: list[float]
+
+    @model_validator(mode="after")
+    def _bins_match(self) -> Self:
+        bins = len(self.edges if self.kind == "dense" else self.ids) + 1
+        if len(self.shares) != bins:
+            raise ValueError(f"{self.feature}: {len(self.shares)} shares for {bins} bins")
+        return self
+
+
+class DataReference(_Wire):
+    """The training data's distribution per input column, written by the build into every
+    variant's manifest; servers compare live inputs with it (population stability index,
+    :mod:`recserve_runtime.datadrift`)."""
+
+    rows: int = Field(ge=1, description="Training rows the bins were computed from.")
+    features: list[FeatureBins]
+
+
 class Manifest(_Wire):
     """manifest.json of one variant."""
 
@@ -486,6 +518,11 @@ class Manifest(_Wire):
         default_factory=dict, description="auc, logLoss, aucDropRelPct ... on held-out data"
     )
     profile: Profile | None = None
+    data_reference: DataReference | None = Field(
+        default=None,
+        description="Training-data bins per input column (absent in older manifests: "
+        "no data drift figures).",
+    )
 
     @property
     def accuracy_drop_basis_points(self) -> int:

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from recserve_runtime.builder.source import check_data, load_source
     from recserve_runtime.builder.store import check_writable, check_writable_file, put_variant
     from recserve_runtime.data import DatasetError, load_custom, load_dataset
+    from recserve_runtime.datadrift import reference_from
     from recserve_runtime.profiler import cpu_threads
     from recserve_runtime.train import set_threads, stderr_progress
 
@@ -146,9 +147,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "synthetic": False,
             "teacherAuc": teacher_auc,
         }
-        progress(f"[store] writing {len(variants)} variants to {args.out}")
+        reference = reference_from(source.spec, data.train.sparse, data.train.dense)
+        progress(
+            f"[store] writing {len(variants)} variants to {args.out} (with the training "
+            f"data's bins of {len(reference.features)} input columns, for data drift)"
+        )
         for v in variants:
-            v.location = put_variant(args.out, v.path, manifest_for(v, ctx, facts))
+            manifest = manifest_for(v, ctx, facts)
+            manifest.data_reference = reference
+            v.location = put_variant(args.out, v.path, manifest)
         report: dict[str, Any] = {
             "model": facts,
             "hardware": args.hardware,

@@ -615,6 +615,65 @@ def test_latency_drift_re_profiles_the_pool_and_re_plans(
     )
 
 
+def test_inputs_unlike_the_training_data_are_reported_as_data_drift(
+    autoscaling: dict[str, Any], k8s: client.ApiClient, namespace: str
+) -> None:
+    """Requests whose dense features sit two standard deviations off the training data:
+    the servers' PSI (against the manifest's training bins, through the real Prometheus)
+    stays over the threshold, the model's Drift condition says DataDrift naming a column,
+    a lastOptimization entry reports it, and the plan is kept."""
+    custom, core = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s)
+    policy = _policy(namespace)
+    policy["spec"]["drift"] = {
+        "checkIntervalSeconds": 5,
+        "sustainedSeconds": 20,
+        "cooldownSeconds": 600,
+        "latencyDriftBasisPoints": 50000,  # this test is about the inputs only
+    }
+    policy = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "optimizationpolicies", policy
+    )
+    _create_built(custom, autoscaling, namespace, _model(namespace), policy, [POOL])
+
+    def status() -> dict[str, Any]:
+        return _model_status(custom, namespace)
+
+    def state() -> Any:
+        st = status()
+        return {k: st.get(k) for k in ("placements", "lastOptimization", "conditions")}
+
+    eventually(lambda: _is_ready(status()), 120, 1, "the model Ready", state)
+    planned = _served(status(), "variant")
+    router = _pod_ip(
+        core, namespace, f"recserve.io/model={MODEL},app.kubernetes.io/component=router"
+    )
+    manifest = load_manifest(autoscaling["folder"])
+    assert manifest.data_reference is not None
+    bodies = rank_bodies(manifest, count=32, candidates=CANDIDATES, dense_shift=2.0)
+    load = Load(Target(router, 8080, "/v1/rank", bodies), 10, 150)
+    started = time.monotonic()
+
+    def drift() -> dict[str, Any]:
+        return next((c for c in status().get("conditions", []) if c["type"] == "Drift"), {})
+
+    eventually(lambda: drift().get("reason") == "DataDrift", 120, 1, "data drift", state)
+    detected_s = time.monotonic() - started
+    load.stop()
+    assert drift()["status"] == "True" and "PSI of" in drift()["message"], drift()
+    [entry] = status()["lastOptimization"]
+    assert entry["cause"] == "DataDrift" and entry["outcome"].startswith("reported"), entry
+    assert _served(status(), "variant") == planned, "the plan is kept"
+    assert not status().get("profileRounds")
+    reasons = {
+        e.reason
+        for e in core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={MODEL}"
+        ).items
+    }
+    assert "DriftDetected" in reasons and "Reoptimizing" not in reasons, reasons
+    print(f"\ndata drift reported {detected_s:.1f} s after the load began: {entry['evidence']}")
+
+
 def test_a_killed_profile_pod_is_retried_and_the_job_succeeds(
     autoscaling: dict[str, Any], k8s: client.ApiClient, namespace: str
 ) -> None:

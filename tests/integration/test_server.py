@@ -11,6 +11,7 @@ import concurrent.futures
 import os
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,57 @@ def test_metrics_are_exposed(server: Running) -> None:
         "recserve_ready 1.0",
     ):
         assert name in text, name
+
+
+def _psi(url: str) -> dict[str, float]:
+    _, _, raw = http("GET", f"{url}/metrics")
+    found = {}
+    for line in raw.decode().splitlines():
+        if line.startswith("recserve_feature_psi{"):
+            feature = line.split('feature="', 1)[1].split('"', 1)[0]
+            found[feature] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def test_inputs_unlike_the_training_data_raise_the_exported_psi(
+    variant: Path, tmp_path: Path
+) -> None:
+    """The server bins what it is sent against the manifest's training-data bins and
+    exports each column's PSI per window of rows: like the training data, every column
+    stays low; dense columns shifted by two standard deviations, theirs go far past 0.25
+    while the ids' stay low."""
+    with run_server(variant, tmp_path, "--data-drift-window-rows=300") as running:
+        url = f"{running.url}/v2/models/{MODEL}/infer"
+        # 32 of each request's 128 rows are binned, 160 rows a second at most: ten
+        # requests 0.2 s apart fill one window
+        for seed in range(10):
+            sparse, dense = tm.random_batch(SPEC, 128, seed=seed)
+            assert post(url, infer_doc(sparse, dense))[0] == 200
+            time.sleep(0.2)
+        like = eventually_value(lambda: _psi(running.url))
+        assert len(like) == SPEC.n_sparse + SPEC.n_dense
+        assert max(like.values()) < 0.1, like
+        for seed in range(10, 20):
+            sparse, dense = tm.random_batch(SPEC, 128, seed=seed)
+            assert post(url, infer_doc(sparse, dense + 2.0))[0] == 200
+            time.sleep(0.2)
+        shifted = eventually_value(lambda: _psi(running.url) if _psi(running.url) != like else {})
+        reference = artifacts.load_manifest(variant).data_reference
+        assert reference is not None
+        kinds = {f.feature: f.kind for f in reference.features}
+        dense_psi = [v for k, v in shifted.items() if kinds[k] == "dense"]
+        sparse_psi = [v for k, v in shifted.items() if kinds[k] == "sparse"]
+        assert min(dense_psi) > 1.0 and max(sparse_psi) < 0.1, shifted
+
+
+def eventually_value(read: Any, timeout_s: float = 10.0) -> Any:
+    """The first truthy value ``read()`` gives (the sketch publishes off the request path)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
 
 
 def test_admin_limits_change_at_run_time(server: Running) -> None:

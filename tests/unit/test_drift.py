@@ -10,6 +10,7 @@ from recserve_operator.drift import (
     DriftRules,
     DriftSample,
     capacity_drift,
+    data_drift,
     fidelity_drift,
     latency_drift,
 )
@@ -127,3 +128,34 @@ def test_batches_larger_than_any_profiled_are_expected_to_cost_more() -> None:
     assert latency_drift(samples, profile, RULES, 285) is None
     slow = [DriftSample(t, 0.0345 * 1.5, 290, 100.0, False) for t in range(0, 300, 15)]
     assert latency_drift(slow, profile, RULES, 285) is not None
+
+
+def psi_series(values: list[float | None], every: float = 15) -> list[DriftSample]:
+    return [
+        DriftSample(i * every, 0.002, 64, 100.0, False, None, v, None if v is None else "age")
+        for i, v in enumerate(values)
+    ]
+
+
+def test_inputs_like_the_training_data_never_drift() -> None:
+    noise = random.Random(7)
+    samples = psi_series([noise.uniform(0.0, 0.2) for _ in range(240)])  # 0.2: moderate
+    for now in range(120, 3600, 15):
+        assert data_drift([s for s in samples if s.at <= now], 250, RULES, now) is None
+
+
+def test_a_sustained_shift_of_the_inputs_is_data_drift_naming_the_column() -> None:
+    samples = psi_series([0.05] * 10 + [0.9] * 12)  # shifts at 150 s
+    assert data_drift(samples[:18], 250, RULES, 255) is None  # 105 s of it
+    found = data_drift(samples, 250, RULES, 315)
+    assert found is not None and found.cause == "data"
+    assert "PSI of age 0.90" in found.evidence and "threshold 0.25" in found.evidence
+    assert (found.observed, found.expected) == (0.9, 0.25)
+    assert data_drift(samples, 1000, RULES, 315) is None  # the policy's threshold
+
+
+def test_one_window_over_or_no_recent_window_is_not_data_drift() -> None:
+    spike = psi_series([0.05] * 10 + [2.0] + [0.05] * 10)
+    assert all(data_drift(spike[: i + 1], 250, RULES, i * 15) is None for i in range(21))
+    gap = psi_series([0.9] * 5 + [None] + [0.9] * 5)
+    assert data_drift(gap, 250, RULES, 150) is None

@@ -107,3 +107,26 @@ def test_a_refusal_the_router_retried_elsewhere_counts_once() -> None:
     del results["router_seen"], results["router_refused_fast"]
     alone = snapshot_from_results(results, W, 0.0).of("ns", "m", "cpu")
     assert isinstance(alone, PoolMetrics) and alone.refused_fast == 40.0
+
+
+def test_data_drift_is_the_worst_column_of_the_pool_and_none_without_a_window() -> None:
+    assert (
+        "recserve_feature_window_end_timestamp_seconds < 600" in queries(W)["data_psi_by_feature"]
+    )
+    snap = snapshot_from_results(
+        {
+            "scrape_age": [sample("1")],
+            "data_psi_by_feature": [
+                sample("0.04", feature="user"),
+                sample("0.61", feature="age"),
+                sample("NaN", feature="genre"),
+            ],
+        },
+        W,
+        0.0,
+    )
+    m = snap.of("ns", "m", "cpu")
+    assert isinstance(m, PoolMetrics)
+    assert (m.data_psi, m.data_psi_feature) == (0.61, "age")
+    quiet = snapshot_from_results({"scrape_age": [sample("1")]}, W, 0.0).of("ns", "m", "cpu")
+    assert isinstance(quiet, PoolMetrics) and quiet.data_psi is None

@@ -129,6 +129,14 @@ def test_optimize_end_to_end_with_accuracy_gate(tiny_ckpt: Path, tmp_path: Path)
         manifest = load_manifest(folder)
         assert manifest.name == v["name"] and manifest.metrics["accepted"] == float(v["accepted"])
         assert manifest.feature_spec.sparse[0].name == "user_id"
+        # the training data's bins, for the servers' data drift figures: every column
+        ref = manifest.data_reference
+        assert ref is not None and ref.rows > 1000
+        spec = manifest.feature_spec
+        assert [f.feature for f in ref.features if f.kind == "sparse"] == [
+            f.name for f in spec.sparse
+        ]
+        assert sum(f.kind == "dense" for f in ref.features) == spec.n_dense
     assert any(not v["accepted"] for v in data["variants"])  # budget 0 rejects some, kept
     chosen = by_name[data["selected"]]
     assert chosen["accepted"]

@@ -300,11 +300,17 @@ def _drifting_policy(**drift: Any) -> OptimizationPolicy:
 
 
 def _run_drifting(
-    p: OptimizationPolicy, ticks: int, rm: RecModel | None = None, fidelity: float | None = None
+    p: OptimizationPolicy,
+    ticks: int,
+    rm: RecModel | None = None,
+    fidelity: float | None = None,
+    data_psi: float | None = None,
+    slow: bool = True,
 ) -> Any:
     """Ticks 10 s apart on a pool twice as slow as its profile and saturated (both
-    latency and capacity drift); the model's status carries each tick's writes, as the
-    API server would. Returns the last model and every re-optimization event."""
+    latency and capacity drift; ``slow=False``: as fast as profiled, not saturated); the
+    model's status carries each tick's writes, as the API server would. Returns the last
+    model and every re-optimization event."""
     from dataclasses import replace as dc_replace
 
     pool = dc_replace(PLANNED, profile_p50_s=((64, 0.002), (128, 0.004)))
@@ -317,13 +323,15 @@ def _run_drifting(
         m = PoolMetrics(
             served_fast=40.0,
             served_stable=40.0,
-            refused_fast=20.0,
-            refused_stable=20.0,
+            refused_fast=20.0 if slow else 0.0,
+            refused_stable=20.0 if slow else 0.0,
             ready_pods=2,
-            p99_fast=0.2,
-            compute_mean_stable=0.004,
+            p99_fast=0.2 if slow else 0.01,
+            compute_mean_stable=0.004 if slow else 0.002,
             batch_rows_stable=64.0,
             fidelity_stable=fidelity,
+            data_psi=data_psi,
+            data_psi_feature=None if data_psi is None else "genre",
         )
         observed = {"cpu-pool": Observed(2, 2, None)}
         snap = Snapshot(now, {(NS, "m", "cpu-pool"): m})
@@ -392,3 +400,31 @@ def test_fidelity_within_the_floor_is_no_action_on_accuracy() -> None:
     rm, actions = _run_drifting(_drifting_policy(), 12, fidelity=0.97)
     assert rm.status is not None and not rm.status.drifted_variants
     assert "re-profiling" in actions[0]  # the latency and capacity drift remain
+
+
+def test_data_drift_is_reported_for_a_human_and_the_plan_is_kept() -> None:
+    rm, actions = _run_drifting(_drifting_policy(), 12, data_psi=0.8, slow=False)
+    assert not actions  # nothing re-profiled or re-planned
+    assert rm.status is not None and rm.status.profile_rounds == {}
+    assert not rm.status.drifted_variants
+    [entry] = rm.status.last_optimization
+    assert entry.cause == "DataDrift" and entry.outcome.startswith("reported")
+    assert "PSI of genre 0.80" in entry.evidence
+    drift = find(rm.status.to_wire()["conditions"], "Drift")
+    assert (drift["status"], drift["reason"]) == ("True", "DataDrift")
+    # the threshold is the policy's
+    calm, _ = _run_drifting(
+        _drifting_policy(dataDriftPsiThousandths=900), 12, data_psi=0.8, slow=False
+    )
+    assert calm.status is not None and not calm.status.last_optimization
+
+
+def test_a_data_drift_report_does_not_hold_back_a_re_profile() -> None:
+    reported, _ = _run_drifting(_drifting_policy(), 12, data_psi=0.8, slow=False)
+    rm, actions = _run_drifting(_drifting_policy(), 12, reported, data_psi=0.8)
+    assert len(actions) == 1 and "re-profiling" in actions[0], actions
+    assert rm.status is not None
+    assert [o.cause for o in rm.status.last_optimization] == [
+        "DataDrift",
+        "LatencyDrift and CapacityDrift",
+    ]

@@ -250,6 +250,18 @@ class Drift(ApiModel):
         "in the same order as the FP32 reference (pairwise order agreement, over the "
         "sampled requests) stays below this (9000 = 90%) throughout sustainedSeconds.",
     )
+    data_drift_psi_thousandths: Int = Field(
+        default=250,
+        ge=10,
+        le=100000,
+        description="Data drift: some input column's population stability index against "
+        "the training data (its bins are in the manifest; servers export "
+        "recserve_feature_psi per window of rows) stays above this (250 = 0.25, the usual "
+        "'significant shift') throughout sustainedSeconds. Reported for a human (the Drift "
+        "condition, a DriftDetected Event and a lastOptimization entry naming the column): "
+        "the plan is kept, as a re-profile or another variant does not undo a shift of the "
+        "inputs; retraining is out of recserve's scope.",
+    )
     check_interval_seconds: Int = Field(
         default=60,
         ge=5,

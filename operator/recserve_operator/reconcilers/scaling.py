@@ -35,6 +35,7 @@ from recserve_operator.drift import (
     DriftSample,
     Finding,
     capacity_drift,
+    data_drift,
     fidelity_drift,
     latency_drift,
 )
@@ -72,6 +73,8 @@ def _sample_drift(
             per_replica,
             saturated,
             metrics.fidelity_stable,
+            metrics.data_psi,
+            metrics.data_psi_feature,
         )
     else:
         sample = DriftSample(now, None, None, None, False)
@@ -107,6 +110,7 @@ def _look_for_drift(
             fidelity_drift(
                 state.samples, rules.fidelity_agreement_basis_points, detector_rules, now
             ),
+            data_drift(state.samples, rules.data_drift_psi_thousandths, detector_rules, now),
         )
         if f is not None
     ]
@@ -121,12 +125,22 @@ def _look_for_drift(
             out.events.append(("Warning", "DriftDetected", message))
             out.decisions.append(("drift", finding.cause))
             new.append(finding)
-    if new and rules.reprofile:
-        _reoptimize(model, pp.pool, pp.variant, new, policy, now, out)
+    acted = [f for f in new if f.cause != "data"]
+    if acted and rules.reprofile:
+        _reoptimize(model, pp.pool, pp.variant, acted, policy, now, out)
+    for finding in new:
+        if finding.cause == "data":
+            _report_data_drift(model, pp.pool, finding, policy, now, out)
     return DriftState(state.samples, tuple(reported.items()))
 
 
-CAUSES = {"latency": "LatencyDrift", "capacity": "CapacityDrift", "fidelity": "FidelityDrift"}
+CAUSES = {
+    "latency": "LatencyDrift",
+    "capacity": "CapacityDrift",
+    "fidelity": "FidelityDrift",
+    "data": "DataDrift",
+}
+REPORTED = "reported: the plan is kept; the inputs moved, retrain or recalibrate"
 PENDING = "pending"
 KEEP_OPTIMIZATIONS = 10  # status.lastOptimization's maxItems
 
@@ -145,7 +159,7 @@ def _reoptimize(
     cooldown of the last (the pass runs the profile Job and records the outcome)."""
     status = model.status
     history = [*(status.last_optimization if status else []), *out.optimizations]
-    mine = [o for o in history if o.pool == pool]
+    mine = [o for o in history if o.pool == pool and o.outcome != REPORTED]
     if mine and (
         mine[-1].outcome == PENDING
         or now - (parse_stamp(mine[-1].time) or 0.0) < policy.spec.drift.cooldown_seconds
@@ -179,6 +193,36 @@ def _reoptimize(
     )
     out.events.append(("Normal", "Reoptimizing", f"pool {pool}: {causes}: {doing}"))
     out.decisions.append(("reoptimize", kind))
+
+
+def _report_data_drift(
+    model: RecModel,
+    pool: str,
+    finding: Finding,
+    policy: OptimizationPolicy,
+    now: float,
+    out: TickOutcome,
+) -> None:
+    """Record data drift for a human: the inputs moved away from the training data, which
+    neither a re-profile nor another variant undoes (recalibration on recent requests is
+    not built yet). Once per cooldown per pool, also across operator restarts (the
+    status keeps the last report)."""
+    status = model.status
+    history = [*(status.last_optimization if status else []), *out.optimizations]
+    last = [o for o in history if o.pool == pool and o.cause == CAUSES["data"]]
+    if last and now - (parse_stamp(last[-1].time) or 0.0) < policy.spec.drift.cooldown_seconds:
+        return
+    out.optimizations.append(
+        Optimization(
+            time=stamp(now),
+            pool=pool,
+            cause=CAUSES["data"],
+            evidence=finding.evidence[:2048],
+            action="none automatic: a model trained or calibrated on recent inputs is needed",
+            outcome=REPORTED,
+        )
+    )
+    out.decisions.append(("drift_reported", "data"))
 
 
 def _rounds(optimizations: list[Optimization]) -> dict[str, int]:

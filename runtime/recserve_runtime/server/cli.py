@@ -70,6 +70,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "default 0 = off)",
     )
     p.add_argument(
+        "--data-drift-window-rows",
+        type=int,
+        default=2000,
+        help="rows per data drift window: each input column's PSI against the training "
+        "data's bins in the manifest is exported every this many rows (recserve_feature_psi; "
+        "the operator's data drift); 0 = off (default 2000)",
+    )
+    p.add_argument(
         "--admin-port",
         type=int,
         default=0,
@@ -117,6 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
         emulate_us_per_batch=args.emulate_us_per_batch,
         reference_variant=args.reference_variant,
         fidelity_sample_bp=args.fidelity_sample_bp,
+        data_drift_window_rows=args.data_drift_window_rows,
         admin_token=_read_token(args.admin_token_file),
     )
     server = InferenceServer(config)

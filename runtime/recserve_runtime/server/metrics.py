@@ -82,6 +82,23 @@ class ServerMetrics:
             "recserve_fidelity_agreeing_pairs", "Of those pairs, the ones the served variant "
             "orders the same way (pairwise order agreement = this / pairs)", registry=r,
         )  # fmt: skip
+        self.feature_psi = Gauge(
+            "recserve_feature_psi", "Population stability index of an input column against "
+            "the training data, over the last window of rows (over 0.25: a significant "
+            "shift; the operator's data drift)", ["feature"], registry=r,
+        )  # fmt: skip
+        self.feature_window_rows = Gauge(
+            "recserve_feature_window_rows", "Rows in the last data drift window", registry=r
+        )
+        self.feature_window_end = Gauge(
+            "recserve_feature_window_end_timestamp_seconds",
+            "When the last data drift window ended (unix seconds): PSI older than a few "
+            "windows describes traffic that is gone", registry=r,
+        )  # fmt: skip
+        self.feature_sketch_dropped = Counter(
+            "recserve_feature_sketch_dropped", "Requests not binned for data drift because "
+            "the sketch thread was behind", registry=r,
+        )  # fmt: skip
         self.provider_fallback = Gauge(
             "recserve_execution_provider_fallback",
             "1 when the hardware's execution provider was missing and the CPU is used",

@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 from recserve_runtime import __version__
+from recserve_runtime.datadrift import DriftSketch
 from recserve_runtime.server.batcher import Batcher, DeadlineExceeded, Overloaded
 from recserve_runtime.server.fidelity import FidelitySampler
 from recserve_runtime.server.metrics import ServerMetrics
@@ -98,6 +99,9 @@ class ServeConfig:
     emulate_us_per_batch: float = 0.0
     reference_variant: str | None = None  # FP32 reference, for fidelity sampling
     fidelity_sample_bp: int = 0
+    # rows per data drift window (PSI of each input column against the manifest's
+    # training-data bins); 0: no sketch
+    data_drift_window_rows: int = 2000
     admin_token: str | None = None  # Bearer token the admin API requires, if any
 
 
@@ -150,6 +154,7 @@ class InferenceServer:
         self.lag = LoopLag()
         self._lag_task: asyncio.Task[None] | None = None
         self.fidelity: FidelitySampler | None = None
+        self.sketch: DriftSketch | None = None
         self.name = config.model_name or "model"
         self.version = "1"
 
@@ -188,6 +193,13 @@ class InferenceServer:
         self.fidelity.start()
         log.info("fidelity sampling share=%.4f reference=%s", sample_bp / 10000, variant)
 
+    def _publish_psi(self, by_feature: dict[str, float], rows: int) -> None:
+        """A data drift window ended: its PSI per input column, as gauges."""
+        for feature, value in by_feature.items():
+            self.metrics.feature_psi.labels(feature).set(value)
+        self.metrics.feature_window_rows.set(rows)
+        self.metrics.feature_window_end.set(time.time())
+
     def _name_from_manifest(self) -> None:
         """Keep the model's name when only its file is bad, so its routes answer 503."""
         if self.config.model_name:
@@ -223,6 +235,14 @@ class InferenceServer:
                 np.zeros((rows, model.n_dense), np.float32),
             )
         self.metrics.load_seconds.set(model.load_seconds)
+        if m.data_reference is not None and cfg.data_drift_window_rows > 0:
+            self.sketch = DriftSketch(
+                m.data_reference,
+                self._publish_psi,
+                cfg.data_drift_window_rows,
+                on_drop=self.metrics.feature_sketch_dropped.inc,
+            )
+            self.sketch.start()
         provider = model.providers[0] if model.providers else "none"
         self.metrics.variant_info.labels(
             m.name, m.artifact.sha256, m.recipe.precision, cfg.hardware, provider
@@ -255,6 +275,8 @@ class InferenceServer:
             await asyncio.to_thread(self.batcher.stop, 5.0)
         if self.fidelity is not None:
             await asyncio.to_thread(self.fidelity.stop)
+        if self.sketch is not None:
+            await asyncio.to_thread(self.sketch.stop)
         log.info("drained and stopped inflight=%d", self.inflight)
 
     async def _watch_limits(self, path: Path) -> None:
@@ -493,8 +515,7 @@ class InferenceServer:
         scores = await self._score(req.batch.sparse, req.batch.dense, deadline)
         if isinstance(scores, Response):
             return scores
-        if self.fidelity is not None:
-            self.fidelity.offer(req.batch.sparse, req.batch.dense, scores)
+        self._after_answer(req.batch.sparse, req.batch.dense, scores)
         doc: dict[str, Any] = {"model_name": self.name, "model_version": self.version}
         if req.id is not None:
             doc["id"] = req.id
@@ -522,6 +543,13 @@ class InferenceServer:
         ]
         return json_response(200, doc)
 
+    def _after_answer(self, sparse: np.ndarray, dense: np.ndarray, scores: np.ndarray) -> None:
+        """Offer an answered request to the off-path samplers (fidelity, data drift)."""
+        if self.fidelity is not None:
+            self.fidelity.offer(sparse, dense, scores)
+        if self.sketch is not None:
+            self.sketch.offer(sparse, dense)
+
     async def _rank(self, headers: dict[str, str], body: bytes) -> Response:
         if (resp := self._unavailable()) is not None:
             return resp
@@ -531,8 +559,7 @@ class InferenceServer:
         scores = await self._score(req.batch.sparse, req.batch.dense, deadline)
         if isinstance(scores, Response):
             return scores
-        if self.fidelity is not None:
-            self.fidelity.offer(req.batch.sparse, req.batch.dense, scores)
+        self._after_answer(req.batch.sparse, req.batch.dense, scores)
         order = np.argsort(-scores, kind="stable")
         if req.top_k is not None:
             order = order[: req.top_k]
