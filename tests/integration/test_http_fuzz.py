@@ -198,3 +198,33 @@ def test_oversized_bodies_are_refused_before_they_are_buffered(
     grown_mb = (rss_kb(target.proc.pid) - before) / 1024
     print(f"{which}: RSS grew {grown_mb:.1f} MB over five 20 MB bodies")
     assert grown_mb < 64, "bodies over the limit were buffered and kept"
+
+
+def _head_status(target: Running, head: bytes) -> bytes:
+    """The status line a raw request head gets (b"" when the server cut the connection
+    while it was still being sent)."""
+    with socket.create_connection(("127.0.0.1", target.port), timeout=10) as sock:
+        try:
+            sock.sendall(head)
+            return sock.recv(64).split(b"\r\n", 1)[0]
+        except ConnectionError:
+            return b""
+
+
+@pytest.mark.parametrize("which", ["server", "router"])
+def test_oversized_headers_are_refused_with_431(request_target: Any, which: str) -> None:
+    target, valid_rank = request_target(which)
+    start = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n"
+    assert _head_status(target, start + b"X-A: " + b"a" * 60_000 + b"\r\n\r\n").endswith(b"200 OK")
+    before = rss_kb(target.proc.pid)
+    cases = {
+        "one large header": start + b"X-A: " + b"a" * 70_000 + b"\r\n\r\n",
+        "many headers": start + b"".join(b"X-%d: a\r\n" % i for i in range(20_000)) + b"\r\n",
+        "a long URL": b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a header that never ends": start + b"X-A: " + b"a" * (8 << 20),
+    }
+    for name, head in cases.items():
+        status = _head_status(target, head)
+        assert status in (b"HTTP/1.1 431 Request Header Fields Too Large", b""), (name, status)
+    still_serving(target, valid_rank)
+    assert (rss_kb(target.proc.pid) - before) / 1024 < 32, "a head over the limit was buffered"

@@ -115,6 +115,68 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+# Request line and headers of one request, at most (nginx answers 400 past 32 KiB, Go's
+# net/http 431 past 1 MiB). httptools has no limit of its own: a client could make the
+# parser buffer a header of any size (a 1 MB header was answered 200 before this).
+MAX_HEAD_BYTES = 64 * 1024
+
+
+def bounded_head_protocol() -> type:
+    """uvicorn's httptools protocol, answering 431 and closing when a request's line and
+    headers pass ``MAX_HEAD_BYTES``: measured when they are complete, and cut off as
+    bytes arrive while they are not (so the parser's own buffer, which one endless header
+    would fill, never holds more than that plus one read)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    too_large = f"request line and headers over {MAX_HEAD_BYTES} bytes".encode()
+    answer = (
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+        b"content-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(too_large)).encode() + b"\r\n"
+        b"connection: close\r\n\r\n" + too_large
+    )
+
+    class BoundedHead(HttpToolsProtocol):
+        _chunk = 0  # bytes of the read being parsed
+        _received = 0  # bytes that arrived while the head was incomplete, this one too
+        _in_head = True
+        _over = False
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._received, self._in_head, self._over = self._chunk, True, False
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            # a head over the limit must have come with that many bytes: only then is it
+            # measured (a per-header count cost 2.5% of a server's saturated throughput)
+            if self._received > MAX_HEAD_BYTES:
+                size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+                if size > MAX_HEAD_BYTES:
+                    self._over = True
+                    raise ValueError("head too large")  # the parser stops: send_400_response
+            super().on_headers_complete()
+
+        def send_400_response(self, msg: str) -> None:
+            if not self._over:
+                super().send_400_response(msg)
+                return
+            self.transport.write(answer)
+            self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            self._chunk = len(data)
+            if self._in_head:
+                self._received += self._chunk
+            super().data_received(data)
+            over = self._in_head and self._received > MAX_HEAD_BYTES
+            if over and not self.transport.is_closing():
+                self.transport.write(answer)
+                self.transport.close()
+
+    return BoundedHead
+
+
 def run_uvicorn(
     app: ASGIApp,
     host: str,
@@ -158,7 +220,7 @@ def run_uvicorn(
         host=host,
         port=port,
         loop=loop,
-        http="httptools",
+        http=bounded_head_protocol(),
         lifespan="on",
         access_log=False,
         log_level="warning",
