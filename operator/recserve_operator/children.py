@@ -530,6 +530,37 @@ def router_rbac(model: RecModel) -> list[dict[str, Any]]:
     ]
 
 
+def server_network_policy(model: RecModel, config: OperatorConfig) -> dict[str, Any]:
+    """Who may reach the model's server pods, where the cluster enforces NetworkPolicies:
+    its own router (inference port), the operator's pods (admin port) and the Prometheus
+    pods (``config.prometheus_pod_labels``, any namespace) on the inference port, which
+    is where ``/metrics`` is served. Everything else is refused; the router stays open:
+    it is the model's entry point."""
+    operator_pods: dict[str, Any] = {"podSelector": {"matchLabels": {COMPONENT_LABEL: "operator"}}}
+    if config.operator_namespace:
+        operator_pods["namespaceSelector"] = {
+            "matchLabels": {"kubernetes.io/metadata.name": config.operator_namespace}
+        }
+    prometheus = {
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": dict(config.prometheus_pod_labels)},
+    }
+    router = {"podSelector": {"matchLabels": {MODEL_LABEL: model.name, COMPONENT_LABEL: "router"}}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": owned_metadata(dns_name(model.name, "servers"), model, {}),
+        "spec": {
+            "podSelector": {"matchLabels": {MODEL_LABEL: model.name, COMPONENT_LABEL: "server"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [router, prometheus], "ports": [{"protocol": "TCP", "port": SERVER_PORT}]},
+                {"from": [operator_pods], "ports": [{"protocol": "TCP", "port": ADMIN_PORT}]},
+            ],
+        },
+    }
+
+
 def model_variant(model: RecModel, name: str, recipe: Recipe, artifact: Artifact) -> dict[str, Any]:
     """The ModelVariant object of one built variant (its status is written separately)."""
     variant = ModelVariant(

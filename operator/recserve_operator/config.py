@@ -82,6 +82,12 @@ class OperatorConfig:
     autoscale_tick_seconds: float = 5.0
     scrape_interval_seconds: float = 5.0
     metrics_port: int = 8081
+    # A NetworkPolicy per model in front of its servers (children.server_network_policy),
+    # the namespace the operator runs in (whose pods may reach the servers' admin port),
+    # and the labels of the Prometheus pods that scrape them (any namespace).
+    network_policies: bool = True
+    operator_namespace: str | None = None
+    prometheus_pod_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "prometheus"),)
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -99,7 +105,29 @@ class OperatorConfig:
             autoscale_tick_seconds=_seconds(env, "RECSERVE_AUTOSCALE_TICK_SECONDS", 5.0),
             scrape_interval_seconds=_seconds(env, "RECSERVE_PROMETHEUS_SCRAPE_SECONDS", 5.0),
             metrics_port=_count(env, "RECSERVE_METRICS_PORT", 8081),
+            network_policies=env.get("RECSERVE_NETWORK_POLICIES", "1").strip().lower()
+            not in ("0", "false", "no", "off"),
+            operator_namespace=env.get("RECSERVE_NAMESPACE") or None,
+            prometheus_pod_labels=_labels(
+                env, "RECSERVE_PROMETHEUS_POD_LABELS", cls.prometheus_pod_labels
+            ),
         )
+
+
+def _labels(
+    env: Mapping[str, str], name: str, default: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, str], ...]:
+    """``key=value,key=value`` (unset: ``default``; empty: no label, i.e. any pod)."""
+    raw = env.get(name)
+    if raw is None:
+        return default
+    pairs = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"{name} must be key=value[,key=value], got {raw!r}")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:

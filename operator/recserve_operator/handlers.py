@@ -158,7 +158,16 @@ async def pool_index(
 # annotation, generation, a Deployment's replicas, a ModelVariant and a pool's limits
 # ConfigMap whole (the autoscaler reads them every tick).
 CHILD_KINDS = frozenset(
-    {"Deployment", "Service", "ServiceAccount", "Role", "RoleBinding", "ModelVariant", "ConfigMap"}
+    {
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ModelVariant",
+        "ConfigMap",
+        "NetworkPolicy",
+    }
 )
 
 
@@ -168,6 +177,7 @@ CHILD_KINDS = frozenset(
 @kopf.index("v1", "serviceaccounts", labels=OWNED)
 @kopf.index("rbac.authorization.k8s.io", "v1", "roles", labels=OWNED)
 @kopf.index("rbac.authorization.k8s.io", "v1", "rolebindings", labels=OWNED)
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=OWNED)
 @kopf.index(GROUP, VERSION, "modelvariants", labels=OWNED)
 async def child_index(
     body: kopf.Body, resource: kopf.Resource, namespace: str | None, **_: Any

@@ -644,6 +644,17 @@ def test_inputs_unlike_the_training_data_are_reported_as_data_drift(
 
     eventually(lambda: _is_ready(status()), 120, 1, "the model Ready", state)
     planned = _served(status(), "variant")
+    # the servers' NetworkPolicy, as the API server holds it (the local control plane does
+    # not enforce NetworkPolicies; kind with a policy-enforcing CNI would)
+    netpol = client.NetworkingV1Api(k8s).read_namespaced_network_policy(
+        f"{MODEL}-servers", namespace
+    )
+    [inference, admin] = netpol.spec.ingress
+    assert {p.port for p in inference.ports} == {8000} and {p.port for p in admin.ports} == {8001}
+    [operator_pods] = admin._from
+    assert operator_pods.namespace_selector.match_labels == {
+        "kubernetes.io/metadata.name": NS_OPERATOR
+    }
     router = _pod_ip(
         core, namespace, f"recserve.io/model={MODEL},app.kubernetes.io/component=router"
     )

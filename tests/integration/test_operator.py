@@ -81,6 +81,7 @@ def test_rbac_allows_what_the_operator_needs_and_nothing_more(
         ("patch", "deployments.apps", "-n", "any"),
         ("list", "nodes"),
         ("create", "modelvariants.recserve.io", "-n", "any"),
+        ("patch", "networkpolicies.networking.k8s.io", "-n", "any"),
     ):
         assert can(*allowed), allowed
     for denied in (

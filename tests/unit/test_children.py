@@ -231,3 +231,57 @@ def test_local_store_is_a_host_path_and_pvc_store_a_claim(tmp_path: Path) -> Non
     pvc = ArtifactStore.from_uri("pvc://recserve-artifacts/")
     assert pvc.volume["persistentVolumeClaim"]["claimName"] == "recserve-artifacts"
     assert pvc.pod_path("ns", "m") == "/artifacts/ns/m"
+
+
+def test_only_the_router_prometheus_and_the_operator_reach_the_servers() -> None:
+    config = OperatorConfig(store=CONFIG.store, operator_namespace="recserve-system")
+    policy = children.server_network_policy(model(), config)
+    assert policy["metadata"]["name"] == "movielens-dlrm-servers"
+    assert policy["metadata"]["labels"][children.MODEL_LABEL] == "movielens-dlrm"
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == {
+        children.MODEL_LABEL: "movielens-dlrm",
+        children.COMPONENT_LABEL: "server",
+    }
+    assert spec["policyTypes"] == ["Ingress"]  # everything not listed is refused
+    inference, admin = spec["ingress"]
+    assert inference["ports"] == [{"protocol": "TCP", "port": children.SERVER_PORT}]
+    router, prometheus = inference["from"]
+    assert router == {
+        "podSelector": {
+            "matchLabels": {
+                children.MODEL_LABEL: "movielens-dlrm",
+                children.COMPONENT_LABEL: "router",
+            }
+        }
+    }  # the same namespace: no namespaceSelector
+    assert prometheus == {
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    assert admin == {
+        "from": [
+            {
+                "podSelector": {"matchLabels": {children.COMPONENT_LABEL: "operator"}},
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "recserve-system"}
+                },
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": children.ADMIN_PORT}],
+    }
+
+
+def test_network_policy_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSERVE_NAMESPACE", "ops")
+    monkeypatch.setenv("RECSERVE_PROMETHEUS_POD_LABELS", "app=prom, team=obs")
+    config = OperatorConfig.from_env()
+    assert config.network_policies and config.operator_namespace == "ops"
+    assert config.prometheus_pod_labels == (("app", "prom"), ("team", "obs"))
+    monkeypatch.setenv("RECSERVE_PROMETHEUS_POD_LABELS", "")
+    monkeypatch.setenv("RECSERVE_NETWORK_POLICIES", "false")
+    config = OperatorConfig.from_env()
+    assert not config.network_policies and config.prometheus_pod_labels == ()
+    monkeypatch.setenv("RECSERVE_PROMETHEUS_POD_LABELS", "app")
+    with pytest.raises(SystemExit, match="key=value"):
+        OperatorConfig.from_env()

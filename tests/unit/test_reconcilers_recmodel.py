@@ -950,3 +950,20 @@ def test_a_pass_over_a_stale_body_does_not_announce_a_phase_again(world: World) 
     assert len([e for e in world.events if e[1] == "BuildFailed"]) == 1
     handlers.recmodel(body=stale)  # the operator's copy lags its own status write
     assert len([e for e in world.events if e[1] == "BuildFailed"]) == 1
+
+
+def test_servers_get_a_network_policy_unless_the_operator_is_told_not_to(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.built_and_profiled()
+    world.reconcile()
+    [policy] = world.kube.of_kind("NetworkPolicy", NS)
+    assert policy["metadata"]["name"] == f"{MODEL}-servers"
+    assert policy["spec"]["podSelector"]["matchLabels"][children.MODEL_LABEL] == MODEL
+
+    world.kube.delete("networking.k8s.io/v1", "NetworkPolicy", f"{MODEL}-servers", NS)
+    world.config = replace(world.config, network_policies=False)
+    monkeypatch.setitem(handlers._state, "config", world.config)
+    world.reconcile()
+    assert world.cond("Placed")["status"] == "True"
+    assert not world.kube.of_kind("NetworkPolicy", NS)

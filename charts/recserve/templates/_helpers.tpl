@@ -24,3 +24,12 @@ app.kubernetes.io/component: operator
 {{- define "recserve.serviceAccountName" -}}
 {{- default (include "recserve.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
+
+{{/* A label map as key=value,key=value (sorted keys). */}}
+{{- define "recserve.labelList" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
