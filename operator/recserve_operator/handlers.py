@@ -1,13 +1,14 @@
 """kopf handlers: thin wrappers that call the plain reconcile functions.
 
-Each kind has one idempotent reconcile, run on create/update/resume and on a timer (so
-that missed events and drift in the cluster are repaired without a watch event).
+Each kind has one idempotent reconcile, run on create/update/resume and by a repair
+loop every interval (so that missed events and drift in the cluster are repaired without
+a watch event; not kopf timers, which would put a finalizer on every object).
 
 This is the typed boundary: a body is validated into its API type here, once, and the
 reconcilers only ever see the types. A body the types refuse (e.g. one written under an
 older schema) is reported in status (Ready=False, reason InvalidSpec, each bad field
 path) and logged; the handler then returns normally, so kopf does not retry it in a
-loop. The next spec change, or the timer, looks again.
+loop. The next spec change, or the repair loop, looks again.
 
 At scale (docs/operator-scale.md) a pass costs only the writes it must make: what it
 reads (its model, policy and pools, the children it compares with) comes from kopf
@@ -48,11 +49,10 @@ from recserve_operator.reconcilers.recmodel import Outcome, reconcile_recmodel, 
 from recserve_operator.scaling_loop import ScalingLoop
 from recserve_operator.settings import configure, max_workers
 
-# Timers repair what events missed; at scale every pass costs API calls, so the
-# interval is a setting (the chart's extraEnv), read once at import by the decorators.
-# A timer's first tick is one interval after the object is seen: the resume and create
-# handlers have just run the first pass (a tick at once would double every model's
-# startup pass).
+# The repair loop mends what events missed; at scale every pass costs API calls, so the
+# interval is a setting (the chart's extraEnv), read once at import. Its first round is
+# one interval after start: the resume and create handlers have just run the first pass
+# (a round at once would double every model's startup pass).
 INTERVAL = float(os.environ.get("RECSERVE_RECONCILE_INTERVAL_SECONDS", "30"))
 log = logging.getLogger("recserve.handlers")
 _state: dict[str, Any] = {}
@@ -252,13 +252,13 @@ def _use_indexes(kube: Kube, indexes: dict[str, Any]) -> Kube:
             children.MODEL_LABEL, CHILD_KINDS, _children_lookup(indexes["child_index"])
         )
         _state["indexed"] = True
+        _state["indexes"] = {k: indexes[k] for k in ("model_index", "pool_index")}
     return kube
 
 
 @kopf.on.resume(GROUP, VERSION, "hardwarepools")
 @kopf.on.create(GROUP, VERSION, "hardwarepools")
 @kopf.on.update(GROUP, VERSION, "hardwarepools", field="spec")
-@kopf.timer(GROUP, VERSION, "hardwarepools", interval=max(INTERVAL, 15), initial_delay=INTERVAL)
 def hardwarepool(body: kopf.Body, **_: Any) -> None:
     """Count the pool's nodes and accelerators."""
     raw = _plain(body)
@@ -278,7 +278,7 @@ READY_NODES_MEMO = "recserve_ready_nodes"
 @kopf.on.event(GROUP, VERSION, "hardwarepools")
 async def pool_changed(body: kopf.Body, name: str, memo: Any, **kwargs: Any) -> None:
     """A pool's Ready, schedulable nodes went to 0 or came back: re-plan every RecModel
-    that may use it now (failover), not at its next timer tick."""
+    that may use it now (failover), not at its next repair round."""
     ready = (body.get("status") or {}).get("readyNodeCount")
     seen = memo.get(READY_NODES_MEMO, "unseen")
     memo[READY_NODES_MEMO] = ready
@@ -287,11 +287,7 @@ async def pool_changed(body: kopf.Body, name: str, memo: Any, **kwargs: Any) -> 
     index = kwargs.get("model_index")
     if index is None:
         return
-    try:
-        models = [m for key in list(index) for m in list(index.get(key) or ())]
-    except RuntimeError:  # changed while read: the timers cover it
-        return
-    for model in models:
+    for model in _index_items(index):  # empty if it changed while read: the repair loop
         refs = {r.get("name") for r in (model.get("spec") or {}).get("hardwarePoolRefs") or []}
         if name in refs:
             meta = model["metadata"]
@@ -313,15 +309,77 @@ def recmodel(body: kopf.Body, **kwargs: Any) -> None:
     PASSES.run(_key(meta["namespace"], meta["name"]), raw, body)
 
 
-@kopf.timer(GROUP, VERSION, "recmodels", interval=INTERVAL, initial_delay=INTERVAL)
-def recmodel_timer(body: kopf.Body, **kwargs: Any) -> None:
-    """Repair what events missed, unless a pass has just looked (then it is not due)."""
-    _use_indexes(_kube(), kwargs)
-    raw = _plain(body)
-    key = _key(raw["metadata"]["namespace"], raw["metadata"]["name"])
-    if PASSES.seconds_since(key) < INTERVAL / 2:
-        return
-    PASSES.run(key, raw, body)
+# Repairs: what events missed. Not kopf timers: kopf puts its finalizer on every object
+# a timer or daemon watches, so once the operator was uninstalled (or down) a RecModel or
+# HardwarePool could not be deleted: it stayed Terminating until someone removed the
+# finalizer by hand. One loop of our own needs none (kopf takes an old one off).
+POOL_REPAIR_SECONDS = max(INTERVAL, 15)
+
+
+@kopf.on.startup()
+async def start_repairs(**_: Any) -> None:
+    _state["repairs"] = asyncio.create_task(_repair_forever())
+
+
+@kopf.on.cleanup()
+async def stop_repairs(**_: Any) -> None:
+    task = _state.pop("repairs", None)
+    if task is not None:
+        task.cancel()
+
+
+async def _repair_forever() -> None:
+    """Every interval, a pass of each RecModel that no pass looked at in the last half
+    interval, and a recount of every HardwarePool (each ``POOL_REPAIR_SECONDS``), on the
+    handler threads; a failure is logged and tried again at the next round."""
+    pools_due = time.monotonic() + POOL_REPAIR_SECONDS
+    while True:
+        await asyncio.sleep(INTERVAL)
+        indexes = _state.get("indexes")
+        if indexes is None:  # no handler ran yet: nothing is known
+            continue
+        models = _index_items(indexes["model_index"])
+        due = [
+            (key, raw)
+            for raw in models
+            if PASSES.seconds_since(
+                key := _key(raw["metadata"]["namespace"], raw["metadata"]["name"])
+            )
+            >= INTERVAL / 2
+        ]
+        work = [_repair(PASSES.run, key, raw, raw) for key, raw in due]
+        if time.monotonic() >= pools_due:
+            pools_due = time.monotonic() + POOL_REPAIR_SECONDS
+            work += [_repair(_recount_pool, raw) for raw in _index_items(indexes["pool_index"])]
+        await asyncio.gather(*work)
+
+
+def _index_items(index: Any) -> list[dict[str, Any]]:
+    """Every object of a kopf index, as last seen (an empty list while it changes)."""
+    try:
+        return [obj for key in list(index) for obj in list(index.get(key) or ())]
+    except RuntimeError:  # changed while read: the next round
+        return []
+
+
+async def _repair(fn: Callable[..., None], *args: Any) -> None:
+    """``fn(*args)`` on a handler thread, in kopf's handler context (kopf.event needs it);
+    a failure is logged, never raised into the loop."""
+    context = _state.get("handler_context") or contextvars.copy_context()
+    call = functools.partial(context.copy().run, fn, *args)
+    try:
+        await asyncio.get_running_loop().run_in_executor(_state.get("executor"), call)
+    except Exception as exc:
+        log.warning("repair of %s failed, tried again next round: %s", args[0], exc)
+
+
+def _recount_pool(raw: dict[str, Any]) -> None:
+    with api_errors_typed():
+        try:
+            pool = parse_object(HardwarePool, raw)
+        except ManifestError:
+            return  # reported by the change handler; nothing to count
+        reconcile_hardwarepool(pool, _kube())
 
 
 PROGRESS_MEMO = "recserve_progress"
@@ -331,7 +389,7 @@ PROGRESS_MEMO = "recserve_progress"
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
 async def child_changed(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
     """A Job finished or a Deployment's ready replicas changed (or a child was deleted):
-    move the owning RecModel on now, instead of at its next timer tick.
+    move the owning RecModel on now, instead of at its next repair round.
 
     Every other event of a child is ignored: the Deployment controller writes a
     Deployment's status several times while it rolls out, and each used to cost the
@@ -384,7 +442,7 @@ def _key(namespace: str, name: str) -> str:
 class Passes:
     """At most one reconcile pass per RecModel at a time, and at most one more queued.
 
-    kopf serialises the handlers of one object, but a RecModel's timer, its own change
+    kopf serialises the handlers of one object, but the repair loop, a RecModel's own change
     handlers and its children's events are separate streams: without this, several
     threads ran the same model's pass at once (each issuing the same API calls) while
     other models waited for a thread. A pass asked for while one runs is folded into a

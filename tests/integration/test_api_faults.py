@@ -48,17 +48,13 @@ POOL = "faults-cpu-pool"  # not the examples' name: other modules create cpu-poo
 
 @pytest.fixture(scope="module")
 def cpu_pool(k8s: client.ApiClient, crds: list[str]) -> Iterator[str]:
-    """A CPU pool of its own. At the end its finalizers are dropped before it is deleted:
-    the operator that put kopf's there is no longer running to take it off, and a pool
-    left Terminating would block the next module's."""
+    """A CPU pool of its own (other modules create cpu-pool). It is deleted at the end
+    with no operator running: it carries no finalizer, so nothing is left Terminating."""
     custom = client.CustomObjectsApi(k8s)
     pool = example("cpu-pool")
     pool["metadata"]["name"] = POOL
     custom.create_cluster_custom_object(GROUP, VERSION, "hardwarepools", pool)
     yield POOL
-    custom.patch_cluster_custom_object(
-        GROUP, VERSION, "hardwarepools", POOL, {"metadata": {"finalizers": None}}
-    )
     custom.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", POOL)
     eventually(
         lambda: (

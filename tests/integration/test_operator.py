@@ -49,7 +49,8 @@ def operator(
 
     eventually(running, timeout=90)
     yield {"namespace": ns, "serviceAccount": "recserve", "store": str(store)}
-    helm(local_cluster, "uninstall", "recserve", "-n", ns)
+    # the last test uninstalls it itself
+    helm(local_cluster, "uninstall", "recserve", "-n", ns, "--ignore-not-found")
     core.delete_namespace(ns)
 
 
@@ -232,3 +233,65 @@ def test_missing_reference_then_failed_build_are_reported_without_duplicates(
         assert [p.metadata.uid for p in pods.items] == [new_pod.metadata.uid]
     finally:
         api.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", "cpu-only")
+
+
+def test_uninstalled_with_live_objects_everything_still_deletes(
+    local_cluster: Any, k8s: client.ApiClient, operator: dict[str, str]
+) -> None:
+    """helm uninstall while RecModels and HardwarePools exist (this module's last test):
+    none carries a finalizer of ours, so once the operator is gone they are deleted at
+    once. With kopf timers they each carried kopf's finalizer and stayed Terminating until
+    it was removed by hand."""
+    api, core = _custom(k8s), client.CoreV1Api(k8s)
+    ns = "uninstall-live"
+    core.create_namespace({"metadata": {"name": ns}})
+    pool = example("cpu-pool")
+    pool["metadata"]["name"] = "uninstall-pool"
+    api.create_cluster_custom_object(GROUP, VERSION, "hardwarepools", pool)
+    policy = example("latency-first")
+    policy["metadata"]["namespace"] = ns
+    api.create_namespaced_custom_object(GROUP, VERSION, ns, "optimizationpolicies", policy)
+    model = example("movielens-dlrm")
+    model["metadata"]["namespace"] = ns
+    model["spec"]["paused"] = True
+    model["spec"]["hardwarePoolRefs"] = [{"name": "uninstall-pool"}]
+    api.create_namespaced_custom_object(GROUP, VERSION, ns, "recmodels", model)
+
+    def get_model() -> dict[str, Any]:
+        return dict(
+            api.get_namespaced_custom_object(
+                GROUP, VERSION, ns, "recmodels", model["metadata"]["name"]
+            )
+        )
+
+    def get_pool() -> dict[str, Any]:
+        return dict(
+            api.get_cluster_custom_object(GROUP, VERSION, "hardwarepools", "uninstall-pool")
+        )
+
+    # the operator has handled both, and its repair rounds (every 2 s here) ran since
+    eventually(lambda: (_condition(get_model(), "Ready") or {}).get("reason") == "Paused", 60)
+    eventually(lambda: "readyNodeCount" in (get_pool().get("status") or {}), 60)
+    time.sleep(5)
+    assert not get_model()["metadata"].get("finalizers"), get_model()["metadata"]
+    assert not get_pool()["metadata"].get("finalizers"), get_pool()["metadata"]
+
+    helm(local_cluster, "uninstall", "recserve", "-n", operator["namespace"], "--wait")
+    eventually(
+        lambda: (
+            not core.list_namespaced_pod(operator["namespace"], label_selector=OPERATOR_PODS).items
+        ),
+        60,
+    )  # the operator's pod is gone (it drains for a few seconds)
+    started = time.monotonic()
+    api.delete_namespaced_custom_object(GROUP, VERSION, ns, "recmodels", model["metadata"]["name"])
+    api.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", "uninstall-pool")
+    core.delete_namespace(ns)
+
+    def gone() -> bool:
+        models = api.list_namespaced_custom_object(GROUP, VERSION, ns, "recmodels")["items"]
+        pools = api.list_cluster_custom_object(GROUP, VERSION, "hardwarepools")["items"]
+        return not models and all(p["metadata"]["name"] != "uninstall-pool" for p in pools)
+
+    eventually(gone, 15)
+    print(f"\nRecModel and pool deleted {time.monotonic() - started:.1f} s after the uninstall")
