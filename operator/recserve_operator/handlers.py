@@ -259,8 +259,9 @@ def _use_indexes(kube: Kube, indexes: dict[str, Any]) -> Kube:
 @kopf.on.resume(GROUP, VERSION, "hardwarepools")
 @kopf.on.create(GROUP, VERSION, "hardwarepools")
 @kopf.on.update(GROUP, VERSION, "hardwarepools", field="spec")
-def hardwarepool(body: kopf.Body, **_: Any) -> None:
+def hardwarepool(body: kopf.Body, **kwargs: Any) -> None:
     """Count the pool's nodes and accelerators."""
+    _use_indexes(_kube(), kwargs)  # the repair loop recounts pools from the index
     raw = _plain(body)
     with api_errors_typed():
         try:

@@ -116,6 +116,15 @@ def test_hardware_pools_report_their_nodes(k8s: client.ApiClient, operator: dict
         assert gpu["nodeCount"] == 3 and gpu["readyNodeCount"] == 1
         assert gpu["allocatable"] == 4
         assert _condition({"status": gpu}, "Ready")["status"] == "True"  # type: ignore[index]
+        # a node change no watch of ours sees (a cordon) is counted by the repair loop
+        # (every 15 s for pools), with no RecModel in the cluster
+        core = client.CoreV1Api(k8s)
+        core.patch_node("local-gpu", {"spec": {"unschedulable": True}})
+        try:
+            eventually(lambda: status("gpu-pool").get("readyNodeCount") == 0, timeout=60)
+        finally:
+            core.patch_node("local-gpu", {"spec": {"unschedulable": False}})
+        eventually(lambda: status("gpu-pool").get("readyNodeCount") == 1, timeout=60)
     finally:
         for name in ("gpu-pool", "fpga-pool", "cpu-pool"):
             api.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", name)
