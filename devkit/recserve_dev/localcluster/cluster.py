@@ -258,9 +258,21 @@ class LocalCluster:
         tokens.write_text(f'{self.state.admin_token},admin,admin-uid,"system:masters"\n')
         tokens.chmod(0o600)
 
+    def restart_etcd(self, down_s: float = 5.0) -> None:
+        """Stop etcd (SIGTERM, as a rolling update or a node reboot would), leave it down
+        ``down_s`` seconds, and start it again on its ports and data (reliability tests)."""
+        assert self.state is not None
+        proc = self._procs.get("etcd")
+        _terminate(self.state.pids["etcd"], "etcd", str(self.root))
+        if proc is not None:
+            proc.wait(15)
+        time.sleep(down_s)
+        self._start_etcd()
+
     def _start_etcd(self) -> None:
         assert self.state is not None
-        peer = free_port()
+        # the same peer port on a restart: the member's data names it
+        peer = self._etcd_peer = getattr(self, "_etcd_peer", None) or free_port()
         url = f"http://127.0.0.1:{self.state.etcd_port}"
         self._spawn(
             "etcd",
