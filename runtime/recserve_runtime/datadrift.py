@@ -25,13 +25,13 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
 
 from recserve_runtime.artifacts import DataReference, FeatureBins, FeatureSpec
+from recserve_runtime.offpath import OffPathWorker
 
 log = logging.getLogger("recserve.datadrift")
 TOP_IDS = 20  # sparse ids binned one by one; the rest share a bin
@@ -157,7 +157,7 @@ class Binner:
 Publish = Callable[[dict[str, float], int], None]  # (PSI by column, rows in the window)
 
 
-class DriftSketch:
+class DriftSketch(OffPathWorker[tuple[np.ndarray, np.ndarray]]):
     """Bins up to ``rows_per_second`` rows a second (at most ``ROWS_PER_REQUEST`` of a
     request) on a thread of its own (the request path only offers; when the thread falls
     behind, a request is dropped and counted), and every ``window_rows`` rows publishes
@@ -178,6 +178,7 @@ class DriftSketch:
         on_drop: Callable[[], None] = lambda: None,
         queue_size: int = 64,
     ) -> None:
+        super().__init__("datadrift", queue_size)
         self.binner = Binner(reference)
         self.publish = publish
         self.window_rows = window_rows
@@ -185,23 +186,9 @@ class DriftSketch:
         self.on_drop = on_drop
         self._counts = [np.zeros(len(f.shares), np.int64) for f in reference.features]
         self._rows = 0
-        self._queue: queue.Queue[tuple[np.ndarray, np.ndarray] | None] = queue.Queue(queue_size)
         # token bucket, a second's worth of burst (offer runs on the event loop only)
         self._tokens = max(rows_per_second, float(ROWS_PER_REQUEST))
         self._refilled = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="datadrift", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Bin what is queued, then end the thread."""
-        deadline = time.monotonic() + timeout_s
-        try:
-            self._queue.put(None, timeout=timeout_s)
-        except queue.Full:
-            return
-        self._thread.join(max(deadline - time.monotonic(), 0.0))
 
     def offer(self, sparse: np.ndarray, dense: np.ndarray) -> None:
         """Take this request's rows, unless this second's budget is spent."""
@@ -213,9 +200,7 @@ class DriftSketch:
         if self._tokens < cost:
             return
         self._tokens -= cost
-        try:
-            self._queue.put_nowait((sparse, dense))
-        except queue.Full:
+        if not self._put((sparse, dense)):
             self.on_drop()
 
     def add(self, sparse: np.ndarray, dense: np.ndarray) -> None:

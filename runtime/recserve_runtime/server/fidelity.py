@@ -13,14 +13,12 @@ counting: a request ranks tens to hundreds of candidates, a few thousand pairs.
 from __future__ import annotations
 
 import logging
-import queue
 import random
-import threading
-import time
 from collections.abc import Callable
 
 import numpy as np
 
+from recserve_runtime.offpath import OffPathWorker
 from recserve_runtime.server.metrics import ServerMetrics
 
 log = logging.getLogger("recserve.fidelity")
@@ -41,7 +39,7 @@ def pairwise_agreement(served: np.ndarray, reference: np.ndarray) -> tuple[int, 
     return int(strict.sum()), int((mine[strict] == ref[strict]).sum())
 
 
-class FidelitySampler:
+class FidelitySampler(OffPathWorker[tuple[np.ndarray, np.ndarray, np.ndarray]]):
     """Scores a sample of requests with the reference model, off the request path."""
 
     def __init__(
@@ -52,27 +50,11 @@ class FidelitySampler:
         queue_size: int = 16,
         seed: int | None = None,
     ) -> None:
+        super().__init__("fidelity", queue_size)
         self.reference = reference
         self.share = share
         self.metrics = metrics
-        self._queue: queue.Queue[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = queue.Queue(
-            maxsize=queue_size
-        )
         self._rng = random.Random(seed)
-        self._thread = threading.Thread(target=self._run, name="fidelity", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Score what is queued, then end the thread (a daemon: a stuck reference does
-        not hold the process past ``timeout_s``)."""
-        deadline = time.monotonic() + timeout_s
-        try:
-            self._queue.put(None, timeout=timeout_s)
-        except queue.Full:
-            return
-        self._thread.join(max(deadline - time.monotonic(), 0.0))
 
     def offer(self, sparse: np.ndarray, dense: np.ndarray, scores: np.ndarray) -> None:
         """Take this answered request as a sample with probability ``share``."""
@@ -81,9 +63,7 @@ class FidelitySampler:
         if len(scores) > MAX_ROWS:
             keep = np.sort(np.random.default_rng().choice(len(scores), MAX_ROWS, replace=False))
             sparse, dense, scores = sparse[keep], dense[keep], scores[keep]
-        try:
-            self._queue.put_nowait((sparse, dense, np.asarray(scores, np.float32)))
-        except queue.Full:
+        if not self._put((sparse, dense, np.asarray(scores, np.float32))):
             self.metrics.fidelity_samples.labels("dropped").inc()
 
     def _run(self) -> None:
