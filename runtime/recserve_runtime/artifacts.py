@@ -479,6 +479,11 @@ class FeatureBins(_Wire):
     feature: str = Field(description="Sparse feature name, or dense data column name.")
     kind: str = Field(pattern="^(sparse|dense)$")
     column: int = Field(ge=0, description="Column of the model's sparse or dense input.")
+    side: Side = Field(
+        default=Side.ITEM,
+        description="user: one value per request (a ranking request repeats it for every "
+        "candidate), so live windows count it once per request; item: once per row.",
+    )
     edges: list[float] = Field(default_factory=list)
     ids: list[int] = Field(default_factory=list)
     shares: list[float]

@@ -42,7 +42,9 @@ SPEC = FeatureSpec(
 )
 
 
-def rows(n: int, seed: int, shift: float = 0.0, unseen: float = 0.0) -> tuple[np.ndarray, ...]:
+def rows(
+    n: int, seed: int, shift: float = 0.0, unseen: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Training-like rows: Zipf-ish ids, normal dense columns; ``shift`` moves the dense
     columns by that many standard deviations, ``unseen`` is the share of user ids drawn
     from ids the training data never had."""
@@ -93,16 +95,50 @@ def test_bins_must_match_their_shares() -> None:
 
 def test_psi_by_hand() -> None:
     expected = np.array([0.5, 0.5])
-    assert psi(expected, np.array([50, 50])) == 0.0
+    big = 10**9  # samples: the small-sample term vanishes
+    assert psi(expected, np.array([big, big])) == pytest.approx(0.0)
     # (0.8-0.5) ln(0.8/0.5) + (0.2-0.5) ln(0.2/0.5)
-    assert psi(expected, np.array([80, 20])) == pytest.approx(
-        0.3 * math.log(1.6) - 0.3 * math.log(0.4)
-    )
+    by_hand = 0.3 * math.log(1.6) - 0.3 * math.log(0.4)
+    assert psi(expected, np.array([4 * big, big])) == pytest.approx(by_hand)
     # an empty bin counts as EPS, not as an infinite PSI
-    assert psi(expected, np.array([100, 0])) == pytest.approx(
+    assert psi(expected, np.array([big, 0])) == pytest.approx(
         (1 - 0.5) * math.log(1 / 0.5) + (EPS - 0.5) * math.log(EPS / 0.5)
     )
     assert psi(expected, np.array([0, 0])) == 0.0
+    # less what chance gives n live and N reference samples: (bins - 1) (1/n + 1/N)
+    assert psi(expected, np.array([80, 20]), 1000) == pytest.approx(by_hand - (1 / 100 + 1 / 1000))
+    assert psi(expected, np.array([52, 48]), 1000) == 0.0  # chance, not drift
+
+
+def test_user_columns_count_once_per_request() -> None:
+    """A ranking request repeats its user's features for every candidate: counted per
+    row, 62 requests looked like 2,000 samples, and their chance PSI like drift."""
+    ref = reference_from(SPEC, *rows(20_000, 0))
+    binner = Binner(ref)
+    sparse, dense = rows(4, 1)
+    sparse, dense = np.repeat(sparse, 3, axis=0), np.repeat(dense, 3, axis=0)  # 4 requests
+    first = np.tile([True, False, False], 4)
+    counted = dict(
+        zip([f.feature for f in ref.features], binner.counts(sparse, dense, first), strict=True)
+    )
+    sides = {f.feature: f.side for f in ref.features}
+    for feature, counts in counted.items():
+        assert counts.sum() == (4 if sides[feature] == Side.USER else 12), feature
+    assert sides["user"] == Side.USER and sides["emb_0"] == Side.ITEM
+
+
+def test_many_candidates_of_few_users_like_the_training_data_are_not_drift() -> None:
+    ref = reference_from(SPEC, *rows(20_000, 0))
+    published: list[dict[str, float]] = []
+    sketch = DriftSketch(ref, lambda found, _n: published.append(found), window_rows=2000)
+    for request in range(400):  # 400 requests x 32 candidates, one user each
+        sparse, dense = rows(32, 100 + request)
+        sparse[:, 0], dense[:, 0] = sparse[0, 0], dense[0, 0]  # the user's columns
+        first = np.zeros(32, bool)
+        first[0] = True
+        sketch.add(sparse, dense, first)
+    assert len(published) == 6
+    assert max(max(w.values()) for w in published) < SIGNIFICANT_PSI, published
 
 
 def test_binner_counts_ids_outside_the_top_in_the_last_bin() -> None:
@@ -168,7 +204,10 @@ def test_sketch_thread_publishes_off_the_request_path_and_counts_what_it_drops()
     # 352 rows: three windows of 100, or two when the thread merged queued requests
     assert 2 <= len(rows_binned) <= 3 and all(n >= 100 for n in rows_binned), rows_binned
     assert sum(rows_binned) <= 20 + 300 + ROWS_PER_REQUEST
-    assert set(published[0][0]) == {"user", "item", "age", "emb_0", "emb_1"}
+    # a column's PSI is published once it has MIN_SAMPLES: the item columns once 250 rows
+    # were binned; the user columns (one sample per request, 18 requests) not yet
+    assert not published[0][0]
+    assert set().union(*(found for found, _ in published)) == {"item", "emb_0", "emb_1"}
 
 
 def test_the_sketch_takes_at_most_its_budget_of_rows_a_second() -> None:
