@@ -26,16 +26,6 @@ LABEL_KEY_PATTERN = (
 )
 
 
-class ExecutionProvider(StrEnum):
-    """onnxruntime execution provider a pool's replicas use."""
-
-    CPU = "cpu"
-    CUDA = "cuda"
-    TENSORRT = "tensorrt"
-    OPENVINO = "openvino"
-    VITISAI = "vitisai"
-
-
 class TolerationOperator(StrEnum):
     """How a toleration matches a taint's value."""
 
@@ -95,7 +85,12 @@ class ReplicaResources(ApiModel):
 class HardwarePoolSpec(ApiModel):
     """Desired state of a HardwarePool."""
 
-    hardware_type: HardwareType = Field(description="What the nodes carry: gpu, cpu or fpga.")
+    hardware_type: HardwareType = Field(
+        description="What the nodes carry: gpu, cpu or fpga. It picks the onnxruntime "
+        "execution provider the pool's profile and servers use (cpu: CPU, gpu: TensorRT "
+        "then CUDA, fpga: Vitis AI); a missing provider falls back to CPU, said in the "
+        "plan and the Placed condition."
+    )
     node_selector: dict[str, str] = Field(
         min_length=1,
         max_length=16,
@@ -131,12 +126,6 @@ class HardwarePoolSpec(ApiModel):
         description="Precisions the hardware runs efficiently; variants of other precisions "
         "are not placed here.",
         json_schema_extra={"default": ["fp32", "int8"]},
-    )
-    execution_provider: ExecutionProvider | None = Field(
-        default=None,
-        description="onnxruntime execution provider to use; unset picks the usual one for "
-        "the hardware type (cpu: CPU, gpu: CUDA, fpga: Vitis AI) and reports any fallback "
-        "in status.",
     )
 
     model_config = ConfigDict(
