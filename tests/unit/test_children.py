@@ -197,6 +197,35 @@ def test_server_pods_are_restricted_pinned_probed_and_scraped() -> None:
     assert annotations["prometheus.io/scrape"] == "true"
 
 
+def pool_pods(**spec: Any) -> list[dict[str, Any]]:
+    """The server and profile pod specs of the gpu-pool example with ``spec`` changes."""
+    doc = example("gpu-pool")
+    doc["spec"].update(spec)
+    hw = HardwarePool.model_validate(doc)
+    server = children.server_deployment(model(), hw, "/artifacts/x", "int8", 1, 64, 25, CONFIG)
+    profile = children.profile_job(model(), "abcdef0123456789", hw, CONFIG)
+    return [server["spec"]["template"]["spec"], profile["spec"]["template"]["spec"]]
+
+
+def test_pool_tolerations_reach_the_server_pods() -> None:
+    tolerations = [
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute"},
+        {"key": "spot", "operator": "Exists"},
+    ]
+    for pod in pool_pods(tolerations=tolerations):
+        assert pod["tolerations"] == tolerations
+
+
+def test_pool_resources_reach_the_server_pods() -> None:
+    pods = pool_pods(
+        accelerator={"name": "amd.com/gpu", "amountPerReplica": 2},
+        resources={"cpuMillis": 3500, "memoryMebibytes": 8192},
+    )
+    amounts = {"cpu": "3500m", "memory": "8192Mi", "amd.com/gpu": "2"}
+    for pod in pods:
+        assert pod["containers"][0]["resources"] == {"requests": amounts, "limits": amounts}
+
+
 def test_server_services_are_headless_and_the_router_has_the_model_s_address() -> None:
     """The router picks server pods itself: no virtual IP (nor its allocation) for them."""
     server = children.server_deployment(

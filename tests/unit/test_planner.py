@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -62,6 +63,20 @@ def objectives(**over: int | float) -> Objectives:
     base = Objectives.of(OptimizationPolicySpec(), Traffic(expected_requests_per_second=200))
     assert base.required_rps == 300.0 and base.p99_target_ms == 25
     return replace(base, **over)  # type: ignore[arg-type]
+
+
+def typed(objectives: dict[str, int] | None = None, **traffic: int) -> Objectives:
+    """The objectives of a policy with these ``objectives`` for 200 req/s (and ``traffic``)."""
+    policy = OptimizationPolicySpec.model_validate({"objectives": objectives or {}})
+    load = Traffic.model_validate({"expectedRequestsPerSecond": 200, **traffic})
+    return Objectives.of(policy, load)
+
+
+def typed_pool(name: str, **spec: Any) -> PoolCapacity:
+    """An example HardwarePool with ``spec`` changes, as the planner sees it."""
+    doc = example(name)
+    doc["spec"].update(spec)
+    return PoolCapacity.of(HardwarePool.model_validate(doc))
 
 
 def test_batch_is_the_largest_that_meets_the_target_with_queueing() -> None:
@@ -327,3 +342,59 @@ def test_serving_cost_takes_the_batching_the_calibration_saw() -> None:
         points=points,
     )
     assert ServingCost.of(serving) == replace(SERVED, batching=((8, 3.0), (256, 1.5)))
+
+
+# -- each policy, traffic and pool field changes the plan -------------------------------
+
+
+def test_p99_target_in_the_policy_bounds_the_planned_batch() -> None:
+    fp32 = variants()[0]  # batch 1024: 2 x 13.4 ms p99
+    strict = best_option(fp32, CPU, typed({"p99LatencyTargetMilliseconds": 10}))
+    relaxed = best_option(fp32, CPU, typed({"p99LatencyTargetMilliseconds": 30}))
+    assert strict is not None and relaxed is not None
+    assert (strict.batch_size, relaxed.batch_size) == (256, 1024)
+
+
+def test_accuracy_budget_in_the_policy_picks_the_variant() -> None:
+    tight = pool_choice(variants(), CPU, typed({"accuracyBudgetBasisPoints": 100}))
+    generous = pool_choice(variants(), CPU, typed({"accuracyBudgetBasisPoints": 500}))
+    assert tight is not None and generous is not None
+    assert (tight.variant, generous.variant) == ("int8", "student")
+
+
+def test_cost_weight_in_the_policy_orders_the_pools() -> None:
+    cheapest = plan(variants(), [GPU, CPU], typed({"costWeightPercent": 100}))
+    fastest = plan(variants(), [CPU, GPU], typed({"costWeightPercent": 0}))
+    assert (cheapest.placements[0].pool, fastest.placements[0].pool) == ("cpu-pool", "gpu-pool")
+
+
+def test_peak_factor_scales_the_planned_load() -> None:
+    usual, tripled = typed(peakFactorPercent=100), typed(peakFactorPercent=300)
+    assert (usual.required_rps, tripled.required_rps) == (200.0, 600.0)
+    slow = [replace(v, profiles={"cpu-pool": points(100)}) for v in variants()]
+    replicas = [plan(slow, [CPU], o).placements[0].replicas for o in (usual, tripled)]
+    assert replicas[0] < replicas[1]
+
+
+def test_pool_cost_decides_which_pool_is_filled_first() -> None:
+    by_cost = typed({"costWeightPercent": 100})
+    cpu, gpu = typed_pool("cpu-pool"), typed_pool("gpu-pool")
+    assert plan(variants(), [gpu, cpu], by_cost).placements[0].pool == "cpu-pool"
+    dear = typed_pool("cpu-pool", costPerReplicaHourMillicents=10**9)
+    assert plan(variants(), [dear, gpu], by_cost).placements[0].pool == "gpu-pool"
+
+
+def test_pool_max_replicas_caps_the_pool_and_spills_to_the_next() -> None:
+    busy = typed({"costWeightPercent": 100}, expectedRequestsPerSecond=20000)
+    gpu = typed_pool("gpu-pool")
+    for ceiling in (1, 4):
+        result = plan(variants(), [typed_pool("cpu-pool", maxReplicas=ceiling), gpu], busy)
+        first, second = result.placements[:2]
+        assert (first.pool, first.replicas, second.pool) == ("cpu-pool", ceiling, "gpu-pool")
+
+
+def test_pool_supported_precisions_pick_the_variant_served_there() -> None:
+    usual, fp32_only = typed_pool("cpu-pool"), typed_pool("cpu-pool", supportedPrecisions=["fp32"])
+    int8, fp32 = (pool_choice(variants(), pool, typed()) for pool in (usual, fp32_only))
+    assert int8 is not None and fp32 is not None
+    assert (int8.variant, fp32.variant) == ("int8", "fp32")

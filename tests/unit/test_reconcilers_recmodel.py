@@ -20,6 +20,7 @@ from recserve_operator.api import OptimizationPolicy, RecModel
 from recserve_operator.children import content_hash
 from recserve_operator.conditions import find
 from recserve_operator.config import ArtifactStore, OperatorConfig
+from recserve_operator.reconcilers.scaling import parse_stamp
 from recserve_runtime.artifacts import (
     MANIFEST,
     MODEL_FILE,
@@ -240,6 +241,26 @@ def test_missing_references_are_named(world: World) -> None:
     assert world.reason("Placed") == "Waiting"
     assert warnings(world) == ["ReferenceNotFound"]
     assert not world.kube.of_kind("Job")
+
+
+def test_policy_ref_picks_the_policy_the_build_follows(world: World) -> None:
+    other = example("latency-first")
+    other["metadata"].update(name="int8-only", namespace=NS)
+    other["spec"]["compression"]["precisions"] = ["fp32", "int8"]
+    world.kube.add(other)
+
+    def precisions() -> list[str]:
+        digest = world.status()["contentHash"]
+        job = world.kube.find("Job", children.dns_name(MODEL, "build", digest[:8]), NS)
+        assert job is not None
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        return [a for a in args if a.startswith("--precisions")]
+
+    world.reconcile()
+    assert precisions() == ["--precisions=fp32,fp16,int8,int4"]
+    world.edit("RecModel", MODEL, {"policyRef": {"name": "int8-only"}})
+    world.reconcile()
+    assert precisions() == ["--precisions=fp32,int8"]
 
 
 def test_invalid_referenced_policy_is_reported_with_its_field_path(world: World) -> None:
@@ -687,6 +708,23 @@ def test_a_pool_whose_replicas_make_no_progress_is_held_out_and_comes_back(
     assert any(reason == "PoolRetried" for _, reason, _ in world.events)
 
 
+def test_failover_deadline_and_retry_are_the_policy_s(world: World) -> None:
+    world.built_and_profiled()
+    world.edit("RecModel", MODEL, {"hardwarePoolRefs": [{"name": "cpu-pool"}]})
+    failover = {"pendingDeadlineSeconds": 300, "retrySeconds": 120}
+    world.edit("OptimizationPolicy", "latency-first", {"failover": failover})
+    world.reconcile()
+    server = world.kube.find("Deployment", f"{MODEL}-cpu-pool", NS)
+    assert server is not None and server["spec"]["progressDeadlineSeconds"] == 300
+    stalled = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+    world.kube.set_status("Deployment", f"{MODEL}-cpu-pool", NS, {"conditions": [stalled]})
+    world.reconcile()
+    [held] = world.status()["unavailablePools"]
+    since, retry = (parse_stamp(held[k]) for k in ("since", "retryAt"))
+    assert since is not None and retry is not None and retry - since == 120
+    assert "no replica ready within 300 s" in world.status()["plan"]
+
+
 def test_a_pool_leaving_the_plan_serves_until_the_new_pools_are_ready(world: World) -> None:
     world.built_and_profiled()
     world.edit("RecModel", MODEL, {"hardwarePoolRefs": [{"name": "cpu-pool"}]})
@@ -927,6 +965,31 @@ def test_servers_of_a_compressed_variant_sample_fidelity_against_the_fp32_refere
             ], args
         checked.add(variant == reference["metadata"]["name"])
     assert False in checked, served  # at least one compressed variant is served
+
+
+def test_the_fidelity_sample_share_is_the_policy_s(world: World) -> None:
+    world.built_and_profiled()
+
+    def sampling() -> set[str]:
+        servers = [
+            d
+            for d in world.kube.of_kind("Deployment", NS)
+            if d["metadata"]["labels"][children.COMPONENT_LABEL] == "server"
+        ]
+        assert servers
+        return {
+            a
+            for d in servers
+            for a in d["spec"]["template"]["spec"]["containers"][0]["args"]
+            if a.startswith("--fidelity-sample-bp")
+        }
+
+    world.edit("OptimizationPolicy", "latency-first", {"drift": {"fidelitySampleBasisPoints": 250}})
+    world.reconcile()
+    assert sampling() == {"--fidelity-sample-bp=250"}
+    world.edit("OptimizationPolicy", "latency-first", {"drift": {"fidelitySampleBasisPoints": 0}})
+    world.reconcile()
+    assert sampling() == set()  # 0: off
 
 
 def test_a_rebuild_clears_the_drifted_variants(world: World) -> None:

@@ -170,9 +170,11 @@ def test_batch_bounds_are_the_policy_s_and_one_request_fits() -> None:
     assert floor.limits["m-cpu-pool-limits"].min_batch_rows == 100
 
 
-def test_interval_is_the_policy_s() -> None:
-    # the loop schedules the next tick intervalSeconds later (scaling_loop), here the field
-    assert policy(intervalSeconds=7).spec.autoscaling.interval_seconds == 7
+def test_min_batch_size_is_the_floor_of_the_servers_batch_limits() -> None:
+    loaded = snapshot(180.0, p99=0.02, ready=2)
+    assert tick(policy(), loaded).limits["m-cpu-pool-limits"].min_batch_rows == 64  # a request
+    raised = tick(policy(minBatchSize=200), loaded)
+    assert raised.limits["m-cpu-pool-limits"].min_batch_rows == 200
 
 
 def test_apply_writes_scale_limits_and_status_once() -> None:
@@ -306,11 +308,12 @@ def _run_drifting(
     fidelity: float | None = None,
     data_psi: float | None = None,
     slow: bool = True,
+    fast_ticks: frozenset[int] = frozenset(),
 ) -> Any:
     """Ticks 10 s apart on a pool twice as slow as its profile and saturated (both
-    latency and capacity drift; ``slow=False``: as fast as profiled, not saturated); the
-    model's status carries each tick's writes, as the API server would. Returns the last
-    model and every re-optimization event."""
+    latency and capacity drift; ``slow=False``, and at ``fast_ticks``: as fast as
+    profiled, not saturated); the model's status carries each tick's writes, as the API
+    server would. Returns the last model and every re-optimization event."""
     from dataclasses import replace as dc_replace
 
     pool = dc_replace(PLANNED, profile_p50_s=((64, 0.002), (128, 0.004)))
@@ -320,14 +323,15 @@ def _run_drifting(
     actions: list[str] = []
     for i in range(ticks):
         now = NOW + 10 * i
+        slow_now = slow and i not in fast_ticks
         m = PoolMetrics(
             served_fast=40.0,
             served_stable=40.0,
-            refused_fast=20.0 if slow else 0.0,
-            refused_stable=20.0 if slow else 0.0,
+            refused_fast=20.0 if slow_now else 0.0,
+            refused_stable=20.0 if slow_now else 0.0,
             ready_pods=2,
-            p99_fast=0.2 if slow else 0.01,
-            compute_mean_stable=0.004 if slow else 0.002,
+            p99_fast=0.2 if slow_now else 0.01,
+            compute_mean_stable=0.004 if slow_now else 0.002,
             batch_rows_stable=64.0,
             fidelity_stable=fidelity,
             data_psi=data_psi,
@@ -381,6 +385,45 @@ def test_reprofile_false_reports_drift_and_does_nothing_else() -> None:
     assert not actions
     assert rm.status is not None and not rm.status.last_optimization
     assert find(rm.status.to_wire()["conditions"], "Drift")["status"] == "True"
+
+
+def test_drift_thresholds_are_the_policy_s() -> None:
+    """Twice the profile's compute, a fifth of its capacity, 60% agreement: each is drift
+    at the usual thresholds, and not once the policy's threshold is past it."""
+    causes = ["LatencyDrift", "CapacityDrift", "FidelityDrift"]
+    rm, _ = _run_drifting(_drifting_policy(), 12, fidelity=0.6)
+    assert rm.status is not None
+    assert rm.status.last_optimization[0].cause == " and ".join(causes)
+    for field, value, cause in (
+        ("latencyDriftBasisPoints", 10000, "LatencyDrift"),
+        ("capacityDriftBasisPoints", 9000, "CapacityDrift"),
+        ("fidelityAgreementBasisPoints", 5000, "FidelityDrift"),
+    ):
+        rm, _ = _run_drifting(_drifting_policy(**{field: value}), 12, fidelity=0.6)
+        assert rm.status is not None
+        found = rm.status.last_optimization[0].cause
+        assert found == " and ".join(c for c in causes if c != cause), (field, found)
+
+
+def test_drift_is_sampled_every_check_interval() -> None:
+    """Every other tick (10 s apart) is as fast as profiled: checked every 10 s, the streak
+    always breaks; checked every 20 s, only slow ticks are sampled."""
+    odd = frozenset(range(1, 30, 2))
+    _, every_tick = _run_drifting(_drifting_policy(checkIntervalSeconds=10), 12, fast_ticks=odd)
+    _, every_other = _run_drifting(_drifting_policy(checkIntervalSeconds=20), 12, fast_ticks=odd)
+    assert (len(every_tick), len(every_other)) == (0, 1)
+
+
+def test_a_re_profile_waits_for_the_policy_s_drift_cooldown() -> None:
+    rm, _ = _run_drifting(_drifting_policy(), 12)
+    wire = rm.to_wire()
+    entry = wire["status"]["lastOptimization"][0]
+    entry["outcome"] = "re-planned from the new profile (unchanged): ..."
+    entry["time"] = stamp(NOW - 300)  # the drift goes on 300 to 410 s after it
+    done = RecModel.model_validate(wire)
+    for cooldown, expected in ((600, 0), (200, 1)):
+        _, more = _run_drifting(_drifting_policy(cooldownSeconds=cooldown), 12, done)
+        assert len(more) == expected, (cooldown, more)
 
 
 def test_fidelity_drift_takes_the_variant_out_one_action_for_all_causes() -> None:
