@@ -939,6 +939,34 @@ def test_a_variant_whose_fidelity_drifted_is_planned_around(world: World) -> Non
     assert any(reason == "Reoptimized" for _, reason, _ in world.events)
 
 
+def test_a_damaged_variant_is_reported_and_planned_around_until_it_verifies_again(
+    world: World,
+) -> None:
+    keys = world.built_and_profiled()
+    world.edit("RecModel", MODEL, {"hardwarePoolRefs": [{"name": "cpu-pool"}]})
+    world.reconcile()
+    [served] = world.status()["placements"]
+    name = served["variant"].removeprefix(f"{MODEL}-")
+    model_file = world.layout.variant(keys[name]) / MODEL_FILE
+    original = model_file.read_bytes()
+    model_file.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    world.reconcile()
+    [now] = world.status()["placements"]
+    assert now["variant"] != served["variant"]
+    assert world.status()["corruptVariants"] == [served["variant"]]
+    assert warnings(world).count("ArtifactCorrupt") == 1
+    [message] = [m for _, reason, m in world.events if reason == "ArtifactCorrupt"]
+    assert message.startswith(f"{served['variant']}: checksum mismatch") and str(model_file) in (
+        message
+    )
+    world.reconcile()  # still damaged: reported once
+    assert warnings(world).count("ArtifactCorrupt") == 1
+    model_file.write_bytes(original)
+    world.reconcile()
+    assert [p["variant"] for p in world.status()["placements"]] == [served["variant"]]
+    assert world.status()["corruptVariants"] == []
+
+
 def test_servers_of_a_compressed_variant_sample_fidelity_against_the_fp32_reference(
     world: World,
 ) -> None:

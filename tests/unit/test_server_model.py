@@ -76,6 +76,30 @@ def test_bit_flip_is_refused_before_load(tmp_path: Path) -> None:
     assert err.value.reason == "ChecksumMismatch" and "sha256" in str(err.value)
 
 
+def test_a_damaged_cached_copy_is_fetched_again_and_damage_at_the_source_refused(
+    tmp_path: Path,
+) -> None:
+    variant = tm.write_variant(tmp_path / "store", SPEC, keep_weights=False)
+    fs = fsspec.filesystem("memory")
+    for name in ("model.onnx", "manifest.json"):
+        fs.pipe(f"/bucket/v2/{name}", (variant / name).read_bytes())
+    cache = tmp_path / "cache"
+    local = localize("memory://bucket/v2", cache)
+    good = (local / "model.onnx").read_bytes()
+    (local / "model.onnx").write_bytes(good[: len(good) // 2])  # a fetch cut short
+    model = load("memory://bucket/v2", cache_dir=cache)
+    assert (local / "model.onnx").read_bytes() == good
+    assert model.run(*tm.random_batch(SPEC, 2)).shape == (2,)
+    damaged = bytearray(good)
+    damaged[100] ^= 1
+    fs.pipe("/bucket/v2/model.onnx", bytes(damaged))
+    (local / "model.onnx").write_bytes(bytes(damaged))  # the copy is damaged at the source too
+    with pytest.raises(ModelLoadError) as err:
+        load("memory://bucket/v2", cache_dir=cache)
+    assert err.value.reason == "ChecksumMismatch"
+    fs.rm("/bucket/v2", recursive=True)
+
+
 def test_missing_manifest_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError) as err:
         load(str(tmp_path / "nothing-here"))

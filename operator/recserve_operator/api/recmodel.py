@@ -394,6 +394,13 @@ class RecModelStatus(ApiModel):
         description="ModelVariants taken out of the plan because their live fidelity to "
         "the FP32 reference fell (fidelity drift); the plan picks among the others.",
     )
+    corrupt_variants: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="ModelVariants whose artifact in the store no longer matches its "
+        "manifest (sha256, size): servers would refuse them, so the plan picks among the "
+        "others until the file verifies again.",
+    )
     last_optimization: list[Optimization] = Field(
         default_factory=list,
         max_length=10,

@@ -40,6 +40,7 @@ from recserve_operator.api.recmodel import PoolPlacement, RecModel
 from recserve_operator.api.validation import ManifestError, field_errors, parse_object
 from recserve_operator.config import OperatorConfig
 from recserve_operator.failover import Hold, nodes_fingerprint, stalled, update_holds, why_not_ready
+from recserve_operator.integrity import STORE_CHECKS
 from recserve_operator.jobs import failed_condition, job_failure
 from recserve_operator.kube import Kube
 from recserve_operator.planner import (
@@ -391,15 +392,8 @@ def reconcile_recmodel(
     if live is not None:
         objectives = dataclasses.replace(objectives, required_rps=live)
     drifted = set(p.model.status.drifted_variants if p.model.status else [])
-    decision = plan(
-        [
-            VariantProfile.of(b.key, b.manifest, profiles)
-            for b in built
-            if variant_object_name(p.name, b.name) not in drifted
-        ],
-        list(capacities.values()),
-        objectives,
-    )
+    decision, damaged = _plan_verified(p, layout, built, profiles, drifted, capacities, objectives)
+    _report_damaged(p, damaged)
     _reoptimized(p, layout, decision)
     variant_writes = _variant_writes(p, built, budget, profiles, decision)
     live_note = f"live demand {live:.0f} req/s over the planned peak; " if live else ""
@@ -460,6 +454,62 @@ def reconcile_recmodel(
     outcome = p.finish()
     outcome.planned = planned
     return outcome
+
+
+def _plan_verified(
+    p: Pass,
+    layout: StoreLayout[Path],
+    built: list[Built],
+    profiles: dict[str, ProfileReport],
+    drifted: set[str],
+    capacities: dict[str, PoolCapacity],
+    objectives: Objectives,
+) -> tuple[Plan, dict[str, str]]:
+    """Plan, then check the placed variants' artifacts in the store; plan again without
+    any that is damaged (its servers would refuse it) until every placed one verifies.
+    Returns the plan and the damaged variants' object names with what is wrong."""
+    status = p.model.status
+    suspects = {
+        pl.variant
+        for pl in (status.placements if status else [])
+        if pl.ready_replicas < pl.replicas
+    }
+    by_name = {b.name: b for b in built}
+    damaged: dict[str, str] = {}
+    while True:
+        decision = plan(
+            [
+                VariantProfile.of(b.key, b.manifest, profiles)
+                for b in built
+                if variant_object_name(p.name, b.name) not in drifted | damaged.keys()
+            ],
+            list(capacities.values()),
+            objectives,
+        )
+        found = {}
+        for name in {pp.variant for pp in decision.placements}:
+            obj = variant_object_name(p.name, name)
+            problem = STORE_CHECKS.problem(layout.variant(by_name[name].key), obj in suspects)
+            if problem is not None:
+                found[obj] = problem
+        if not found:
+            return decision, damaged
+        damaged.update(found)
+
+
+def _report_damaged(p: Pass, damaged: dict[str, str]) -> None:
+    """Damaged artifacts: in status (corruptVariants) and, when the set changes, a Warning
+    Event per variant; one that verifies again is simply planned again."""
+    before = set(p.old_status.get("corruptVariants") or [])
+    for variant, problem in sorted(damaged.items()):
+        if variant not in before:
+            message = (
+                f"{variant}: {problem}; planned without it until it verifies again "
+                "(restore the file, or delete this build's folder and its build Job to rebuild)"
+            )
+            p.events.append(("Warning", "ArtifactCorrupt", message[:1024]))
+    if damaged or before:
+        p.status["corruptVariants"] = sorted(damaged)
 
 
 def _pending(

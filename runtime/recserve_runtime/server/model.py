@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,30 @@ def localize(uri: str, cache_dir: Path = DEFAULT_CACHE) -> Path:
     return target
 
 
+def _is_cached(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _fetch_verified(uri: str, cache_dir: Path) -> tuple[artifacts.Manifest, Path]:
+    """The variant's manifest and its verified model file (local). A cached copy that no
+    longer verifies (a fetch cut short, a damaged disk) is dropped and fetched once more;
+    damage at the source itself is refused."""
+    for attempt in (1, 2):
+        try:
+            folder = localize(uri, cache_dir)
+            manifest = artifacts.load_manifest(folder)
+        except Exception as exc:  # any fetch/parse problem is a load failure
+            raise ModelLoadError("ManifestUnreadable", f"{uri}: {exc}") from exc
+        try:
+            return manifest, artifacts.verify(folder, manifest)
+        except artifacts.IntegrityError as exc:
+            if attempt == 2 or not _is_cached(uri):
+                raise ModelLoadError("ChecksumMismatch", str(exc)) from exc
+            log.warning("cached copy of %s does not verify (%s): fetching it again", uri, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class LoadedModel:
     """An open session and what the server needs to know about it."""
@@ -107,15 +132,7 @@ def load(
     import onnxruntime as ort
 
     start = time.perf_counter()
-    try:
-        folder = localize(uri, cache_dir)
-        manifest = artifacts.load_manifest(folder)
-    except Exception as exc:  # any fetch/parse problem is a load failure
-        raise ModelLoadError("ManifestUnreadable", f"{uri}: {exc}") from exc
-    try:
-        path = artifacts.verify(folder, manifest)
-    except artifacts.IntegrityError as exc:
-        raise ModelLoadError("ChecksumMismatch", str(exc)) from exc
+    manifest, path = _fetch_verified(uri, cache_dir)
     providers, fallback = choose_providers(hardware, ort.get_available_providers())
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_op_threads
