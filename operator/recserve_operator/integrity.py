@@ -8,7 +8,8 @@ instead of leaving the model with pods that never become Ready.
 Hashing a model is proportional to its size, so a result is kept while the files' size
 and modification time stay the same. Damage that leaves both unchanged (bit rot under
 the file system) is caught when a placement has pods that are not Ready: those variants
-are hashed again, at most once per ``recheck_seconds``.
+are hashed again, at most once per ``recheck_seconds``. A damaged variant is hashed
+again at that pace too, so that one restored in place is planned again.
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ class ArtifactChecks:
         stamp = _stamp(folder)
         now = self.clock()
         seen = self._verdicts.get(folder)
-        fresh = seen is not None and now - seen.checked_at < self.recheck_seconds
-        if seen is not None and seen.stamp == stamp and (fresh or not suspect):
-            return seen.problem
+        if seen is not None and seen.stamp == stamp:
+            doubted = suspect or seen.problem is not None  # a damaged one may be restored
+            if not doubted or now - seen.checked_at < self.recheck_seconds:
+                return seen.problem
         problem: str | None = None
         try:
             self.hashed += 1

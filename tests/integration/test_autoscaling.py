@@ -37,6 +37,7 @@ from recserve_operator.api import GROUP, VERSION, OptimizationPolicy, RecModel
 from recserve_operator.children import content_hash
 from recserve_operator.observe import Windows, queries
 from recserve_runtime.artifacts import (
+    MODEL_FILE,
     BuildReport,
     ProfileReport,
     StoreLayout,
@@ -176,10 +177,10 @@ def _create_built(
     pools: list[str],
     profile: ProfileReport | None = None,
     variants: list[Path] | None = None,
-) -> None:
+) -> StoreLayout[Path]:
     """Lay the variant, its emulated profile per pool (or ``profile``) and the build
     report into the store, then create the RecModel (in that order: a RecModel that finds
-    no build report starts a real build Job)."""
+    no build report starts a real build Job). Returns where the build is."""
     compression = OptimizationPolicy.model_validate(policy).spec.compression
     digest = content_hash(RecModel.model_validate(raw).spec, compression)
     layout = StoreLayout.of(autoscaling["store"], namespace, MODEL, digest)
@@ -191,6 +192,7 @@ def _create_built(
     stored = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", raw)
     # the API server's defaults are the types' own: the operator finds this very build
     assert content_hash(RecModel.model_validate(stored).spec, compression) == digest
+    return layout
 
 
 def _model_status(custom: client.CustomObjectsApi, namespace: str) -> dict[str, Any]:
@@ -449,6 +451,70 @@ def test_a_cordoned_pool_fails_over_to_the_next_and_comes_back(
     finally:
         for node in cpu_nodes:
             core.patch_node(node, {"spec": {"unschedulable": False}})
+        custom.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", "gpu-pool")
+
+
+def test_a_node_powered_off_under_its_servers_fails_over_and_comes_back(
+    autoscaling: dict[str, Any], local_cluster: Any, k8s: client.ApiClient, namespace: str
+) -> None:
+    """The cpu-pool's one real node loses power while it serves (its server processes
+    die, its heartbeat stops, its pods' objects still say Running): the node controller
+    marks it NotReady after its grace period, the pool has no Ready node, and the model is
+    re-planned onto the gpu-pool. Powered on, the node is Ready and the plan returns."""
+    custom, core = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s)
+    custom.create_cluster_custom_object(GROUP, VERSION, "hardwarepools", example("gpu-pool"))
+    node = "local-cpu"
+    try:
+        policy = custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "optimizationpolicies", _policy(namespace)
+        )
+        raw = _model(namespace)
+        raw["spec"]["hardwarePoolRefs"] = [{"name": POOL}, {"name": "gpu-pool"}]
+        _create_built(custom, autoscaling, namespace, raw, policy, [POOL, "gpu-pool"])
+
+        def status() -> dict[str, Any]:
+            return _model_status(custom, namespace)
+
+        def node_ready() -> str:
+            conds = core.read_node(node).status.conditions or []
+            return next((c.status for c in conds if c.type == "Ready"), "absent")
+
+        def state() -> Any:
+            st = status()
+            pool = custom.get_cluster_custom_object(GROUP, VERSION, "hardwarepools", POOL)
+            return {
+                "plan": st.get("plan"),
+                "conditions": st.get("conditions"),
+                "cpu-pool": pool.get("status"),
+                "node Ready": node_ready(),
+            }
+
+        eventually(lambda: _served(status(), "pool") == {POOL}, 240, 1, "on the cpu-pool", state)
+        started = time.monotonic()
+        local_cluster.power(node, on=False)
+        eventually(lambda: node_ready() != "True", 120, 1, "the node NotReady", state)
+        not_ready_s = time.monotonic() - started
+        eventually(
+            lambda: _served(status(), "pool") == {"gpu-pool"},
+            120,
+            1,
+            "Ready on the gpu-pool",
+            state,
+        )
+        failover_s = time.monotonic() - started
+        assert "cpu-pool has no Ready, schedulable node" in status()["plan"]
+        started = time.monotonic()
+        local_cluster.power(node, on=True)
+        eventually(
+            lambda: _served(status(), "pool") == {POOL}, 120, 1, "back on the cpu-pool", state
+        )
+        back_s = time.monotonic() - started
+        print(
+            f"\nnode powered off: NotReady after {not_ready_s:.1f} s, Ready on the gpu-pool "
+            f"after {failover_s:.1f} s; powered on: back on the cpu-pool in {back_s:.1f} s"
+        )
+    finally:
+        local_cluster.power(node, on=True)
         custom.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", "gpu-pool")
 
 
@@ -861,4 +927,85 @@ def test_a_variant_whose_ranking_departs_from_the_reference_is_planned_around(
     print(
         f"\nfidelity drift found {detected_s:.1f} s after the load began ({entry['evidence']}); "
         f"Ready on the FP32 reference {replanned_s:.1f} s after it"
+    )
+
+
+def test_a_variant_damaged_in_the_store_after_it_was_served_is_planned_around(
+    autoscaling: dict[str, Any], k8s: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    """The served INT8 variant's file rots in the store (one bit flipped, size and mtime
+    kept: nothing about the file says it changed). Its servers, restarted, refuse it
+    (ChecksumMismatch, not Ready); the operator hashes the file again, reports it
+    (corruptVariants, an ArtifactCorrupt Event) and re-plans onto the FP32 variant.
+    Restored in place, the INT8 variant is planned and served again."""
+    from recserve_dev.testmodel import quantize_variant
+
+    custom, core = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s)
+    variants = tmp_path / "variants"
+    reference = Path(shutil.copytree(autoscaling["folder"], variants / autoscaling["folder"].name))
+    int8 = quantize_variant(reference, variants)
+    out = tmp_path / "profile.json"
+    subprocess.run(
+        [sys.executable, "-m", "recserve_runtime.cli", "profile", f"--variants={variants}",
+         f"--json={out}", "--seconds=0.1", "--no-serving"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    real = ProfileReport.read(out)
+    slow = emulated_profile(real, US_PER_BATCH, US_PER_ROW)
+    fast = emulated_profile(real, US_PER_BATCH / 2, US_PER_ROW / 2)
+    profile = slow.model_copy(
+        update={"variants": {**slow.variants, int8.name: fast.variants[int8.name]}}
+    )
+    policy = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "optimizationpolicies", _policy(namespace)
+    )
+    layout = _create_built(
+        custom, autoscaling, namespace, _model(namespace), policy, [POOL], profile,
+        [reference, int8],
+    )  # fmt: skip
+
+    def status() -> dict[str, Any]:
+        return _model_status(custom, namespace)
+
+    def serving() -> set[str]:
+        return _served(status(), "variant")
+
+    def state() -> Any:
+        st = status()
+        return {k: st.get(k) for k in ("placements", "corruptVariants", "conditions")}
+
+    int8_obj, fp32_obj = f"{MODEL}-synthetic-dlrm-int8", f"{MODEL}-synthetic-dlrm-fp32"
+    eventually(lambda: serving() == {int8_obj}, 120, 1, "the faster INT8 variant served", state)
+    stored = layout.variant(int8.name) / MODEL_FILE
+    before = stored.stat()
+    original = stored.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0x01
+    stored.write_bytes(bytes(damaged))
+    os.utime(stored, ns=(before.st_atime_ns, before.st_mtime_ns))
+    started = time.monotonic()
+    core.delete_collection_namespaced_pod(
+        namespace, label_selector=f"recserve.io/model={MODEL},app.kubernetes.io/component=server"
+    )
+    eventually(
+        lambda: status().get("corruptVariants") == [int8_obj], 120, 1, "the damage reported", state
+    )
+    reported_s = time.monotonic() - started
+    events = core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={MODEL},reason=ArtifactCorrupt"
+    ).items
+    assert len(events) == 1 and events[0].type == "Warning", events
+    assert events[0].message.startswith(f"{int8_obj}: checksum mismatch"), events[0].message
+    eventually(lambda: serving() == {fp32_obj}, 120, 1, "Ready on the FP32 variant", state)
+    replanned_s = time.monotonic() - started
+    stored.write_bytes(original)
+    os.utime(stored, ns=(before.st_atime_ns, before.st_mtime_ns))
+    restored = time.monotonic()
+    eventually(lambda: serving() == {int8_obj}, 150, 1, "the restored INT8 served again", state)
+    back_s = time.monotonic() - restored
+    assert status().get("corruptVariants") == []
+    print(
+        f"\ndamaged artifact reported {reported_s:.1f} s after its servers restarted, Ready on "
+        f"the FP32 variant after {replanned_s:.1f} s; the restored INT8 served again "
+        f"{back_s:.1f} s after the restore"
     )

@@ -67,13 +67,21 @@ def test_damage_that_leaves_the_file_looking_unchanged_is_found_when_servers_fai
     clock = Clock()
     checks = ArtifactChecks(recheck_seconds=30, clock=clock)
     assert checks.problem(folder) is None
-    flip(folder / MODEL_FILE, keep_mtime=True)
+    stamp = (folder / MODEL_FILE).stat()
+    original = flip(folder / MODEL_FILE, keep_mtime=True)
     assert checks.problem(folder) is None  # looks unchanged, servers all Ready: trusted
     assert checks.problem(folder, suspect=True) is None  # hashed 0 s ago: not yet again
     clock.now += 31
     problem = checks.problem(folder, suspect=True)
     assert problem is not None and "checksum mismatch" in problem
     assert checks.hashed == 2
+    # restored in place, as unchanged-looking: a damaged verdict is doubted at that pace
+    (folder / MODEL_FILE).write_bytes(original)
+    os.utime(folder / MODEL_FILE, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert checks.problem(folder) == problem
+    clock.now += 31
+    assert checks.problem(folder) is None
+    assert checks.hashed == 3
 
 
 def test_a_missing_model_file_or_manifest_is_a_problem(tmp_path: Path) -> None:

@@ -34,7 +34,12 @@ What it does, per pod scheduled onto one of its nodes:
   conditions; restarts containers per ``restartPolicy`` with back-off; Job pods end
   Succeeded/Failed with the process's exit code;
 - on deletion: SIGTERM, SIGKILL after the grace period, then removes the pod object;
-- keeps its Node objects Ready (status heartbeat and Lease), like a kubelet.
+- keeps its Node objects Ready (status heartbeat and Lease), like a kubelet;
+- powers a node off and on (reliability tests): node names listed in
+  ``<state-dir>/powered-off`` get no heartbeat, their pods' processes are killed at once
+  and their objects are left as they were (no status write, no removal), as when a
+  machine loses power; the node controller marks the node NotReady after its grace
+  period. Listed no more, the node heartbeats again and its pods start anew.
 
 Container output goes to ``<state-dir>/<namespace>_<pod>/<container>.log``.
 """
@@ -70,6 +75,7 @@ log = logging.getLogger("recserve.node-agent")
 POLL_SECONDS = 1.0
 POD_MARKER = "RECSERVE_LOCAL_POD_STATE"
 HEARTBEAT_SECONDS = 10
+POWERED_OFF = "powered-off"  # in the state dir: names of nodes powered off, one per line
 LEASE_SECONDS = 40
 # How stale a ConfigMap read for a volume may be: one LIST per namespace per period.
 CONFIGMAP_REFRESH_SECONDS = 2.0
@@ -360,6 +366,7 @@ class PodWorker:
     containers: list[Container] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
     deleting: bool = False
+    power_lost: bool = False  # its node was powered off: kill at once, write nothing
     config_maps: ConfigMapStore | None = None
     _kubeconfig: str | None = None
     phase: str = "Pending"
@@ -698,7 +705,7 @@ class PodWorker:
                 self._write_status()
         finally:
             self._terminate_all()
-            if self.deleting:
+            if self.deleting and not self.power_lost:
                 self._remove_object()
 
     def _wait_for_stop(self) -> None:
@@ -798,6 +805,8 @@ class PodWorker:
         grace = float(self.pod["spec"].get("terminationGracePeriodSeconds") or 30)
         if not self.deleting:  # the agent itself is stopping: be quick, like a node drain
             grace = min(grace, 5.0)
+        if self.power_lost:
+            grace = 0.0
         for c in self.containers:
             self._kill(c, grace)
 
@@ -835,6 +844,8 @@ class PodWorker:
         }
 
     def _write_status(self) -> None:
+        if self.power_lost:
+            return
         all_ready = bool(self.containers) and all(c.ready for c in self.containers)
         ready = "True" if all_ready and self.phase == "Running" else "False"
 
@@ -904,7 +915,7 @@ class NodeAgent:
         """Ready condition and Lease renewal for every node, like a kubelet."""
         stamp = now()
         micro = dt.datetime.now(dt.UTC)
-        for node in self.nodes:
+        for node in self.live_nodes():
             conditions = [
                 {
                     "type": "Ready",
@@ -957,10 +968,24 @@ class NodeAgent:
                 raise
             self.coordination.create_namespaced_lease("kube-node-lease", lease)
 
+    def live_nodes(self) -> list[str]:
+        """This agent's nodes that are not powered off (``<state-dir>/powered-off``)."""
+        try:
+            off = set((self.state_dir / POWERED_OFF).read_text().split())
+        except FileNotFoundError:
+            off = set()
+        return [n for n in self.nodes if n not in off]
+
     def sync(self) -> None:
-        """One pass: start new pods, stop deleted ones."""
+        """One pass: start new pods, stop deleted ones; a powered-off node's pods die."""
         seen: set[str] = set()
-        for node in self.nodes:
+        live = self.live_nodes()
+        for worker, _ in self.workers.values():
+            if worker.pod["spec"].get("nodeName") not in live and not worker.power_lost:
+                log.info("node powered off, killing pod=%s/%s", worker.ns, worker.name)
+                worker.power_lost = True
+                worker.stop_event.set()
+        for node in live:
             pods = self.api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}")
             for pod in pods.items:
                 raw = self.api.api_client.sanitize_for_serialization(pod)

@@ -258,6 +258,18 @@ class LocalCluster:
         tokens.write_text(f'{self.state.admin_token},admin,admin-uid,"system:masters"\n')
         tokens.chmod(0o600)
 
+    def power(self, node: str, on: bool) -> None:
+        """Power one of the agent's nodes off (no heartbeat, its pods' processes killed,
+        their objects left as they were) or back on (reliability tests)."""
+        from recserve_dev.localcluster.agent import POWERED_OFF
+
+        path = self.root / "pods" / POWERED_OFF
+        off = set(path.read_text().split()) if path.exists() else set()
+        off = off - {node} if on else off | {node}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{n}\n" for n in sorted(off)))
+        tmp.replace(path)
+
     def restart_etcd(self, down_s: float = 5.0) -> None:
         """Stop etcd (SIGTERM, as a rolling update or a node reboot would), leave it down
         ``down_s`` seconds, and start it again on its ports and data (reliability tests)."""
