@@ -15,7 +15,7 @@ PYTEST_ARGS ?= --durations=20  # the slowest tests, to keep CI within its time
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install crds crds-check lint typecheck test test-unit test-integration bench demo tools cluster-up cluster-down clean
+.PHONY: help install crds crds-check lint typecheck test test-unit test-integration reliability reliability-table bench demo tools cluster-up cluster-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,8 +54,22 @@ define run_pytest
 	exit $$rc
 endef
 
+# Every run of the fault tests (@pytest.mark.fault) writes what they measured here;
+# `make reliability-table` turns it into docs/reliability.md's table.
+RELIABILITY_JSON ?= build/reliability-run.json
+export RECSERVE_RELIABILITY_JSON := $(abspath $(RELIABILITY_JSON))
+
 test: install tools lint crds-check  ## the whole test suite (what CI runs)
+	@mkdir -p $(dir $(RELIABILITY_JSON))
 	$(call run_pytest,-m "not bench and not gpu")
+
+reliability: install tools  ## run only the fault tests (about 15 min), then regenerate docs/reliability.md's table
+	@mkdir -p $(dir $(RELIABILITY_JSON))
+	$(call run_pytest,-m "fault and not bench and not gpu")
+	$(MAKE) reliability-table
+
+reliability-table:  ## docs/reliability.md's table from the last run of the fault tests ($(RELIABILITY_JSON))
+	$(PYTHON) -m tests.reliability $(RELIABILITY_JSON) docs/reliability.md
 
 test-unit: install  ## unit tests only
 	$(call run_pytest,-m unit)

@@ -20,6 +20,8 @@ import pytest
 from tests.helpers import eventually
 from tests.manifests import REPO
 
+pytest_plugins = ["tests.reliability"]  # the fault marker and `measured` (docs/reliability.md)
+
 # The console scripts under test (recserve, recserve-operator) are the ones installed
 # beside this interpreter, even when its venv is not activated (`.venv/bin/python -m
 # pytest`): tests and the pods they start find them first on PATH.

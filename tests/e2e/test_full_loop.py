@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,9 @@ def _summary(obj: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.mark.timeout(TIMEOUT_S)
+@pytest.mark.fault(
+    "the operator pod restarted mid-build", expect="the new pod resumes; one build Job; Ready"
+)
 def test_examples_become_a_served_model(
     installed: Path, k8s: client.ApiClient, local_cluster: Any, namespace: str
 ) -> None:
@@ -365,8 +368,16 @@ def _operator_process(pod_name: str) -> int:
 
 
 @pytest.mark.timeout(SETUP_S + HA_S + TEARDOWN_S)
+@pytest.mark.fault(
+    "the leader of two operator replicas hangs (SIGSTOP) mid-build",
+    expect="the standby takes over; one build Job; the thawed leader exits instead of acting",
+)
 def test_a_standby_operator_takes_over_when_the_leader_hangs_mid_build(
-    installed: Path, k8s: client.ApiClient, local_cluster: Any, namespace: str
+    installed: Path,
+    k8s: client.ApiClient,
+    local_cluster: Any,
+    namespace: str,
+    measured: Callable[[str], None],
 ) -> None:
     """Two operator replicas elect a leader on a Lease; the leader freezes (SIGSTOP: a
     hung or cut-off process, no release) while the build Job runs. The standby pod takes
@@ -445,6 +456,6 @@ def test_a_standby_operator_takes_over_when_the_leader_hangs_mid_build(
     assert lease.holder_identity == second and lease.lease_transitions >= 1
     # the lease must run out first (6 s); then a standby retrying every 2 s takes it
     assert takeover_s < 20, f"takeover took {takeover_s:.1f} s (lease 6 s, retry 2 s)"
-    print(
+    measured(
         f"HA: leader {first} frozen; {second} leads after {takeover_s:.1f} s; Ready {ready_s:.1f} s"
     )

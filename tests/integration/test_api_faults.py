@@ -11,7 +11,7 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,11 @@ def busiest_window(times: list[float], window_s: float = 10.0) -> int:
     return best
 
 
+@pytest.mark.fault(
+    "the API answers 429 (Retry-After), 500 and 503, resets connections and ends watches with "
+    "410 Gone (a fault-injecting proxy)",
+    expect="waits, backs off, re-lists without a hot loop; Ready; one build Job",
+)
 def test_operator_reaches_ready_through_throttling_errors_resets_and_expired_watches(
     local_cluster: Any,
     k8s: client.ApiClient,
@@ -150,6 +155,7 @@ def test_operator_reaches_ready_through_throttling_errors_resets_and_expired_wat
     byom_files: Path,
     namespace: str,
     tmp_path: Path,
+    measured: Callable[[str], None],
 ) -> None:
     plan = FaultPlan(throttle=0.06, server_error=0.03, unavailable=0.03, reset=0.02, gone=0.3)
     with start_operator(local_cluster, byom_files, namespace, plan, tmp_path) as op:
@@ -170,12 +176,16 @@ def test_operator_reaches_ready_through_throttling_errors_resets_and_expired_wat
         # kopf watches a handful of resources; a 410 answered with an instant re-watch
         # loop would start hundreds of watches per second
         assert burst < 100, f"{burst} watches started within 10 s: a hot loop"
-        print(
+        measured(
             f"API faults: Ready in {took:.0f} s; injected {counts}; "
             f"at most {burst} watches started in 10 s"
         )
 
 
+@pytest.mark.fault(
+    "the API server out of reach for a minute; a RecModel created meanwhile",
+    expect="nothing done while out of reach; the missed RecModel built after; no restart",
+)
 def test_operator_catches_up_after_the_api_server_is_out_of_reach_for_a_minute(
     local_cluster: Any,
     k8s: client.ApiClient,
@@ -183,6 +193,7 @@ def test_operator_catches_up_after_the_api_server_is_out_of_reach_for_a_minute(
     byom_files: Path,
     namespace: str,
     tmp_path: Path,
+    measured: Callable[[str], None],
 ) -> None:
     with start_operator(local_cluster, byom_files, namespace, FaultPlan(), tmp_path) as op:
         time.sleep(5)  # the operator has listed and watches
@@ -198,7 +209,7 @@ def test_operator_catches_up_after_the_api_server_is_out_of_reach_for_a_minute(
         assert op.proc.poll() is None, f"the operator exited: {op.logs()[-3000:]}"
         time.sleep(5)
         assert len(build_jobs(k8s, namespace)) == 1, "the operator created it once"
-        print(
+        measured(
             f"API outage: 60 s down; the model created meanwhile got its build Job "
             f"{noticed - 60:.1f} s after the API was reachable again"
         )

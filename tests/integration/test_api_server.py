@@ -43,6 +43,10 @@ def test_examples_are_accepted_and_defaulted(
 
 
 @pytest.mark.parametrize("case", [c for c in BAD_CASES if c.server_rejects], ids=lambda c: c.id)
+@pytest.mark.fault(
+    "bad custom resources (float in spec, negative replicas, immutable field changed, ...)",
+    expect="refused at admission with the field path",
+)
 def test_bad_manifest_is_rejected_by_the_api_server(
     k8s: client.ApiClient, crds: list[str], namespace: str, case: BadCase
 ) -> None:

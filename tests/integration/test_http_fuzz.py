@@ -13,7 +13,7 @@ import http.client
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,10 @@ def _check(status: int) -> None:
 @pytest.mark.parametrize("which", ["server", "router"])
 @FUZZ
 @given(method=METHODS, path=PATHS, headers=HEADERS, body=BODIES)
+@pytest.mark.fault(
+    "any body, header, path, method, deep nesting, huge numbers (server and router; hypothesis)",
+    expect="only 2xx/4xx or the documented 503/504; valid requests served after every example",
+)
 def test_fuzz_requests(
     request_target: Any, which: str, method: str, path: str, headers: dict[str, str], body: bytes
 ) -> None:
@@ -156,6 +160,9 @@ def test_fuzz_requests(
 @pytest.mark.parametrize("which", ["server", "router"])
 @FUZZ
 @given(raw=st.binary(min_size=1, max_size=300))
+@pytest.mark.fault(
+    "raw bytes on the socket (server and router)", expect="no crash; valid requests served after"
+)
 def test_fuzz_raw_bytes_on_the_socket(request_target: Any, which: str, raw: bytes) -> None:
     target, valid_rank = request_target(which)
     with socket.create_connection(("127.0.0.1", target.port), timeout=10) as sock:
@@ -183,8 +190,13 @@ def rss_kb(pid: int) -> int:
 
 
 @pytest.mark.parametrize("which", ["server", "router"])
+@pytest.mark.fault(
+    "bodies over 16 MiB", expect="413 from the Content-Length, before the body is read; RSS flat"
+)
 def test_oversized_bodies_are_refused_before_they_are_buffered(
-    request_target: Any, which: str
+    request_target: Any,
+    which: str,
+    measured: Callable[[str], None],
 ) -> None:
     target, valid_rank = request_target(which)
     before = rss_kb(target.proc.pid)
@@ -196,7 +208,7 @@ def test_oversized_bodies_are_refused_before_they_are_buffered(
         )
     still_serving(target, valid_rank)
     grown_mb = (rss_kb(target.proc.pid) - before) / 1024
-    print(f"{which}: RSS grew {grown_mb:.1f} MB over five 20 MB bodies")
+    measured(f"{which}: RSS grew {grown_mb:.1f} MB over five 20 MB bodies")
     assert grown_mb < 64, "bodies over the limit were buffered and kept"
 
 
@@ -212,6 +224,11 @@ def _head_status(target: Running, head: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("which", ["server", "router"])
+@pytest.mark.fault(
+    "request line and headers over 64 KiB (one large header, 20,000 headers, a 70 KB URL, a "
+    "header that never ends)",
+    expect="431 and the connection closed; RSS bounded",
+)
 def test_oversized_headers_are_refused_with_431(request_target: Any, which: str) -> None:
     target, valid_rank = request_target(which)
     start = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n"

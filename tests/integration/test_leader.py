@@ -30,6 +30,10 @@ def holder(k8s: Any, namespace: str) -> str | None:
     return lease.spec.holder_identity  # type: ignore[no-any-return]
 
 
+@pytest.mark.fault(
+    "two operator candidates take an expired Lease at the same moment",
+    expect="exactly one leads (the other's write gets 409)",
+)
 def test_exactly_one_of_concurrent_candidates_leads(k8s: Any, namespace: str) -> None:
     electors = candidates(k8s, namespace, 4)
     barrier = threading.Barrier(len(electors))
@@ -51,6 +55,10 @@ def test_exactly_one_of_concurrent_candidates_leads(k8s: Any, namespace: str) ->
     assert not any(e.try_once() for e in others), "a fresh lease is nobody else's"
 
 
+@pytest.mark.fault(
+    "the leading operator stops renewing its Lease",
+    expect="replaced after the lease duration; the old leader notices and exits",
+)
 def test_a_silent_leader_is_replaced_after_the_lease_duration(k8s: Any, namespace: str) -> None:
     first, second = candidates(k8s, namespace, 2, duration_s=3)
     assert first.try_once()
@@ -67,6 +75,9 @@ def test_a_silent_leader_is_replaced_after_the_lease_duration(k8s: Any, namespac
     assert lost.wait(5), "the replaced leader did not notice"
 
 
+@pytest.mark.fault(
+    "the leading operator shuts down (releases its Lease)", expect="taken over at once"
+)
 def test_a_released_lease_is_taken_over_at_once(k8s: Any, namespace: str) -> None:
     first, second = candidates(k8s, namespace, 2, duration_s=30)
     assert first.try_once()

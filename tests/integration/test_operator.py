@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,10 @@ def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return None
 
 
+@pytest.mark.fault(
+    "the operator under the chart's ServiceAccount",
+    expect="every verb it needs allowed, others denied",
+)
 def test_rbac_allows_what_the_operator_needs_and_nothing_more(
     local_cluster: Any, operator: dict[str, str]
 ) -> None:
@@ -130,8 +134,16 @@ def test_hardware_pools_report_their_nodes(k8s: client.ApiClient, operator: dict
             api.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", name)
 
 
+@pytest.mark.fault(
+    "a RecModel applied twice, with a missing reference, then a failing build",
+    expect="no duplicate Jobs or Events; the builder's reason in the status",
+)
 def test_missing_reference_then_failed_build_are_reported_without_duplicates(
-    k8s: client.ApiClient, operator: dict[str, str], namespace: str, local_cluster: Any
+    k8s: client.ApiClient,
+    operator: dict[str, str],
+    namespace: str,
+    local_cluster: Any,
+    measured: Callable[[str], None],
 ) -> None:
     api = _custom(k8s)
     model = example("movielens-dlrm")
@@ -182,7 +194,7 @@ def test_missing_reference_then_failed_build_are_reported_without_duplicates(
             namespace, label_selector=f"batch.kubernetes.io/job-name={job_before.metadata.name}"
         )
         assert len(job_pods.items) == 1, "bad input runs once"
-        print(f"\nBuildFailed with the builder's sentence {took:.1f} s after the references")
+        measured(f"BuildFailed with the builder's sentence {took:.1f} s after the references")
 
         # restart the operator: it resumes from the cluster's state, creating nothing twice
         core = client.CoreV1Api(k8s)
@@ -244,8 +256,15 @@ def test_missing_reference_then_failed_build_are_reported_without_duplicates(
         api.delete_cluster_custom_object(GROUP, VERSION, "hardwarepools", "cpu-only")
 
 
+@pytest.mark.fault(
+    "helm uninstall with a live RecModel and HardwarePool, then both deleted",
+    expect="both gone (no finalizer waits on the operator); children garbage-collected",
+)
 def test_uninstalled_with_live_objects_everything_still_deletes(
-    local_cluster: Any, k8s: client.ApiClient, operator: dict[str, str]
+    local_cluster: Any,
+    k8s: client.ApiClient,
+    operator: dict[str, str],
+    measured: Callable[[str], None],
 ) -> None:
     """helm uninstall while RecModels and HardwarePools exist (this module's last test):
     none carries a finalizer of ours, so once the operator is gone they are deleted at
@@ -303,4 +322,4 @@ def test_uninstalled_with_live_objects_everything_still_deletes(
         return not models and all(p["metadata"]["name"] != "uninstall-pool" for p in pools)
 
     eventually(gone, 15)
-    print(f"\nRecModel and pool deleted {time.monotonic() - started:.1f} s after the uninstall")
+    measured(f"RecModel and pool deleted {time.monotonic() - started:.1f} s after the uninstall")

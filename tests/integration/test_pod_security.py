@@ -74,6 +74,9 @@ def _model(namespace: str) -> RecModel:
     return RecModel.model_validate(doc)
 
 
+@pytest.mark.fault(
+    "a namespace enforcing the restricted pod security profile", expect="runtime pods admitted"
+)
 def test_runtime_pods_pass_the_restricted_profile(k8s: client.ApiClient, restricted: str) -> None:
     model = _model(restricted)
     pool = HardwarePool.model_validate(example("gpu-pool"))
@@ -98,6 +101,9 @@ def test_host_path_store_is_refused_there_as_documented(
     assert refusal is not None and "hostPath" in refusal
 
 
+@pytest.mark.fault(
+    "the operator in a namespace enforcing the restricted profile", expect="admitted"
+)
 def test_operator_pod_passes_the_restricted_profile(
     local_cluster: Any, k8s: client.ApiClient, restricted: str
 ) -> None:

@@ -151,6 +151,10 @@ BAD_CASES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_CASES))
+@pytest.mark.fault(
+    "wrong dtype or shape, oversized batch, NaN, non-JSON to the server",
+    expect="400 naming the field; the server unharmed",
+)
 def test_bad_input_is_400_naming_the_field_and_server_unharmed(server: Running, case: str) -> None:
     body, field = BAD_CASES[case]
     status, _, raw = http(
@@ -271,6 +275,9 @@ def test_admin_limits_change_at_run_time(server: Running) -> None:
         post(f"{admin}/admin/limits", {"max_batch_rows": 4096, "min_batch_rows": 64})
 
 
+@pytest.mark.fault(
+    "/admin/limits asked on the inference port", expect="404: the admin API is on its own port only"
+)
 def test_admin_api_is_not_on_the_inference_port(server: Running) -> None:
     """Anyone who may rank must not set the limits: the inference port has no /admin, and
     the admin port serves nothing else."""
@@ -283,6 +290,10 @@ def test_admin_api_is_not_on_the_inference_port(server: Running) -> None:
     assert orjson.loads(http("GET", f"{server.admin_url}/admin/limits")[2])["max_queue"] == 1024
 
 
+@pytest.mark.fault(
+    "an admin request without or with a wrong token",
+    expect="401 (WWW-Authenticate: Bearer); the token never logged",
+)
 def test_admin_api_with_a_token_refuses_requests_without_it(variant: Path, tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
@@ -305,6 +316,9 @@ def test_admin_api_with_a_token_refuses_requests_without_it(variant: Path, tmp_p
 
 
 @pytest.mark.parametrize("damage", ["truncate", "bitflip"])
+@pytest.mark.fault(
+    "the model file truncated or bit-flipped before load", expect="ChecksumMismatch; not Ready"
+)
 def test_damaged_model_keeps_server_not_ready(variant: Path, tmp_path: Path, damage: str) -> None:
     broken = tmp_path / "variant"
     shutil.copytree(variant, broken)
@@ -336,6 +350,10 @@ def test_damaged_model_keeps_server_not_ready(variant: Path, tmp_path: Path, dam
         assert "ChecksumMismatch" in srv.logs()
 
 
+@pytest.mark.fault(
+    "load at 3x a server's capacity",
+    expect="429 with Retry-After; accepted requests within the SLO",
+)
 def test_overload_3x_sheds_with_429_and_keeps_accepted_within_slo(
     variant: Path, tmp_path: Path
 ) -> None:
@@ -395,6 +413,7 @@ def test_client_deadline_drops_expired_requests_before_compute(
         assert bad[0] == 400 and b"x-deadline-ms" in bad[2]
 
 
+@pytest.mark.fault("SIGTERM to a busy server", expect="in-flight requests answered, then it exits")
 def test_sigterm_drains_in_flight_requests_then_exits(variant: Path, tmp_path: Path) -> None:
     with run_server(
         variant, tmp_path, "--emulate-us-per-row", "2000", "--slo-p99-ms", "5000"

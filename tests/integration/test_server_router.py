@@ -79,6 +79,9 @@ def test_round_robin_policy_splits_evenly(variant: Path, tmp_path: Path) -> None
     assert abs(counts[f"127.0.0.1:{a.port}"] - counts[f"127.0.0.1:{b.port}"]) <= 2, counts
 
 
+@pytest.mark.fault(
+    "a backend dies behind the router", expect="ejected; re-admitted when it is back"
+)
 def test_router_survives_a_backend_dying_and_readmits_it(variant: Path, tmp_path: Path) -> None:
     with run_server(variant, tmp_path) as a, run_server(variant, tmp_path) as b:
         dead = f"127.0.0.1:{b.port}"
@@ -134,6 +137,7 @@ def test_router_forwards_oip_binary_infer(variant: Path, tmp_path: Path) -> None
         assert status == 400 and b"malformed JSON" in raw  # backend's 400 passes through
 
 
+@pytest.mark.fault("no healthy backend behind the router", expect="the router is not Ready")
 def test_router_without_healthy_backends_is_not_ready(tmp_path: Path) -> None:
     from recserve_dev.servertesting import free_port
 

@@ -153,6 +153,11 @@ DOCS = st.sampled_from(sorted(examples()))
 @given(
     name=DOCS, pick=st.integers(min_value=0), value=HOSTILE, depth=st.none() | st.integers(1, 3000)
 )
+@pytest.mark.fault(
+    "hostile custom resources (huge strings, deep maps, wrong enums, unicode, integers past "
+    "every limit; hypothesis)",
+    expect="a typed object or an error naming the fields",
+)
 def test_fuzz_hostile_manifests_are_typed_or_refused_by_field(
     name: str, pick: int, value: Any, depth: int | None
 ) -> None:

@@ -31,6 +31,10 @@ def test_forbidden_fails_at_once() -> None:
 
 
 @pytest.mark.parametrize("status", [409, 429, 500, 503])
+@pytest.mark.fault(
+    "a concurrent edit during a status write (409), 429, 5xx",
+    expect="re-read and retried; the user's edit survives",
+)
 def test_conflicts_throttling_and_server_errors_are_retried(status: int) -> None:
     with pytest.raises(kopf.TemporaryError) as caught, api_errors_typed():
         raise _error(status, {"Retry-After": "7"} if status == 429 else None)

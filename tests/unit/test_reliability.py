@@ -1,0 +1,66 @@
+"""The reliability table's generator (tests/reliability.py): a run's JSON to markdown."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.reliability import BEGIN, END, render, rewrite
+
+pytestmark = pytest.mark.unit
+
+RUN = {
+    "generated": "2026-12-06 09:00 UTC",
+    "commit": "abc1234",
+    "cores": 2,
+    "rows": [
+        {
+            "test": "tests/integration/test_x.py::test_a[server]",
+            "fault": "etcd | restarted",
+            "expect": "Ready again",
+            "result": "passed",
+            "seconds": 21.3,
+            "measured": ["API back 15.5 s after the stop", "edit reconciled 1.1 s later"],
+        },
+        {
+            "test": "tests/integration/test_x.py::test_a[router]",
+            "fault": "etcd | restarted",
+            "expect": "Ready again",
+            "result": "passed",
+            "seconds": 1.0,
+            "measured": ["API back 9 s after the stop"],
+        },
+        {
+            "test": "tests/unit/test_y.py::test_b",
+            "fault": "bad input",
+            "expect": "400",
+            "result": "failed",
+            "seconds": 0.2,
+            "measured": [],
+        },
+    ],
+}
+
+
+def test_each_fault_test_is_a_row_with_its_result_and_measurements() -> None:
+    table = render(RUN)
+    assert "2 fault tests, **1 not passed**" in table
+    assert (
+        "| etcd \\| restarted | Ready again | `test_x.py::test_a` | passed (2 of 2 cases, 22.3 s) "
+        "| [server] API back 15.5 s after the stop; [server] edit reconciled 1.1 s later; "
+        "[router] API back 9 s after the stop |"
+    ) in table
+    assert "| bad input | 400 | `test_y.py::test_b` | FAILED (0.2 s) | (asserted; no figure) |" in (
+        table
+    )
+
+
+def test_all_passed_is_said() -> None:
+    run = {**RUN, "rows": RUN["rows"][:2]}
+    assert "1 fault test, all passed." in render(run)
+
+
+def test_only_the_text_between_the_markers_is_replaced() -> None:
+    doc = f"intro\n{BEGIN}\nold table\n{END}\nnotes\n"
+    assert rewrite(doc, "new") == f"intro\n{BEGIN}\nnew\n{END}\nnotes\n"
+    with pytest.raises(ValueError, match="markers"):
+        rewrite("no markers here", "new")
