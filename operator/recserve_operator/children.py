@@ -30,6 +30,9 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 SERVER_PORT = 8000
 # the servers' admin API (/admin/limits): its own port, never the inference one
 ADMIN_PORT = 8001
+# /metrics on ports of their own: NetworkPolicies open them to Prometheus only.
+SERVER_METRICS_PORT = 8002
+ROUTER_METRICS_PORT = 8081
 ROUTER_PORT = 8080
 CACHE_MOUNT = "/var/cache/recserve"
 
@@ -332,6 +335,7 @@ def server_deployment(
         "--host=$(POD_IP)",
         f"--port={SERVER_PORT}",
         f"--admin-port={ADMIN_PORT}",
+        f"--metrics-port={SERVER_METRICS_PORT}",
         f"--hardware={pool.spec.hardware_type.value}",
         f"--slo-p99-ms={p99_target_ms}",
         f"--max-batch-rows={max(batch_size, 1)}",
@@ -351,6 +355,7 @@ def server_deployment(
         "ports": [
             {"name": "http", "containerPort": SERVER_PORT},
             {"name": "admin", "containerPort": ADMIN_PORT},
+            {"name": "metrics", "containerPort": SERVER_METRICS_PORT},
         ],
         "env": _pod_ip_env(),
         "resources": resources(pool),
@@ -401,8 +406,12 @@ def router_deployment(model: RecModel, config: OperatorConfig) -> dict[str, Any]
             f"--namespace={model.namespace}",
             "--host=$(POD_IP)",
             f"--port={ROUTER_PORT}",
+            f"--metrics-port={ROUTER_METRICS_PORT}",
         ],
-        "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
+        "ports": [
+            {"name": "http", "containerPort": ROUTER_PORT},
+            {"name": "metrics", "containerPort": ROUTER_METRICS_PORT},
+        ],
         "env": _pod_ip_env(),
         "resources": {
             "requests": {"cpu": "200m", "memory": "256Mi"},
@@ -423,6 +432,12 @@ def router_deployment(model: RecModel, config: OperatorConfig) -> dict[str, Any]
         volumes=[{"name": "cache", "emptyDir": {}}],
         service_account=dns_name(model_name, "router"),
     )
+
+
+def _metrics_port(container: dict[str, Any]) -> int:
+    """The port Prometheus scrapes: the container's ``metrics`` port, else its first."""
+    ports = {p["name"]: int(p["containerPort"]) for p in container["ports"]}
+    return ports.get("metrics", int(container["ports"][0]["containerPort"]))
 
 
 def _deployment(
@@ -466,7 +481,7 @@ def _deployment(
                     "labels": pod_labels,
                     "annotations": {
                         "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(container["ports"][0]["containerPort"]),
+                        "prometheus.io/port": str(_metrics_port(container)),
                         "prometheus.io/path": "/metrics",
                     },
                 },
@@ -530,12 +545,14 @@ def router_rbac(model: RecModel) -> list[dict[str, Any]]:
     ]
 
 
-def server_network_policy(model: RecModel, config: OperatorConfig) -> dict[str, Any]:
-    """Who may reach the model's server pods, where the cluster enforces NetworkPolicies:
-    its own router (inference port), the operator's pods (admin port) and the Prometheus
-    pods (``config.prometheus_pod_labels``, any namespace) on the inference port, which
-    is where ``/metrics`` is served. Everything else is refused; the router stays open:
-    it is the model's entry point."""
+def network_policies(model: RecModel, config: OperatorConfig) -> list[dict[str, Any]]:
+    """Who may reach the model's pods, where the cluster enforces NetworkPolicies.
+
+    Servers (``<model>-servers``): the model's own router on the inference port, the
+    operator's pods on the admin port, the Prometheus pods (``config.prometheus_pod_labels``,
+    any namespace) on the metrics port; everything else is refused. The router
+    (``<model>-router``): anyone on its port (it is the model's entry point), Prometheus
+    only on its metrics port (``/metrics``, ``/router/backends``)."""
     operator_pods: dict[str, Any] = {"podSelector": {"matchLabels": {COMPONENT_LABEL: "operator"}}}
     if config.operator_namespace:
         operator_pods["namespaceSelector"] = {
@@ -546,19 +563,43 @@ def server_network_policy(model: RecModel, config: OperatorConfig) -> dict[str, 
         "podSelector": {"matchLabels": dict(config.prometheus_pod_labels)},
     }
     router = {"podSelector": {"matchLabels": {MODEL_LABEL: model.name, COMPONENT_LABEL: "router"}}}
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": owned_metadata(dns_name(model.name, "servers"), model, {}),
-        "spec": {
-            "podSelector": {"matchLabels": {MODEL_LABEL: model.name, COMPONENT_LABEL: "server"}},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {"from": [router, prometheus], "ports": [{"protocol": "TCP", "port": SERVER_PORT}]},
-                {"from": [operator_pods], "ports": [{"protocol": "TCP", "port": ADMIN_PORT}]},
+
+    def policy(name: str, component: str, ingress: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": owned_metadata(dns_name(model.name, name), model, {}),
+            "spec": {
+                "podSelector": {
+                    "matchLabels": {MODEL_LABEL: model.name, COMPONENT_LABEL: component}
+                },
+                "policyTypes": ["Ingress"],
+                "ingress": ingress,
+            },
+        }
+
+    def tcp(port: int) -> list[dict[str, Any]]:
+        return [{"protocol": "TCP", "port": port}]
+
+    return [
+        policy(
+            "servers",
+            "server",
+            [
+                {"from": [router], "ports": tcp(SERVER_PORT)},
+                {"from": [operator_pods], "ports": tcp(ADMIN_PORT)},
+                {"from": [prometheus], "ports": tcp(SERVER_METRICS_PORT)},
             ],
-        },
-    }
+        ),
+        policy(
+            "router",
+            "router",
+            [
+                {"ports": tcp(ROUTER_PORT)},  # no "from": any client
+                {"from": [prometheus], "ports": tcp(ROUTER_METRICS_PORT)},
+            ],
+        ),
+    ]
 
 
 def model_variant(model: RecModel, name: str, recipe: Recipe, artifact: Artifact) -> dict[str, Any]:

@@ -82,7 +82,7 @@ class OperatorConfig:
     autoscale_tick_seconds: float = 5.0
     scrape_interval_seconds: float = 5.0
     metrics_port: int = 8081
-    # A NetworkPolicy per model in front of its servers (children.server_network_policy),
+    # A NetworkPolicy per model in front of its servers (children.network_policies),
     # the namespace the operator runs in (whose pods may reach the servers' admin port),
     # and the labels of the Prometheus pods that scrape them (any namespace).
     network_policies: bool = True

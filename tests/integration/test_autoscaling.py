@@ -754,8 +754,12 @@ def test_inputs_unlike_the_training_data_are_reported_as_data_drift(
     netpol = client.NetworkingV1Api(k8s).read_namespaced_network_policy(
         f"{MODEL}-servers", namespace
     )
-    [inference, admin] = netpol.spec.ingress
-    assert {p.port for p in inference.ports} == {8000} and {p.port for p in admin.ports} == {8001}
+    [inference, admin, scrape] = netpol.spec.ingress
+    assert [{p.port for p in rule.ports} for rule in (inference, admin, scrape)] == [
+        {8000},
+        {8001},
+        {8002},
+    ]
     [operator_pods] = admin._from
     assert operator_pods.namespace_selector.match_labels == {
         "kubernetes.io/metadata.name": NS_OPERATOR

@@ -23,7 +23,7 @@ import pytest
 
 from recserve_dev import testmodel as tm
 from recserve_dev.loadgen import Target, closed_loop, open_loop
-from recserve_dev.servertesting import Running, http, run_server
+from recserve_dev.servertesting import Running, free_port, http, run_server
 from recserve_runtime import artifacts
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -288,6 +288,24 @@ def test_admin_api_is_not_on_the_inference_port(server: Running) -> None:
     for path in ("/v1/rank", "/v2/health/ready", "/metrics"):
         assert http("GET", f"{server.admin_url}{path}")[0] == 404
     assert orjson.loads(http("GET", f"{server.admin_url}/admin/limits")[2])["max_queue"] == 1024
+
+
+@pytest.mark.fault(
+    "/metrics asked on the inference port of a server with a metrics port",
+    expect="404 there; served on the metrics port (the one Prometheus alone may reach)",
+)
+def test_metrics_on_their_own_port_are_not_on_the_inference_port(
+    variant: Path, tmp_path: Path
+) -> None:
+    metrics = free_port()
+    with run_server(variant, tmp_path, "--metrics-port", str(metrics)) as srv:
+        status, _, raw = http("GET", f"{srv.url}/metrics")
+        assert status == 404 and b"own port (--metrics-port)" in raw, raw
+        assert http("GET", f"{srv.url}/v2/health/ready")[0] == 200
+        status, _, raw = http("GET", f"http://127.0.0.1:{metrics}/metrics")
+        assert status == 200 and b"recserve_ready 1.0" in raw, raw[:300]
+        for path in ("/v1/rank", "/v2/health/ready", "/admin/limits"):
+            assert http("GET", f"http://127.0.0.1:{metrics}{path}")[0] == 404, path
 
 
 @pytest.mark.fault(

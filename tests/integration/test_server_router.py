@@ -15,7 +15,7 @@ import pytest
 
 from recserve_dev import testmodel as tm
 from recserve_dev.loadgen import Target, open_loop
-from recserve_dev.servertesting import Running, http, run_router, run_server
+from recserve_dev.servertesting import Running, free_port, http, run_router, run_server
 from recserve_runtime import artifacts
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -149,3 +149,17 @@ def test_router_without_healthy_backends_is_not_ready(tmp_path: Path) -> None:
             time.sleep(0.1)
         status, headers, _ = http("POST", f"{router.url}/v1/rank", b"{}")
         assert status == 503 and "retry-after" in headers
+
+
+def test_router_metrics_and_backends_on_their_own_port(variant: Path, tmp_path: Path) -> None:
+    metrics = free_port()
+    with (
+        run_server(variant, tmp_path) as srv,
+        run_router([f"127.0.0.1:{srv.port}"], tmp_path, "--metrics-port", str(metrics)) as router,
+    ):
+        for path in ("/metrics", "/router/backends"):
+            status, _, raw = http("GET", f"{router.url}{path}")
+            assert status == 404 and b"own port" in raw, (path, raw)
+            assert http("GET", f"http://127.0.0.1:{metrics}{path}")[0] == 200, path
+        assert http("GET", f"{router.url}/v2/health/ready")[0] == 200
+        assert http("GET", f"http://127.0.0.1:{metrics}/v2/health/ready")[0] == 404

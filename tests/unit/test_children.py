@@ -264,19 +264,17 @@ def test_local_store_is_a_host_path_and_pvc_store_a_claim(tmp_path: Path) -> Non
 
 def test_only_the_router_prometheus_and_the_operator_reach_the_servers() -> None:
     config = OperatorConfig(store=CONFIG.store, operator_namespace="recserve-system")
-    policy = children.server_network_policy(model(), config)
-    assert policy["metadata"]["name"] == "movielens-dlrm-servers"
-    assert policy["metadata"]["labels"][children.MODEL_LABEL] == "movielens-dlrm"
-    spec = policy["spec"]
+    servers, router_policy = children.network_policies(model(), config)
+    assert servers["metadata"]["name"] == "movielens-dlrm-servers"
+    assert servers["metadata"]["labels"][children.MODEL_LABEL] == "movielens-dlrm"
+    spec = servers["spec"]
     assert spec["podSelector"]["matchLabels"] == {
         children.MODEL_LABEL: "movielens-dlrm",
         children.COMPONENT_LABEL: "server",
     }
     assert spec["policyTypes"] == ["Ingress"]  # everything not listed is refused
-    inference, admin = spec["ingress"]
-    assert inference["ports"] == [{"protocol": "TCP", "port": children.SERVER_PORT}]
-    router, prometheus = inference["from"]
-    assert router == {
+    inference, admin, scrape = spec["ingress"]
+    router = {
         "podSelector": {
             "matchLabels": {
                 children.MODEL_LABEL: "movielens-dlrm",
@@ -284,9 +282,13 @@ def test_only_the_router_prometheus_and_the_operator_reach_the_servers() -> None
             }
         }
     }  # the same namespace: no namespaceSelector
-    assert prometheus == {
+    prometheus = {
         "namespaceSelector": {},
         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    assert inference == {
+        "from": [router],
+        "ports": [{"protocol": "TCP", "port": children.SERVER_PORT}],
     }
     assert admin == {
         "from": [
@@ -299,6 +301,41 @@ def test_only_the_router_prometheus_and_the_operator_reach_the_servers() -> None
         ],
         "ports": [{"protocol": "TCP", "port": children.ADMIN_PORT}],
     }
+    assert scrape == {
+        "from": [prometheus],
+        "ports": [{"protocol": "TCP", "port": children.SERVER_METRICS_PORT}],
+    }
+    # the router: open to any client on its port, its metrics to Prometheus only
+    assert router_policy["metadata"]["name"] == "movielens-dlrm-router"
+    assert (
+        router_policy["spec"]["podSelector"]["matchLabels"] == router["podSelector"]["matchLabels"]
+    )
+    assert router_policy["spec"]["ingress"] == [
+        {"ports": [{"protocol": "TCP", "port": children.ROUTER_PORT}]},
+        {
+            "from": [prometheus],
+            "ports": [{"protocol": "TCP", "port": children.ROUTER_METRICS_PORT}],
+        },
+    ]
+
+
+def test_metrics_are_served_and_scraped_on_their_own_ports() -> None:
+    """The ports the NetworkPolicies open to Prometheus are where /metrics is served and
+    what the pods' scrape annotations name."""
+    server = children.server_deployment(
+        model(), pool("cpu-pool"), "/artifacts/x", "int8", 1, 64, 25, CONFIG
+    )
+    router = children.router_deployment(model(), CONFIG)
+    for dep, port in (
+        (server, children.SERVER_METRICS_PORT),
+        (router, children.ROUTER_METRICS_PORT),
+    ):
+        template = dep["spec"]["template"]
+        [container] = template["spec"]["containers"]
+        assert f"--metrics-port={port}" in container["args"]
+        assert {"name": "metrics", "containerPort": port} in container["ports"]
+        assert container["ports"][0]["name"] == "http"  # the router finds servers by it
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port)
 
 
 def test_network_policy_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1048,11 +1048,14 @@ def test_servers_get_a_network_policy_unless_the_operator_is_told_not_to(
 ) -> None:
     world.built_and_profiled()
     world.reconcile()
-    [policy] = world.kube.of_kind("NetworkPolicy", NS)
-    assert policy["metadata"]["name"] == f"{MODEL}-servers"
-    assert policy["spec"]["podSelector"]["matchLabels"][children.MODEL_LABEL] == MODEL
-
-    world.kube.delete("networking.k8s.io/v1", "NetworkPolicy", f"{MODEL}-servers", NS)
+    policies = world.kube.of_kind("NetworkPolicy", NS)
+    assert sorted(p["metadata"]["name"] for p in policies) == [
+        f"{MODEL}-router",
+        f"{MODEL}-servers",
+    ]
+    for policy in policies:
+        assert policy["spec"]["podSelector"]["matchLabels"][children.MODEL_LABEL] == MODEL
+        world.kube.delete("networking.k8s.io/v1", "NetworkPolicy", policy["metadata"]["name"], NS)
     world.config = replace(world.config, network_policies=False)
     monkeypatch.setitem(handlers._state, "config", world.config)
     world.reconcile()

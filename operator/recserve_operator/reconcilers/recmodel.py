@@ -929,7 +929,7 @@ def _apply_serving(
         *(children.service(deployment, p.model) for deployment in servers),
         *(obj for obj in rbac if obj["kind"] not in order),
         children.service(router, p.model),
-        *([children.server_network_policy(p.model, p.config)] if p.config.network_policies else []),
+        *(children.network_policies(p.model, p.config) if p.config.network_policies else []),
     ]
     if new_limits:  # before the servers that mount them
         p.kube.map(p.kube.create_once, new_limits)

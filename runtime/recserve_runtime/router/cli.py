@@ -37,6 +37,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="list the backends at least this often; with --selector they are also watched "
         "and listed again on every change",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve /metrics and /router/backends on this port (at --host) and not on --port, "
+        "so that a NetworkPolicy can keep them from the router's clients (default 0: on "
+        "--port; the operator's routers use 8081)",
+    )
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(handler=_route)
 
@@ -52,7 +60,7 @@ def _route(args: argparse.Namespace) -> int:
         parse_static,
     )
     from recserve_runtime.router.service import Router
-    from recserve_runtime.server.asgi import ASGIApp, run_uvicorn
+    from recserve_runtime.server.asgi import ASGIApp, run_uvicorn, split_off
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -80,5 +88,10 @@ def _route(args: argparse.Namespace) -> int:
     logging.getLogger("recserve.router").info(
         "routing on http://%s:%d policy=%s", args.host, args.port, args.policy
     )
-    run_uvicorn(ASGIApp(router.handle, router.startup, router.shutdown), args.host, args.port, 10)
+    app = ASGIApp(router.handle, router.startup, router.shutdown)
+    if args.metrics_port:
+        inner = frozenset({"/metrics", "/router/backends"})
+        rest, only = split_off(router.handle, inner, "--metrics-port")
+        app = ASGIApp(rest, router.startup, router.shutdown, metrics=(args.metrics_port, only))
+    run_uvicorn(app, args.host, args.port, 10)
     return 0

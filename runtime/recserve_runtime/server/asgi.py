@@ -24,9 +24,33 @@ Handler = Callable[[str, str, dict[str, str], bytes], Awaitable[Response]]
 MAX_BODY_BYTES = 16 << 20
 
 
+def split_off(handle: Handler, paths: frozenset[str], flag: str) -> tuple[Handler, Handler]:
+    """``handle`` split in two: one answering every path but ``paths`` (those get a 404
+    that names ``flag``), one answering only ``paths`` (for a port of their own, e.g. a
+    metrics port only Prometheus may reach)."""
+
+    async def rest(method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
+        if path.split("?", 1)[0] in paths:
+            return _not_here(f"{path} is served on its own port ({flag})")
+        return await handle(method, path, headers, body)
+
+    async def only(method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
+        if path.split("?", 1)[0] not in paths:
+            return _not_here(f"this port serves only {', '.join(sorted(paths))}")
+        return await handle(method, path, headers, body)
+
+    return rest, only
+
+
+def _not_here(message: str) -> Response:
+    body = ('{"error": "' + message.replace('"', "'") + '"}').encode()
+    return Response(404, body, "application/json")
+
+
 class ASGIApp:
     """A minimal ASGI app: lifespan hooks plus one handler for every HTTP request, and
-    optionally another for the requests that arrive on the admin port."""
+    optionally others for the requests that arrive on the admin port and on the metrics
+    port."""
 
     def __init__(
         self,
@@ -35,6 +59,7 @@ class ASGIApp:
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
         admin: tuple[int, Handler] | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        metrics: tuple[int, Handler] | None = None,
     ) -> None:
         self.handle = handle
         self.max_body_bytes = max_body_bytes
@@ -42,6 +67,8 @@ class ASGIApp:
         self.on_shutdown = on_shutdown
         self.admin_port: int | None = admin[0] if admin else None
         self.admin_handle: Handler | None = admin[1] if admin else None
+        self.metrics_port: int | None = metrics[0] if metrics else None
+        self.metrics_handle: Handler | None = metrics[1] if metrics else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -77,10 +104,11 @@ class ASGIApp:
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         handle = self.handle
-        if self.admin_handle is not None and (scope.get("server") or (None, None))[1] == (
-            self.admin_port
-        ):
+        port = (scope.get("server") or (None, None))[1]
+        if self.admin_handle is not None and port == self.admin_port:
             handle = self.admin_handle
+        elif self.metrics_handle is not None and port == self.metrics_port:
+            handle = self.metrics_handle
         await self._send(send, await handle(scope["method"], scope["path"], headers, body))
 
     @staticmethod
@@ -233,11 +261,19 @@ def run_uvicorn(
     sockets = [bind(host, port)]
     if app.admin_port is not None:
         sockets.append(bind(admin_host or host, app.admin_port))
+    if app.metrics_port is not None:
+        sockets.append(bind(host, app.metrics_port))
     _Server(config).run(sockets=sockets)
 
 
-def make_app(server: InferenceServer, admin_port: int | None = None) -> ASGIApp:
+def make_app(
+    server: InferenceServer, admin_port: int | None = None, metrics_port: int | None = None
+) -> ASGIApp:
     """The ASGI app of an inference server; ``admin_port``: where its admin API is served
-    (None: nowhere)."""
+    (None: nowhere); ``metrics_port``: where ``/metrics`` is served instead of the
+    inference port (None: on the inference port)."""
     admin = (admin_port, server.handle_admin) if admin_port else None
-    return ASGIApp(server.handle, server.startup, server.shutdown, admin)
+    if not metrics_port:
+        return ASGIApp(server.handle, server.startup, server.shutdown, admin)
+    rest, only = split_off(server.handle, frozenset({"/metrics"}), "--metrics-port")
+    return ASGIApp(rest, server.startup, server.shutdown, admin, metrics=(metrics_port, only))

@@ -87,6 +87,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--admin-host", default=None, help="address of --admin-port (default --host)")
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve /metrics on this port (at --host) and not on --port, so that a "
+        "NetworkPolicy can open it to Prometheus only (default 0: /metrics on --port; the "
+        "operator's servers use 8002)",
+    )
+    p.add_argument(
         "--admin-token-file",
         type=Path,
         default=None,
@@ -133,7 +141,7 @@ def _serve(args: argparse.Namespace) -> int:
         "serving variant=%s on http://%s:%d hardware=%s", args.variant, args.host, args.port,
         args.hardware,
     )  # fmt: skip
-    app = make_app(server, args.admin_port or None)
+    app = make_app(server, args.admin_port or None, args.metrics_port or None)
     run_uvicorn(app, args.host, args.port, args.drain_timeout_s, args.admin_host)
     return 0
 
