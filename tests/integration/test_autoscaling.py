@@ -195,6 +195,32 @@ def _create_built(
     return layout
 
 
+def _reference_and_faster_int8(
+    autoscaling: dict[str, Any], tmp_path: Path, int8_of: Path | None = None
+) -> tuple[Path, Path, ProfileReport]:
+    """The FP32 test variant and a dynamic-INT8 copy (of ``int8_of``'s weights, default
+    its own) in one folder, and their emulated profile with the INT8 twice as fast: the
+    planner serves the INT8 first."""
+    from recserve_dev.testmodel import quantize_variant
+
+    variants = tmp_path / "variants"
+    reference = Path(shutil.copytree(autoscaling["folder"], variants / autoscaling["folder"].name))
+    int8 = quantize_variant(int8_of or reference, variants)
+    out = tmp_path / "profile.json"
+    subprocess.run(
+        [sys.executable, "-m", "recserve_runtime.cli", "profile", f"--variants={variants}",
+         f"--json={out}", "--seconds=0.1", "--no-serving"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    real = ProfileReport.read(out)
+    slow = emulated_profile(real, US_PER_BATCH, US_PER_ROW)
+    fast = emulated_profile(real, US_PER_BATCH / 2, US_PER_ROW / 2)
+    profile = slow.model_copy(
+        update={"variants": {**slow.variants, int8.name: fast.variants[int8.name]}}
+    )
+    return reference, int8, profile
+
+
 def _model_status(custom: client.CustomObjectsApi, namespace: str) -> dict[str, Any]:
     """The test RecModel's status as the API server holds it."""
     obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", MODEL)
@@ -904,25 +930,11 @@ def test_a_variant_whose_ranking_departs_from_the_reference_is_planned_around(
     Its servers score half their requests with the reference too; the pairwise order
     agreement stays near 50%: fidelity drift, the variant is taken out of the plan, and
     the model is re-planned onto the reference."""
-    from recserve_dev.testmodel import TestModelSpec, quantize_variant
+    from recserve_dev.testmodel import TestModelSpec
 
     custom, core = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s)
-    variants = tmp_path / "variants"
-    reference = Path(shutil.copytree(autoscaling["folder"], variants / autoscaling["folder"].name))
     other = write_variant(tmp_path / "other", TestModelSpec(seed=7))
-    bad = quantize_variant(other, variants)
-    out = tmp_path / "profile.json"
-    subprocess.run(
-        [sys.executable, "-m", "recserve_runtime.cli", "profile", f"--variants={variants}",
-         f"--json={out}", "--seconds=0.1", "--no-serving"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    real = ProfileReport.read(out)
-    slow = emulated_profile(real, US_PER_BATCH, US_PER_ROW)
-    fast = emulated_profile(real, US_PER_BATCH / 2, US_PER_ROW / 2)
-    profile = slow.model_copy(
-        update={"variants": {**slow.variants, bad.name: fast.variants[bad.name]}}
-    )
+    reference, bad, profile = _reference_and_faster_int8(autoscaling, tmp_path, other)
     policy = _policy(namespace)
     policy["spec"]["drift"] = {
         "fidelitySampleBasisPoints": 5000,
@@ -995,24 +1007,8 @@ def test_a_variant_damaged_in_the_store_after_it_was_served_is_planned_around(
     (ChecksumMismatch, not Ready); the operator hashes the file again, reports it
     (corruptVariants, an ArtifactCorrupt Event) and re-plans onto the FP32 variant.
     Restored in place, the INT8 variant is planned and served again."""
-    from recserve_dev.testmodel import quantize_variant
-
     custom, core = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s)
-    variants = tmp_path / "variants"
-    reference = Path(shutil.copytree(autoscaling["folder"], variants / autoscaling["folder"].name))
-    int8 = quantize_variant(reference, variants)
-    out = tmp_path / "profile.json"
-    subprocess.run(
-        [sys.executable, "-m", "recserve_runtime.cli", "profile", f"--variants={variants}",
-         f"--json={out}", "--seconds=0.1", "--no-serving"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    real = ProfileReport.read(out)
-    slow = emulated_profile(real, US_PER_BATCH, US_PER_ROW)
-    fast = emulated_profile(real, US_PER_BATCH / 2, US_PER_ROW / 2)
-    profile = slow.model_copy(
-        update={"variants": {**slow.variants, int8.name: fast.variants[int8.name]}}
-    )
+    reference, int8, profile = _reference_and_faster_int8(autoscaling, tmp_path)
     policy = custom.create_namespaced_custom_object(
         GROUP, VERSION, namespace, "optimizationpolicies", _policy(namespace)
     )
