@@ -389,7 +389,9 @@ def server_deployment(
 
 
 def router_deployment(model: RecModel, config: OperatorConfig) -> dict[str, Any]:
-    """The RecModel's single entry point: `recserve route` over its server pods."""
+    """The RecModel's entry point: `recserve route` over its server pods, in
+    ``config.router_replicas`` pods spread over nodes where it can (preferred, so that
+    one node still runs them all)."""
     model_name = model.name
     selector = {MODEL_LABEL: model_name, COMPONENT_LABEL: "router"}
     container = {
@@ -426,11 +428,26 @@ def router_deployment(model: RecModel, config: OperatorConfig) -> dict[str, Any]
         model,
         {COMPONENT_LABEL: "router"},
         selector,
-        1,
+        config.router_replicas,
         container,
         config,
         volumes=[{"name": "cache", "emptyDir": {}}],
         service_account=dns_name(model_name, "router"),
+        pod_placement={
+            "affinity": {
+                "podAntiAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "weight": 100,
+                            "podAffinityTerm": {
+                                "labelSelector": {"matchLabels": selector},
+                                "topologyKey": "kubernetes.io/hostname",
+                            },
+                        }
+                    ]
+                }
+            }
+        },
     )
 
 

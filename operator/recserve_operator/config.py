@@ -82,6 +82,9 @@ class OperatorConfig:
     autoscale_tick_seconds: float = 5.0
     scrape_interval_seconds: float = 5.0
     metrics_port: int = 8081
+    # Router replicas per model: with two, a crashed or evicted router leaves the other
+    # serving (the model's Service sends new connections there) instead of the model.
+    router_replicas: int = 2
     # A NetworkPolicy per model in front of its servers (children.network_policies),
     # the namespace the operator runs in (whose pods may reach the servers' admin port),
     # and the labels of the Prometheus pods that scrape them (any namespace).
@@ -105,6 +108,7 @@ class OperatorConfig:
             autoscale_tick_seconds=_seconds(env, "RECSERVE_AUTOSCALE_TICK_SECONDS", 5.0),
             scrape_interval_seconds=_seconds(env, "RECSERVE_PROMETHEUS_SCRAPE_SECONDS", 5.0),
             metrics_port=_count(env, "RECSERVE_METRICS_PORT", 8081),
+            router_replicas=_at_least_one(env, "RECSERVE_ROUTER_REPLICAS", cls.router_replicas),
             network_policies=env.get("RECSERVE_NETWORK_POLICIES", "1").strip().lower()
             not in ("0", "false", "no", "off"),
             operator_namespace=env.get("RECSERVE_NAMESPACE") or None,
@@ -141,6 +145,14 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         raise SystemExit(f"{name} must be a number of seconds > 0, got {raw!r}") from None
     if value <= 0:
         raise SystemExit(f"{name} must be a number of seconds > 0, got {raw!r}")
+    return value
+
+
+def _at_least_one(env: Mapping[str, str], name: str, default: int) -> int:
+    """A positive integer setting (unset or empty: ``default``)."""
+    value = _count(env, name, default)
+    if value < 1:
+        raise SystemExit(f"{name} must be at least 1, got {value}")
     return value
 
 

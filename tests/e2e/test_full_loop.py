@@ -193,10 +193,14 @@ def test_examples_become_a_served_model(
             node = core.read_node(pod.spec.node_name)
             assert node.metadata.labels["recserve.io/hardware"] == hardware
 
-    router = core.list_namespaced_pod(
-        namespace,
-        label_selector="recserve.io/model=movielens-dlrm,app.kubernetes.io/component=router",
-    ).items[0]
+    router = next(  # a Ready one: the model is Ready with one of its router pods
+        pod
+        for pod in core.list_namespaced_pod(
+            namespace,
+            label_selector="recserve.io/model=movielens-dlrm,app.kubernetes.io/component=router",
+        ).items
+        if any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+    )
     from recserve_dev.testmodel import rank_bodies
     from recserve_runtime.artifacts import load_manifest
 

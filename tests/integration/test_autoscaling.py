@@ -237,14 +237,17 @@ def _served(status: dict[str, Any], key: str) -> set[str]:
 
 
 def _pod_ip(core: client.CoreV1Api, namespace: str, selector: str) -> str:
-    """The address of the first pod of ``selector`` that has one."""
-    return str(
-        next(
-            p.status.pod_ip
-            for p in core.list_namespaced_pod(namespace, label_selector=selector).items
-            if p.status.pod_ip
-        )
-    )
+    """The address of a Ready pod of ``selector`` (the router runs in two pods: the
+    model is Ready as soon as one of them is)."""
+
+    def ready_ip() -> str | None:
+        for p in core.list_namespaced_pod(namespace, label_selector=selector).items:
+            conds = p.status.conditions or []
+            if p.status.pod_ip and any(c.type == "Ready" and c.status == "True" for c in conds):
+                return str(p.status.pod_ip)
+        return None
+
+    return str(eventually(ready_ip, 60, 0.5, f"a Ready pod of {selector}"))
 
 
 def _record(url: str, path: str, since_monotonic: float, until_wall: float) -> None:

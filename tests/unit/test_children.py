@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -350,4 +351,26 @@ def test_network_policy_settings_come_from_the_environment(monkeypatch: pytest.M
     assert not config.network_policies and config.prometheus_pod_labels == ()
     monkeypatch.setenv("RECSERVE_PROMETHEUS_POD_LABELS", "app")
     with pytest.raises(SystemExit, match="key=value"):
+        OperatorConfig.from_env()
+
+
+def test_the_router_runs_in_the_configured_replicas_spread_over_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    two = children.router_deployment(model(), CONFIG)
+    assert two["spec"]["replicas"] == 2  # the default: one crash does not take the model
+    one = children.router_deployment(model(), dataclasses.replace(CONFIG, router_replicas=1))
+    assert one["spec"]["replicas"] == 1
+    [term] = two["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == {
+        children.MODEL_LABEL: "movielens-dlrm",
+        children.COMPONENT_LABEL: "router",
+    }
+    monkeypatch.setenv("RECSERVE_ROUTER_REPLICAS", "3")
+    assert OperatorConfig.from_env().router_replicas == 3
+    monkeypatch.setenv("RECSERVE_ROUTER_REPLICAS", "0")
+    with pytest.raises(SystemExit, match="at least 1"):
         OperatorConfig.from_env()
