@@ -13,4 +13,5 @@ PLUGINS: list[str] = [
     "recserve_dev.demo",
     "recserve_dev.bench.serving",
     "recserve_dev.bench.autoscale",
+    "recserve_dev.bench.soak",
 ]

@@ -27,7 +27,14 @@ import numpy as np
 
 @dataclass
 class Target:
-    """Where requests go: host, port, path and pre-encoded bodies (cycled)."""
+    """Where requests go: host, port, path and pre-encoded bodies (cycled).
+
+    ``resolve`` (optional) gives the hosts that may be connected to now, for a target
+    that moves or has several addresses (the ready pods behind a Service): a new
+    connection goes to the next of them in turn, an idle connection is reused only while
+    its host is among them. ``host`` is then the Host header, and the address while
+    ``resolve`` gives none.
+    """
 
     host: str
     port: int
@@ -35,6 +42,7 @@ class Target:
     bodies: Sequence[bytes]
     method: str = "POST"
     headers: dict[str, str] = field(default_factory=dict)
+    resolve: Callable[[], Sequence[str]] | None = None
 
     def __post_init__(self) -> None:
         if not ipaddress.ip_address(self.host).is_loopback:
@@ -52,6 +60,17 @@ class Target:
     def raw(self, i: int) -> bytes:
         """The i-th request, bytes on the wire."""
         return self._raw[i % len(self._raw)]
+
+    def current_hosts(self) -> Sequence[str]:
+        """The hosts that may be connected to now: ``resolve()`` when given and not
+        empty, else ``host``."""
+        if self.resolve is None:
+            return (self.host,)
+        hosts = self.resolve()
+        for host in hosts:
+            if not ipaddress.ip_address(host).is_loopback:
+                raise ValueError(f"load tests only target 127.0.0.0/8, not {host}")
+        return hosts or (self.host,)
 
 
 @dataclass
@@ -101,9 +120,12 @@ MAX_IDLE_S = 3.0
 
 
 class _Conn:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str = ""
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        self.host = host
         self.idle_since = time.monotonic()
 
     async def request(self, raw: bytes) -> int:
@@ -127,21 +149,25 @@ class _Pool:
         self.total = 0
         self.max = max_connections
         self.waiters: asyncio.Queue[_Conn] = asyncio.Queue()
+        self.opened = 0
 
     async def get(self) -> _Conn:
+        hosts = self.target.current_hosts()
         while self.idle:
             conn = self.idle.pop()
-            if time.monotonic() - conn.idle_since < MAX_IDLE_S:
+            if conn.host in hosts and time.monotonic() - conn.idle_since < MAX_IDLE_S:
                 return conn
             self.drop(conn)
         if self.total < self.max:
             self.total += 1
+            host = hosts[self.opened % len(hosts)]
+            self.opened += 1
             try:
-                r, w = await asyncio.open_connection(self.target.host, self.target.port)
+                r, w = await asyncio.open_connection(host, self.target.port)
             except OSError:
                 self.total -= 1
                 raise
-            return _Conn(r, w)
+            return _Conn(r, w, host)
         return await self.waiters.get()
 
     def put(self, conn: _Conn) -> None:
@@ -259,6 +285,9 @@ class TraceResult:
     latency_s: np.ndarray
     status: np.ndarray
     codes: dict[str, int]
+    # per request: the name of the error that ended it (TimeoutError, ConnectionRefusedError,
+    # IncompleteReadError, ...) where status is 0; "" where there was an HTTP answer
+    errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> np.ndarray:
@@ -284,6 +313,7 @@ async def open_loop_trace(
     n = len(offsets)
     latency = np.full(n, math.inf)
     status = np.zeros(n, dtype=np.int32)
+    errors = [""] * n
     codes: Counter[str] = Counter()
 
     async def one(i: int, scheduled: float) -> None:
@@ -291,6 +321,8 @@ async def open_loop_trace(
         codes[str(outcome)] += 1
         if isinstance(outcome, int):
             status[i] = outcome
+        else:
+            errors[i] = outcome
         latency[i] = time.perf_counter() - scheduled
 
     tasks: list[asyncio.Task[None]] = []
@@ -305,7 +337,9 @@ async def open_loop_trace(
         tasks.append(asyncio.create_task(one(i, start + float(t))))
     await asyncio.gather(*tasks)
     pool.close()
-    return TraceResult(started_at, np.asarray(offsets, dtype=float), latency, status, dict(codes))
+    return TraceResult(
+        started_at, np.asarray(offsets, dtype=float), latency, status, dict(codes), errors
+    )
 
 
 async def closed_loop(
