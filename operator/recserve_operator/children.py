@@ -32,7 +32,7 @@ SERVER_PORT = 8000
 ADMIN_PORT = 8001
 # /metrics on ports of their own: NetworkPolicies open them to Prometheus only.
 SERVER_METRICS_PORT = 8002
-ROUTER_METRICS_PORT = 8081
+ROUTER_METRICS_PORT = 8082  # not 8081: the operator's own /metrics (chart metrics.port)
 ROUTER_PORT = 8080
 CACHE_MOUNT = "/var/cache/recserve"
 

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=0,
         help="serve /metrics and /router/backends on this port (at --host) and not on --port, "
         "so that a NetworkPolicy can keep them from the router's clients (default 0: on "
-        "--port; the operator's routers use 8081)",
+        "--port; the operator's routers use 8082)",
     )
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(handler=_route)
