@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -206,7 +205,6 @@ def test_missing_reference_then_failed_build_are_reported_without_duplicates(
             {"spec": {"traffic": {"expectedRequestsPerSecond": 4321}}},
         )  # fmt: skip
         generation = edited["metadata"]["generation"]
-        edited_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
         def observed() -> dict[str, Any] | None:
             obj = api.get_namespaced_custom_object(
@@ -240,16 +238,10 @@ def test_missing_reference_then_failed_build_are_reported_without_duplicates(
         told = [(e.type, e.reason, e.count or 1) for e in events]
         assert [r for _, r, _ in told if r != "ReferenceNotFound"] == ["Building", "BuildFailed"]
         assert ("Warning", "BuildFailed", 1) in told, told
-        assert not [
-            e
-            for e in events
-            if e.reason == "BuildFailed"
-            and (e.last_timestamp or e.event_time or e.first_timestamp) >= edited_at
-        ], "no BuildFailed Event again after the restart"
-        # The old pods were gone before the edit (restart_operator waits for that), so the
-        # new generation observed above was written by the new pod. Matching kopf's debug
-        # log lines for it as well proved flaky (a timer pass may write first) and adds
-        # nothing to that proof.
+        # Exactly one BuildFailed Event, count 1: an operator that told it again would add
+        # a second or raise the count. Which operator process posted it is not asserted: a
+        # CI run once saw the only BuildFailed Event stamped after the edit (kopf posts
+        # Events from a queue); the story was still told once.
         pods = core.list_namespaced_pod(operator["namespace"], label_selector=OPERATOR_PODS)
         assert [p.metadata.uid for p in pods.items] == [new_pod.metadata.uid]
     finally:
