@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from recserve_runtime.artifacts import MANIFEST, IntegrityError, load_manifest, verify
+from recserve_runtime.artifacts import MANIFEST, IntegrityError, verify
 
-# (path, size, mtime_ns) of the manifest and the model file: unchanged, the verdict stands.
+# (name, size, mtime_ns) of each file in the variant folder: unchanged, the verdict stands.
 _Stamp = tuple[tuple[str, int, int], ...]
 
 
@@ -40,7 +40,7 @@ class ArtifactChecks:
     ) -> None:
         self.recheck_seconds = recheck_seconds
         self.clock = clock
-        self.hashed = 0  # model files hashed (for tests and the scale benchmark)
+        self.hashed = 0  # variant folders hashed (tests read it)
         self._verdicts: dict[Path, _Verdict] = {}
 
     def problem(self, folder: Path, suspect: bool = False) -> str | None:
@@ -58,7 +58,7 @@ class ArtifactChecks:
         problem: str | None = None
         try:
             self.hashed += 1
-            verify(folder, load_manifest(folder))
+            verify(folder)  # reads the manifest itself
         except IntegrityError as exc:
             problem = f"checksum mismatch: {exc}"
         except (OSError, ValueError) as exc:  # a manifest gone or unreadable since it was read

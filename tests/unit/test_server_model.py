@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -16,14 +17,20 @@ pytestmark = pytest.mark.unit
 SPEC = tm.TestModelSpec(vocab_size=50, top_mlp=(8,))
 
 
-def test_fsspec_uri_is_fetched_once_into_the_cache(tmp_path: Path) -> None:
+def uploaded(tmp_path: Path, prefix: str) -> tuple[Any, str]:
+    """A test variant copied to the in-memory fsspec store: the filesystem and its URI."""
     variant = tm.write_variant(tmp_path / "store", SPEC, keep_weights=False)
     fs = fsspec.filesystem("memory")
     for name in ("model.onnx", "manifest.json"):
-        fs.pipe(f"/bucket/v1/{name}", (variant / name).read_bytes())
+        fs.pipe(f"{prefix}/{name}", (variant / name).read_bytes())
+    return fs, f"memory:/{prefix}"
+
+
+def test_fsspec_uri_is_fetched_once_into_the_cache(tmp_path: Path) -> None:
+    fs, uri = uploaded(tmp_path, "/bucket/v1")
     cache = tmp_path / "cache"
-    local = localize("memory://bucket/v1", cache)
-    assert (local / "model.onnx").read_bytes() == (variant / "model.onnx").read_bytes()
+    local = localize(uri, cache)
+    assert (local / "model.onnx").read_bytes() == fs.cat("/bucket/v1/model.onnx")
     fs.rm("/bucket/v1", recursive=True)  # gone upstream: the cache still answers
     assert localize("memory://bucket/v1", cache) == local
     model = load("memory://bucket/v1", cache_dir=cache)
@@ -79,10 +86,7 @@ def test_bit_flip_is_refused_before_load(tmp_path: Path) -> None:
 def test_a_damaged_cached_copy_is_fetched_again_and_damage_at_the_source_refused(
     tmp_path: Path,
 ) -> None:
-    variant = tm.write_variant(tmp_path / "store", SPEC, keep_weights=False)
-    fs = fsspec.filesystem("memory")
-    for name in ("model.onnx", "manifest.json"):
-        fs.pipe(f"/bucket/v2/{name}", (variant / name).read_bytes())
+    fs, _ = uploaded(tmp_path, "/bucket/v2")
     cache = tmp_path / "cache"
     local = localize("memory://bucket/v2", cache)
     good = (local / "model.onnx").read_bytes()

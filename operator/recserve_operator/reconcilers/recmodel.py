@@ -477,11 +477,12 @@ def _plan_verified(
     by_name = {b.name: b for b in built}
     damaged: dict[str, str] = {}
     while True:
+        left_out = drifted | damaged.keys()
         decision = plan(
             [
                 VariantProfile.of(b.key, b.manifest, profiles)
                 for b in built
-                if variant_object_name(p.name, b.name) not in drifted | damaged.keys()
+                if variant_object_name(p.name, b.name) not in left_out
             ],
             list(capacities.values()),
             objectives,
