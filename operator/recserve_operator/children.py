@@ -27,6 +27,10 @@ MODEL_LABEL = "recserve.io/model"
 POOL_LABEL = "recserve.io/pool"
 VARIANT_LABEL = "recserve.io/variant"
 COMPONENT_LABEL = "app.kubernetes.io/component"
+# A child that every RecModel of its namespace shares (no model label, no owner).
+SHARED_LABEL = "recserve.io/shared"
+# The ServiceAccount (and Role, RoleBinding) every router pod of a namespace runs as.
+ROUTER_ACCOUNT = "recserve-router"
 SERVER_PORT = 8000
 # the servers' admin API (/admin/limits): its own port, never the inference one
 ADMIN_PORT = 8001
@@ -432,7 +436,7 @@ def router_deployment(model: RecModel, config: OperatorConfig) -> dict[str, Any]
         container,
         config,
         volumes=[{"name": "cache", "emptyDir": {}}],
-        service_account=dns_name(model_name, "router"),
+        service_account=ROUTER_ACCOUNT,
         pod_placement={
             "affinity": {
                 "podAntiAffinity": {
@@ -533,16 +537,28 @@ def service(deployment: dict[str, Any], model: RecModel) -> dict[str, Any]:
     }
 
 
-def router_rbac(model: RecModel) -> list[dict[str, Any]]:
-    """The router's ServiceAccount, allowed to read endpoints of its namespace only."""
-    name = dns_name(model.name, "router")
-    ns = model.namespace
+def router_rbac(namespace: str) -> list[dict[str, Any]]:
+    """The ServiceAccount every router pod of ``namespace`` runs as, allowed to read the
+    namespace's pods and EndpointSlices, with its Role and RoleBinding.
+
+    One per namespace, not one per model: a Role cannot narrow ``list``/``watch`` to one
+    model's objects (``resourceNames`` does not apply to them), so a Role per model
+    granted exactly what this one grants, for three more writes per model, one after
+    the other, ahead of the router's Deployment. No RecModel owns them (each model may
+    go while others stay): the operator deletes them once the namespace has no RecModel
+    (:func:`namespaces_without_models`).
+    """
+    metadata = {
+        "name": ROUTER_ACCOUNT,
+        "namespace": namespace,
+        "labels": {**MANAGED_BY, COMPONENT_LABEL: "router", SHARED_LABEL: "true"},
+    }
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": owned_metadata(name, model, {})},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": owned_metadata(name, model, {}),
+            "metadata": metadata,
             "rules": [
                 {
                     "apiGroups": ["discovery.k8s.io"],
@@ -555,11 +571,32 @@ def router_rbac(model: RecModel) -> list[dict[str, Any]]:
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": owned_metadata(name, model, {}),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+            "metadata": metadata,
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": ROUTER_ACCOUNT,
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": ROUTER_ACCOUNT, "namespace": namespace}
+            ],
         },
     ]
+
+
+def namespaces_without_models(
+    shared: set[str], with_models: set[str], empty_before: set[str]
+) -> tuple[set[str], set[str]]:
+    """Which namespaces' shared router objects to delete now, and which to look at again.
+
+    ``shared``: namespaces holding them; ``with_models``: namespaces with a RecModel;
+    ``empty_before``: the namespaces this returned as empty the round before. A
+    namespace is cleaned only when it was empty two rounds running, so that a RecModel
+    created as the last one goes (its pass may find the account still there) keeps it.
+    Returns (delete now, empty this round).
+    """
+    empty = shared - with_models
+    return empty & empty_before, empty
 
 
 def network_policies(model: RecModel, config: OperatorConfig) -> list[dict[str, Any]]:

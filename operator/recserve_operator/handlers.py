@@ -40,7 +40,7 @@ from recserve_operator.api.recmodel import RecModel
 from recserve_operator.api.validation import ManifestError, parse_object
 from recserve_operator.config import OperatorConfig
 from recserve_operator.failover import stalled
-from recserve_operator.kube import APPLIED_HASH, ChildrenLookup, Kube, Lookup
+from recserve_operator.kube import APPLIED_HASH, SHARED, ChildrenLookup, Kube, Lookup
 from recserve_operator.observe import MetricsCache, Windows, prometheus_query
 from recserve_operator.operator_metrics import RECONCILE_SECONDS
 from recserve_operator.operator_metrics import serve as serve_metrics
@@ -152,7 +152,8 @@ async def pool_index(
 
 
 # The children a pass compares with what it would apply (Deployments, Services, the
-# router's ServiceAccount/Role/RoleBinding, ModelVariants), indexed by owner: a pass
+# routers' ServiceAccount/Role/RoleBinding, ModelVariants), indexed by owner (the
+# routers' account, shared by a namespace's models, under SHARED): a pass
 # used to LIST each of these six kinds by label, O(objects in the namespace) on the API
 # server every time. The index keeps what a pass reads: names, labels, the applied-hash
 # annotation, generation, a Deployment's replicas, a ModelVariant and a pool's limits
@@ -182,7 +183,10 @@ CHILD_KINDS = frozenset(
 async def child_index(
     body: kopf.Body, resource: kopf.Resource, namespace: str | None, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    owner = body.metadata.labels.get(children.MODEL_LABEL)
+    labels = body.metadata.labels
+    owner = labels.get(children.MODEL_LABEL)
+    if owner is None and labels.get(children.SHARED_LABEL) == "true":
+        owner = SHARED  # shared by the namespace's models (the router's account)
     if owner is None or namespace is None:
         return {}
     return {(namespace, owner): _observed_child(body, resource.kind or str(body.get("kind")))}
@@ -249,10 +253,13 @@ def _use_indexes(kube: Kube, indexes: dict[str, Any]) -> Kube:
         kube.know("optimizationpolicies", _lookup(indexes["policy_index"]))
         kube.know("hardwarepools", _lookup(indexes["pool_index"]))
         kube.know_children(
-            children.MODEL_LABEL, CHILD_KINDS, _children_lookup(indexes["child_index"])
+            children.MODEL_LABEL,
+            CHILD_KINDS,
+            _children_lookup(indexes["child_index"]),
+            shared_label=children.SHARED_LABEL,
         )
         _state["indexed"] = True
-        _state["indexes"] = {k: indexes[k] for k in ("model_index", "pool_index")}
+        _state["indexes"] = {k: indexes[k] for k in ("model_index", "pool_index", "child_index")}
     return kube
 
 
@@ -349,10 +356,33 @@ async def _repair_forever() -> None:
             >= INTERVAL / 2
         ]
         work = [_repair(PASSES.run, key, raw, raw) for key, raw in due]
+        work += [_repair(_remove_router_account, ns) for ns in _unused_router_accounts(indexes)]
         if time.monotonic() >= pools_due:
             pools_due = time.monotonic() + POOL_REPAIR_SECONDS
             work += [_repair(_recount_pool, raw) for raw in _index_items(indexes["pool_index"])]
         await asyncio.gather(*work)
+
+
+def _unused_router_accounts(indexes: dict[str, Any]) -> set[str]:
+    """Namespaces whose shared router account no RecModel has needed for two repair
+    rounds running (none while an index changes under the read: the next round)."""
+    try:
+        shared = {ns for ns, owner in list(indexes["child_index"]) if owner == SHARED}
+        with_models = {ns for ns, _ in list(indexes["model_index"])}
+    except RuntimeError:
+        return set()
+    remove, empty = children.namespaces_without_models(
+        shared, with_models, _state.get("empty_namespaces", set())
+    )
+    _state["empty_namespaces"] = empty
+    return remove
+
+
+def _remove_router_account(namespace: str) -> None:
+    log.info("%s: no RecModel left, deleting the routers' account", namespace)
+    with api_errors_typed():
+        for obj in children.router_rbac(namespace):
+            _kube().delete(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], namespace)
 
 
 def _index_items(index: Any) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import orjson
 from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
@@ -37,8 +38,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 # (name, namespace or None) -> the object as last seen by a watch, or None if unseen.
 Lookup = Callable[[str, str | None], dict[str, Any] | None]
-# (kind, namespace, owner's name) -> the children of that kind as a watch last saw them.
+# (kind, namespace, owner's name) -> the children of that kind as a watch last saw them;
+# owner SHARED: the children that every owner of the namespace shares.
 ChildrenLookup = Callable[[str, str, str], list[dict[str, Any]]]
+SHARED = ""
 
 
 class Kube:
@@ -57,7 +60,7 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self._dynamic: dynamic.DynamicClient | None = None
         self._known: dict[str, Lookup] = {}
-        self._children: tuple[str, frozenset[str], ChildrenLookup] | None = None
+        self._children: tuple[str, str | None, frozenset[str], ChildrenLookup] | None = None
 
     def know(self, plural: str, lookup: Lookup) -> None:
         """Answer :meth:`get_custom` for ``plural`` from ``lookup`` (a kopf index that the
@@ -65,21 +68,30 @@ class Kube:
         reference created a moment ago, or one that really is missing, is still read."""
         self._known[plural] = lookup
 
-    def know_children(self, label: str, kinds: frozenset[str], lookup: ChildrenLookup) -> None:
+    def know_children(
+        self,
+        label: str,
+        kinds: frozenset[str],
+        lookup: ChildrenLookup,
+        shared_label: str | None = None,
+    ) -> None:
         """Answer :meth:`list` (and :meth:`list_custom`) of ``kinds`` selected by exactly
         ``label=<owner>`` in a namespace from ``lookup`` (a kopf index of the children,
         which kopf fills before any handler runs and keeps current from its watches),
-        instead of a LIST per kind and pass. A lagging index costs at most one needless
+        instead of a LIST per kind and pass; ``shared_label=true`` selects the shared
+        children (owner :data:`SHARED`). A lagging index costs at most one needless
         (idempotent) apply; any other selector is still listed."""
-        self._children = (label, kinds, lookup)
+        self._children = (label, shared_label, kinds, lookup)
 
     def _known_children(
         self, kind: str, namespace: str | None, selector: str
     ) -> list[dict[str, Any]] | None:
         if self._children is None or namespace is None:
             return None
-        label, kinds, lookup = self._children
+        label, shared_label, kinds, lookup = self._children
         key, _, owner = selector.partition("=")
+        if kind in kinds and key == shared_label and owner == "true":
+            return lookup(kind, namespace, SHARED)
         if kind not in kinds or key != label or not owner or "," in owner:
             return None
         return lookup(kind, namespace, owner)
@@ -134,13 +146,19 @@ class Kube:
     ) -> None:
         """Merge-patch a recserve object's status subresource."""
         body = {"status": status}
+        # the answer (the whole object) is not read: left unparsed, it costs no CPU
+        raw = {"_preload_content": False}
         try:
             if namespace is None:
-                self.custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, name, body)
-            else:
-                self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, plural, name, body
+                answer = self.custom.patch_cluster_custom_object_status(
+                    GROUP, VERSION, plural, name, body, **raw
                 )
+            else:
+                answer = self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, plural, name, body, **raw
+                )
+            answer.drain_conn()  # read to the end, so the connection can be reused
+            answer.release_conn()
         except ApiException as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 raise
@@ -261,5 +279,7 @@ def _cluster_ip_changes(body: dict[str, Any], exc: ApiException) -> bool:
 
 
 def _json(response: Any) -> dict[str, Any]:
-    """The body of a raw (``serialize=False``) dynamic-client answer, as a dict."""
-    return dict(json.loads(response.data))
+    """The body of a raw (``serialize=False``) dynamic-client answer, as a dict (orjson:
+    an applied object comes back with its managedFields, and parsing the answers was
+    the operator's largest CPU cost in a burst of first passes)."""
+    return dict(orjson.loads(response.data))

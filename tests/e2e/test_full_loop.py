@@ -40,7 +40,12 @@ READY_S = 1000  # build (--quick), profile on 3 pools, place, serve: Ready=True
 REPLAN_S = 120  # an infeasible policy is re-planned
 CHECKS_S = 60  # API reads, one ranking request
 TEARDOWN_S = 60  # namespace, pools, cluster stop
-TIMEOUT_S = SETUP_S + BUILDING_S + RESTART_S + READY_S + REPLAN_S + CHECKS_S + TEARDOWN_S
+# the namespace's last RecModel deleted: its routers' account goes after two repair rounds
+# (3 s each here) without a RecModel
+ACCOUNT_GONE_S = 30
+TIMEOUT_S = (
+    SETUP_S + BUILDING_S + RESTART_S + READY_S + REPLAN_S + CHECKS_S + ACCOUNT_GONE_S + TEARDOWN_S
+)
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +120,12 @@ def test_examples_become_a_served_model(
         GROUP, VERSION, namespace, "optimizationpolicies", policy
     )
     # a child that already exists with our name (not ours yet) is adopted, not an error
-    core.create_namespaced_service_account(
-        namespace, {"metadata": {"name": "movielens-dlrm-router", "labels": {"team": "x"}}}
+    core.create_namespaced_service(
+        namespace,
+        {
+            "metadata": {"name": "movielens-dlrm-router", "labels": {"team": "x"}},
+            "spec": {"ports": [{"name": "http", "port": 8080, "targetPort": "http"}]},
+        },
     )
     model = example("movielens-dlrm")
     model["metadata"]["namespace"] = namespace
@@ -230,8 +239,16 @@ def test_examples_become_a_served_model(
         cond = _conditions(obj).get("Ready")
         return cond if cond and cond["reason"] == "NoFeasiblePlacement" else None
 
-    adopted = core.read_namespaced_service_account("movielens-dlrm-router", namespace)
+    adopted = core.read_namespaced_service("movielens-dlrm-router", namespace)
     assert adopted.metadata.owner_references[0].name == "movielens-dlrm"
+    assert adopted.spec.selector == {
+        "recserve.io/model": "movielens-dlrm",
+        "app.kubernetes.io/component": "router",
+    }
+    routers = core.list_namespaced_pod(
+        namespace, label_selector="app.kubernetes.io/component=router"
+    ).items
+    assert routers and {p.spec.service_account_name for p in routers} == {"recserve-router"}
 
     step("checks")
     cond = eventually(
@@ -249,6 +266,19 @@ def test_examples_become_a_served_model(
     )
     operators = core.list_namespaced_pod(OPERATOR_NS, label_selector=OPERATOR_PODS).items
     assert [p.metadata.uid for p in operators] == [new_pod.metadata.uid]
+
+    # the namespace's last RecModel goes: the routers' shared account goes after it
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "recmodels", "movielens-dlrm")
+
+    def account_gone() -> bool:
+        try:
+            core.read_namespaced_service_account("recserve-router", namespace)
+        except client.ApiException as exc:
+            return exc.status == 404
+        return False
+
+    eventually(account_gone, timeout=ACCOUNT_GONE_S, interval=1, what="the routers' account gone")
+    step("account-gone")
     print(f"e2e step seconds: {steps}")
 
 

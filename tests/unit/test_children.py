@@ -374,3 +374,28 @@ def test_the_router_runs_in_the_configured_replicas_spread_over_nodes(
     monkeypatch.setenv("RECSERVE_ROUTER_REPLICAS", "0")
     with pytest.raises(SystemExit, match="at least 1"):
         OperatorConfig.from_env()
+
+
+def test_the_routers_account_may_only_read_pods_and_endpoints_of_its_namespace() -> None:
+    account, role, binding = children.router_rbac("team-a")
+    assert {o["metadata"]["namespace"] for o in (account, role, binding)} == {"team-a"}
+    assert all(o["metadata"]["labels"][children.SHARED_LABEL] == "true" for o in (account, role))
+    assert all(
+        children.MODEL_LABEL not in o["metadata"]["labels"] for o in (account, role, binding)
+    )
+    verbs = {v for rule in role["rules"] for v in rule["verbs"]}
+    assert verbs == {"get", "list", "watch"}
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {"pods", "endpointslices"}
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "team-a"}
+    ]
+
+
+def test_a_namespace_s_router_account_goes_only_after_two_rounds_without_models() -> None:
+    remove, empty = children.namespaces_without_models({"a", "b"}, {"b"}, set())
+    assert (remove, empty) == (set(), {"a"})
+    remove, empty = children.namespaces_without_models({"a", "b"}, {"b"}, empty)
+    assert remove == {"a"}
+    # a model arrived between the rounds: kept
+    assert children.namespaces_without_models({"a"}, {"a"}, {"a"}) == (set(), set())

@@ -12,9 +12,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from recserve_operator import handlers
+from recserve_operator import children, handlers
 from recserve_operator.handlers import api_errors_typed
-from recserve_operator.kube import APPLIED_HASH, Kube
+from recserve_operator.kube import APPLIED_HASH, SHARED, Kube
 
 pytestmark = pytest.mark.unit
 
@@ -166,6 +166,35 @@ def test_the_child_index_keeps_what_a_pass_reads() -> None:
     }
 
 
+def test_the_routers_shared_account_is_indexed_under_its_namespace() -> None:
+    account, _, binding = children.router_rbac("ns")
+    for obj, plural in ((account, "serviceaccounts"), (binding, "rolebindings")):
+        group, _, version = obj["apiVersion"].rpartition("/")
+        resource = kopf.Resource(group, version, plural, kind=obj["kind"])
+        body = kopf.Body(obj)
+        indexed = _call(handlers.child_index, body=body, resource=resource, namespace="ns")
+        assert list(indexed) == [("ns", SHARED)]
+    # a model-less object that is not marked shared is nobody's child
+    stray = kopf.Body({"metadata": {"name": "x", "labels": dict(children.MANAGED_BY)}})
+    resource = kopf.Resource("", "v1", "serviceaccounts", kind="ServiceAccount")
+    assert _call(handlers.child_index, body=stray, resource=resource, namespace="ns") == {}
+
+
+def test_unused_router_accounts_go_after_two_empty_rounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handlers, "_state", {})
+    shared = {("a", SHARED): [{}], ("b", SHARED): [{}], ("b", "m"): [{}]}
+    models = {("b", "m"): [{}]}
+    indexes = {"child_index": shared, "model_index": models}
+    assert handlers._unused_router_accounts(indexes) == set()  # "a" empty once
+    models[("a", "new")] = [{}]  # a model came back to "a"
+    assert handlers._unused_router_accounts(indexes) == set()
+    del models[("a", "new")]
+    assert handlers._unused_router_accounts(indexes) == set()
+    assert handlers._unused_router_accounts(indexes) == {"a"}  # empty two rounds running
+
+
 # -- the facade reads what kopf's watches saw ----------------------------------------------
 
 
@@ -188,13 +217,17 @@ def test_kube_reads_references_and_children_from_lookups(monkeypatch: pytest.Mon
     assert gets == ["new"]  # a miss still asks the API server
 
     services = [{"kind": "Service", "metadata": {"name": "m-router"}}]
+    shared = [{"kind": "Service", "metadata": {"name": "recserve-router"}}]
+    by_owner = {("Service", "ns", "m"): services, ("Service", "ns", SHARED): shared}
     kube.know_children(
         "recserve.io/model",
         frozenset({"Service"}),
-        lambda kind, ns, owner: services if (kind, ns, owner) == ("Service", "ns", "m") else [],
+        lambda kind, ns, owner: by_owner.get((kind, ns, owner), []),
+        shared_label="recserve.io/shared",
     )
     assert kube.list("v1", "Service", "ns", "recserve.io/model=m") == services
     assert kube.list("v1", "Service", "ns", "recserve.io/model=other") == []
+    assert kube.list("v1", "Service", "ns", "recserve.io/shared=true") == shared
     monkeypatch.setattr(kube, "_dynamic", _NoDiscovery())
     with pytest.raises(_Listed):  # other selectors and kinds are listed
         kube.list("v1", "Service", "ns", "recserve.io/model=m,x=y")

@@ -490,9 +490,28 @@ def test_feasible_plan_is_served_then_ready_and_a_second_pass_writes_nothing(
     assert world.kube.writes == before, "a steady-state pass only reads"
     # ... and what it reads of its children, the operator's child index answers (the owner
     # label alone): any other selector is a LIST on the API server, every pass, per model.
-    owner = f"{children.MODEL_LABEL}={MODEL}"
+    answered = {f"{children.MODEL_LABEL}={MODEL}", f"{children.SHARED_LABEL}=true"}
     listed = [(k, sel) for k, sel in world.kube.lists if k in handlers.CHILD_KINDS]
-    assert listed and all(sel == owner for _, sel in listed), listed
+    assert listed and all(sel in answered for _, sel in listed), listed
+
+
+def test_the_routers_of_a_namespace_share_one_account(world: World) -> None:
+    # another model of the namespace was served first: its pass wrote the account
+    for obj in children.router_rbac(NS):
+        world.kube.apply_if_changed(obj, {})
+    world.built_and_profiled()
+    world.reconcile()
+    assert world.reason("Serving") == "WaitingForReplicas"
+    for kind in ("ServiceAccount", "Role", "RoleBinding"):
+        (account,) = world.kube.of_kind(kind, NS)
+        assert account["metadata"]["name"] == children.ROUTER_ACCOUNT
+        assert "ownerReferences" not in account["metadata"]  # outlives any one model
+        writes = [w for w in world.kube.writes if w[1] == kind]
+        assert writes == [("apply", kind, children.ROUTER_ACCOUNT)], "written once, not again"
+    router = world.kube.find("Deployment", f"{MODEL}-router", NS)
+    assert router is not None
+    pod = router["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == children.ROUTER_ACCOUNT
 
 
 def test_infeasible_plan_places_nothing_and_says_why(world: World) -> None:

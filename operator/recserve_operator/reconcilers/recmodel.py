@@ -870,11 +870,17 @@ def _apply_serving(
         for api, kind in (
             ("apps/v1", "Deployment"),
             ("v1", "Service"),
+            ("v1", "ConfigMap"),
+            ("networking.k8s.io/v1", "NetworkPolicy"),
+        )
+    }
+    shared = f"{children.SHARED_LABEL}=true"
+    observed |= {
+        kind: {o["metadata"]["name"]: o for o in p.kube.list(api, kind, p.namespace, shared)}
+        for api, kind in (
             ("v1", "ServiceAccount"),
             ("rbac.authorization.k8s.io/v1", "Role"),
             ("rbac.authorization.k8s.io/v1", "RoleBinding"),
-            ("v1", "ConfigMap"),
-            ("networking.k8s.io/v1", "NetworkPolicy"),
         )
     }
 
@@ -914,14 +920,15 @@ def _apply_serving(
         if pl.limits_config_map not in observed["ConfigMap"]
     ]
     router = children.router_deployment(p.model, p.config)
-    rbac = children.router_rbac(p.model)
+    rbac = children.router_rbac(p.namespace)
 
     order = {"ServiceAccount": 0, "Role": 1, "RoleBinding": 2}
 
     def router_after_its_account() -> dict[str, Any]:
         # one after the other: a RoleBinding applied before its Role exists is refused
         # (404, the API server's escalation check cannot read the Role), and a pod that
-        # names a missing ServiceAccount is refused
+        # names a missing ServiceAccount is refused (the namespace's account: written by
+        # its first model's pass, read from the index by the others)
         for obj in sorted(rbac, key=lambda o: order.get(o["kind"], 3)):
             apply(obj)
         return apply(router)
