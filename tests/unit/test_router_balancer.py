@@ -68,6 +68,18 @@ def test_round_robin_alternates_regardless_of_latency() -> None:
     assert picks["127.0.0.1:1"] == picks["127.0.0.1:2"] == 50
 
 
+def test_least_request_takes_the_fewest_in_flight_and_alternates_ties() -> None:
+    bal = _balancer("least-request")
+    _teach(bal, "127.0.0.1:1", 0.001)  # latency plays no part
+    _teach(bal, "127.0.0.1:2", 0.100)
+    busy = bal.backends["127.0.0.1:1"]
+    bal.started(busy)
+    assert all(bal.choose(0.0).key == "127.0.0.1:2" for _ in range(10))  # type: ignore[union-attr]
+    bal.finished(busy, 0.001, True, 0.0)
+    picks = Counter(bal.choose(0.0).key for _ in range(100))  # type: ignore[union-attr]
+    assert picks["127.0.0.1:1"] == picks["127.0.0.1:2"] == 50
+
+
 def test_consecutive_failures_eject_and_readmit_restores() -> None:
     bal = _balancer()
     bad = bal.backends["127.0.0.1:2"]

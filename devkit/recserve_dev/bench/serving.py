@@ -5,15 +5,26 @@ never accuracy) on this machine, and answers /v1/rank requests ranking 64 candid
 Goodput = requests/s completed in an open-loop run whose p99 (failures counted as
 infinitely slow) is within the SLO (25 ms), searched over offered rates.
 
-Compared, each in its own process(es), one after the other:
+Every system is measured once per round, the rounds interleaved (a busy spell of the
+machine hits every side), and each figure is the median over the rounds; each headline
+ratio is the median of the per-round ratios (paired), with its range over the rounds.
 
-* recserve (INT8 and FP32 variants) vs the naive server (torch eager FP32, one forward
-  per request, same HTTP stack) — goodput, and p50 at light load;
+* recserve INT8 vs the naive server (torch eager FP32, one forward per request, same
+  HTTP stack): the deployment against the baseline deployment (``goodput_vs_naive``;
+  p50 at light load);
+* recserve INT8 vs the same server, variant and runtime with its batch ceiling at one
+  request (``--max-batch-rows`` = the candidates): what batching alone gives
+  (``batching_gain_same_variant``); recserve FP32 against naive shows what the engine
+  gives without quantization;
 * Ray Serve (``@serve.batch``) and BentoML (adaptive batching) serving the same ONNX
-  variant, when their Pythons are available (``--ray-python``, ``--bento-python``);
-* raw onnxruntime throughput at the batch size recserve's batcher ran at (engine limit);
-* the router (p2c on live latency) vs round-robin over a fast and a slow backend (the
-  slow one uses ``--emulate-us-per-row``: it sleeps, emulating slower hardware).
+  variant (``--ray-python``, ``--bento-python``, else cached virtualenvs); a peer that
+  cannot be installed or run fails the benchmark unless ``--skip-peer NAME`` names it;
+* raw onnxruntime with the server's thread count at its best batch size over a sweep
+  (the engine's limit; ``goodput_vs_engine_limit``);
+* the router's p2c on live latency against least-request (nginx ``least_conn``, Envoy
+  ``LEAST_REQUEST``) and round-robin, all with the same retry rule, over two unequal
+  backends (an FP32 and an INT8 server: a real difference in compute) and two equal
+  ones (two INT8 servers).
 
 The last stdout line is one JSON object with the headline ratios.
 """
@@ -26,6 +37,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -61,20 +73,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--candidates", type=int, default=64)
     p.add_argument("--duration-s", type=float, default=3.0, help="per load run")
     p.add_argument(
-        "--rounds", type=int, default=2,
-        help="interleaved rounds for recserve/naive and router/round-robin (best kept)",
+        "--rounds", type=int, default=3,
+        help="interleaved rounds, every system in each (figures: medians over rounds)",
     )  # fmt: skip
     p.add_argument("--small", action="store_true", help="a small model (quick checks)")
     p.add_argument("--skip-peers", action="store_true", help="no Ray Serve / BentoML")
+    p.add_argument(
+        "--skip-peer", action="append", default=[], choices=sorted(PEER_ENVS),
+        help="leave this peer out (repeatable); a peer not named fails the run if it "
+        "cannot be installed or run",
+    )  # fmt: skip
     p.add_argument("--ray-python", type=Path, help="Python with ray[serve]")
     p.add_argument("--bento-python", type=Path, help="Python with bentoml")
     p.add_argument(
         "--no-install-peers", action="store_true",
         help="do not create the peers' cached virtualenvs when missing (skip those peers)",
-    )  # fmt: skip
-    p.add_argument(
-        "--slow-us-per-row", type=float, default=100.0,
-        help="the slow backend emulates a device taking this long per row (default 100)",
     )  # fmt: skip
     p.add_argument("--details-out", type=Path, help="write all measurements here (JSON)")
     p.add_argument("--workdir", type=Path, help="where to write the variants (default tmp)")
@@ -87,14 +100,60 @@ def _log(msg: str) -> None:
 
 @dataclass
 class SystemResult:
-    """What the bench measured for one system."""
+    """What the bench measured for one system in one round."""
 
     name: str
     goodput: float = 0.0
     best: dict[str, Any] = field(default_factory=dict)
     light_p50_ms: float | None = None
     mean_batch_rows: float | None = None
-    rounds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Rounds:
+    """One system over every round: medians are its figures."""
+
+    name: str
+    runs: list[SystemResult] = field(default_factory=list)
+
+    @property
+    def goodputs(self) -> list[float]:
+        return [r.goodput for r in self.runs]
+
+    def summary(self) -> dict[str, Any]:
+        """Medians over the rounds, and every round's figures."""
+        lights = [r.light_p50_ms for r in self.runs if r.light_p50_ms is not None]
+        batches = [r.mean_batch_rows for r in self.runs if r.mean_batch_rows is not None]
+        return {
+            "goodput": _median(self.goodputs),
+            "goodput_rounds": self.goodputs,
+            "light_p50_ms": _median(lights) if lights else None,
+            "light_p50_ms_rounds": lights,
+            "mean_batch_rows": round(_median(batches), 1) if batches else None,
+            "at_goodput": [r.best for r in self.runs],
+        }
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else math.nan
+
+
+def paired(a: Rounds, b: Rounds, field_: str = "goodput") -> dict[str, float | list[float] | None]:
+    """The median and range of ``a``/``b`` over the rounds, each round's pair taken
+    together (a busy spell lowers both sides of a round)."""
+    ratios = []
+    for x, y in zip(a.runs, b.runs, strict=False):
+        num, den = getattr(x, field_), getattr(y, field_)
+        if num is not None and den:
+            ratios.append(round(num / den, 3))
+    if not ratios:
+        return {"median": None, "min": None, "max": None, "rounds": []}
+    return {
+        "median": round(_median(ratios), 3),
+        "min": min(ratios),
+        "max": max(ratios),
+        "rounds": ratios,
+    }
 
 
 async def _metrics_probe(port: int) -> dict[str, float]:
@@ -149,13 +208,19 @@ async def measure(
     return res
 
 
-def engine_limit(variant: Path, batch_rows: int, candidates: int, seconds: float = 2.0) -> float:
-    """Raw onnxruntime requests/s (of ``candidates`` rows) at ``batch_rows`` per call."""
+ENGINE_BATCHES = (64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def engine_limit(
+    variant: Path, batch_rows: int, candidates: int, threads: int, seconds: float = 2.0
+) -> float:
+    """Raw onnxruntime requests/s (of ``candidates`` rows) at ``batch_rows`` per call,
+    on ``threads`` threads (the server's own count)."""
     from recserve_dev.testmodel import random_batch
     from recserve_runtime import artifacts
     from recserve_runtime.server.model import load
 
-    model = load(str(variant), "cpu", 1)
+    model = load(str(variant), "cpu", threads)
     sparse, dense = random_batch(artifacts.load_manifest(variant), batch_rows)
     model.run(sparse, dense)
     n = 0
@@ -165,6 +230,16 @@ def engine_limit(variant: Path, batch_rows: int, candidates: int, seconds: float
         n += 1
     rows_per_s = n * batch_rows / (time.perf_counter() - start)
     return rows_per_s / candidates
+
+
+def engine_sweep(variant: Path, candidates: int, threads: int) -> dict[int, float]:
+    """The engine's requests/s at each batch size of :data:`ENGINE_BATCHES` (best of two
+    short runs each: noise only ever lowers it)."""
+    return {
+        rows: round(max(engine_limit(variant, rows, candidates, threads) for _ in range(2)), 1)
+        for rows in ENGINE_BATCHES
+        if rows >= candidates
+    }
 
 
 def _serve_argv(
@@ -180,6 +255,7 @@ def _serve_argv(
 async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from recserve_dev import testmodel as tm
     from recserve_runtime import artifacts
+    from recserve_runtime.threads import SERVER_INTRA_OP_THREADS
 
     spec = (
         tm.TestModelSpec(name="synthetic-dlrm-fp32")
@@ -200,24 +276,16 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     _log(f"variants built in {time.perf_counter() - t0:.1f}s: fp32={fp32.name} int8={int8.name}")
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
-    results: dict[str, SystemResult] = {}
+    systems: dict[str, Rounds] = {}
     ready = "/v2/health/ready"
 
     def keep(res: SystemResult) -> None:
-        """Best of the rounds: noise on a shared machine only ever lowers goodput."""
-        old = results.get(res.name)
-        res.rounds = [*(old.rounds if old else []), res.goodput]
-        if old is not None:
-            lights = [x for x in (old.light_p50_ms, res.light_p50_ms) if x is not None]
-            if old.goodput >= res.goodput:
-                old.rounds, old.light_p50_ms = res.rounds, min(lights, default=None)
-                return
-            res.light_p50_ms = min(lights, default=None)
-        results[res.name] = res
+        systems.setdefault(res.name, Rounds(res.name)).runs.append(res)
 
-    async def run_ours(label: str, variant: Path) -> SystemResult:
+    async def run_ours(label: str, variant: Path, extra: list[str] | None = None) -> SystemResult:
         port = free_port()
-        with process(_serve_argv(variant, port, args.slo_ms), logs / f"{label}.log") as p:
+        argv = _serve_argv(variant, port, args.slo_ms, extra)
+        with process(argv, logs / f"{label}.log") as p:
             wait_http(f"http://127.0.0.1:{port}{ready}", 120, p)
             return await measure(label, port, "/v1/rank", bodies, args, probe_metrics=True)
 
@@ -229,42 +297,52 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             wait_http(f"http://127.0.0.1:{port}{ready}", 120, p)
             return await measure("naive_torch_fp32", port, "/v1/rank", bodies, args)
 
-    for round_ in range(args.rounds):  # interleaved, so a busy spell hits both sides
-        keep(await run_ours("recserve_int8", int8))
-        keep(await run_naive())
-        if round_ == 0:
-            keep(await run_ours("recserve_fp32", fp32))
-
-    peers: dict[str, SystemResult] = {}
-    if not args.skip_peers:
-        peers = await _peers(args, int8, bodies, logs)
-        results.update(peers)
-
-    ours = results["recserve_int8"]
-    batch_rows = max(args.candidates, round(ours.mean_batch_rows or args.candidates))
-    # best of two short runs: like the servers' goodput, only ever lowered by noise
-    limit = max(engine_limit(int8, batch_rows, args.candidates) for _ in range(2))
-    _log(f"[engine] raw onnxruntime at batch {batch_rows} rows: {limit:.0f} requests/s")
-
-    for res in await _router_vs_rr(args, int8, bodies, logs):
-        keep(res)
-
-    best_peer = max(peers.values(), key=lambda r: r.goodput, default=None)
-    naive = results["naive_torch_fp32"]
-
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return round(a / b, 3) if a is not None and b else None
-
-    headline = {
-        "goodput_vs_naive": ratio(ours.goodput, naive.goodput),
-        "latency_p50_ratio_vs_naive": ratio(ours.light_p50_ms, naive.light_p50_ms),
-        "goodput_vs_best_peer": ratio(ours.goodput, best_peer.goodput if best_peer else None),
-        "best_peer": best_peer.name if best_peer else None,
-        "goodput_vs_engine_limit": ratio(ours.goodput, limit),
-        "router_vs_round_robin": ratio(
-            results["router_p2c"].goodput, results["router_round_robin"].goodput
-        ),
+    skipped = set(PEER_ENVS) if args.skip_peers else set(args.skip_peer)
+    peer_pythons = {
+        name: _peer_or_fail(name, getattr(args, f"{name.split('_')[0]}_python"), args)
+        for name in PEER_ENVS
+        if name not in skipped
     }
+    one_request = ["--max-batch-rows", str(args.candidates)]  # a batch is one request
+    for round_ in range(args.rounds):  # interleaved, so a busy spell hits every side
+        _log(f"== round {round_ + 1} of {args.rounds}")
+        keep(await run_ours("recserve_int8", int8))
+        keep(await run_ours("recserve_int8_one_request_per_batch", int8, one_request))
+        keep(await run_ours("recserve_fp32", fp32))
+        keep(await run_naive())
+        for name, python in peer_pythons.items():
+            keep(await _run_peer(name, python, args, int8, bodies, logs))
+
+    threads = SERVER_INTRA_OP_THREADS
+    sweep = engine_sweep(int8, args.candidates, threads)
+    best_rows = max(sweep, key=lambda rows: sweep[rows])
+    limit = sweep[best_rows]
+    _log(f"[engine] raw onnxruntime, {threads} thread(s): {sweep} requests/s by batch rows")
+
+    routers = await _routers(args, fp32, int8, bodies, logs)
+    systems.update(routers)
+
+    ours, naive = systems["recserve_int8"], systems["naive_torch_fp32"]
+    peers = [systems[name] for name in peer_pythons]
+    best_peer = max(peers, key=lambda r: _median(r.goodputs), default=None)
+    engine = Rounds("engine_limit", [SystemResult("engine_limit", goodput=limit)] * args.rounds)
+    ratios = {
+        "goodput_vs_naive": paired(ours, naive),
+        "goodput_fp32_vs_naive": paired(systems["recserve_fp32"], naive),
+        "latency_p50_ratio_vs_naive": paired(ours, naive, "light_p50_ms"),
+        "batching_gain_same_variant": paired(ours, systems["recserve_int8_one_request_per_batch"]),
+        "goodput_vs_best_peer": paired(ours, best_peer) if best_peer else None,
+        "goodput_vs_engine_limit": paired(ours, engine),
+    }
+    for setup in ("unequal", "equal"):
+        p2c = systems[f"router_p2c_{setup}"]
+        for baseline in ("least_request", "round_robin"):
+            ratios[f"router_vs_{baseline}_{setup}"] = paired(
+                p2c, systems[f"router_{baseline}_{setup}"]
+            )
+    headline: dict[str, Any] = {key: (value or {}).get("median") for key, value in ratios.items()}
+    headline["best_peer"] = best_peer.name if best_peer else None
+    headline["rounds"] = args.rounds
     return {
         "model": {
             "spec": spec.__dict__ | {"synthetic": True},
@@ -275,10 +353,28 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "candidates": args.candidates,
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
-        "engine_limit": {"batch_rows": batch_rows, "requests_per_s": round(limit, 1)},
-        "systems": {k: v.__dict__ for k, v in results.items()},
+        "peers_skipped": sorted(skipped),
+        "engine_limit": {
+            "threads": threads,
+            "best_batch_rows": best_rows,
+            "requests_per_s": limit,
+            "by_batch_rows": sweep,
+        },
+        "systems": {name: r.summary() for name, r in systems.items()},
+        "ratios": ratios,
         "headline": headline,
     }
+
+
+def _peer_or_fail(name: str, given: Path | None, args: argparse.Namespace) -> Path:
+    """The peer's Python, or the run stops with the reason (``--skip-peer`` leaves it out)."""
+    python = peer_python(name, given, not args.no_install_peers)
+    if python is None:
+        raise SystemExit(
+            f"bench serving: peer {name} cannot run here (see above); "
+            f"--skip-peer {name} leaves it out of the comparison"
+        )
+    return python
 
 
 def peer_python(name: str, given: Path | None, install: bool) -> Path | None:
@@ -318,47 +414,51 @@ def _link_current_env(peer_python: Path) -> None:
     ``--system-site-packages`` only reaches the base interpreter's packages, not those of
     the (project or CI) venv this bench runs in, and that venv changes between runs; a
     ``.pth`` file rewritten on every use points the peer venv at it. The peer's own
-    packages still come first: ``.pth`` entries are appended after its site-packages.
+    packages still come first: ``site.addsitedir`` appends after its site-packages.
     """
     purelib = subprocess.run(
         [str(peer_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    (Path(purelib) / "recserve-current-env.pth").write_text("\n".join(sorted(ours)) + "\n")
+    # site.addsitedir, not a bare path: it also reads that environment's own .pth files,
+    # which is where an editable install (the dev kit's) puts itself on the path
+    lines = [f"import site; site.addsitedir({path!r})" for path in sorted(ours)]
+    (Path(purelib) / "recserve-current-env.pth").write_text("\n".join(lines) + "\n")
 
 
-async def _peers(
-    args: argparse.Namespace, variant: Path, bodies: list[bytes], logs: Path
-) -> dict[str, SystemResult]:
+async def _run_peer(
+    name: str,
+    python: Path,
+    args: argparse.Namespace,
+    variant: Path,
+    bodies: list[bytes],
+    logs: Path,
+) -> SystemResult:
+    """One round of a peer serving ``variant``; the run stops if it cannot serve."""
     import orjson
 
-    out: dict[str, SystemResult] = {}
-    ray_python = peer_python("ray_serve", args.ray_python, not args.no_install_peers)
-    bento_python = peer_python("bentoml", args.bento_python, not args.no_install_peers)
-    if ray_python is not None:
-        port = free_port()
-        argv = [str(ray_python), "-m", "recserve_dev.peers.ray_peer",
+    port = free_port()
+    if name == "ray_serve":
+        argv = [str(python), "-m", "recserve_dev.peers.ray_peer",
                 "--variant", str(variant), "--port", str(port)]  # fmt: skip
-        try:
-            with process(argv, logs / "ray.log") as p:
-                _wait_post(port, "/v1/rank", bodies[0], 180, p)
-                out["ray_serve"] = await measure("ray_serve", port, "/v1/rank", bodies, args)
-        except (RuntimeError, TimeoutError) as exc:
-            _log(f"[ray_serve] could not run: {exc} (see {logs / 'ray.log'})")
-    if bento_python is not None:
-        port = free_port()
-        bento = bento_python.parent / "bentoml"
-        argv = [str(bento), "serve", "recserve_dev.peers.bento_peer:Ranker",
+        env: dict[str, str] | None = None
+        path, sent = "/v1/rank", bodies
+    else:
+        argv = [str(python.parent / "bentoml"), "serve", "recserve_dev.peers.bento_peer:Ranker",
                 "--host", "127.0.0.1", "-p", str(port)]  # fmt: skip
-        wrapped = [orjson.dumps({"requests": [orjson.loads(b)]}) for b in bodies]
-        try:
-            with process(argv, logs / "bento.log", {"RECSERVE_VARIANT": str(variant)}) as p:
-                _wait_post(port, "/rank", wrapped[0], 180, p)
-                out["bentoml"] = await measure("bentoml", port, "/rank", wrapped, args)
-        except (RuntimeError, TimeoutError) as exc:
-            _log(f"[bentoml] could not run: {exc} (see {logs / 'bento.log'})")
-    return out
+        env = {"RECSERVE_VARIANT": str(variant)}
+        path, sent = "/rank", [orjson.dumps({"requests": [orjson.loads(b)]}) for b in bodies]
+    log = logs / f"{name}.log"
+    try:
+        with process(argv, log, env) as p:
+            _wait_post(port, path, sent[0], 180, p)
+            return await measure(name, port, path, sent, args)
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(
+            f"bench serving: peer {name} could not serve: {exc} (see {log}); "
+            f"--skip-peer {name} leaves it out of the comparison"
+        ) from exc
 
 
 def _wait_post(
@@ -383,30 +483,34 @@ def _wait_post(
     raise TimeoutError(f"no answer on port {port} within {timeout_s:.0f}s")
 
 
-async def _router_vs_rr(
-    args: argparse.Namespace, variant: Path, bodies: list[bytes], logs: Path
-) -> list[SystemResult]:
-    fast, slow = free_port(), free_port()
-    out: list[SystemResult] = []
-    slow_args = ["--emulate-us-per-row", str(args.slow_us_per_row)]
-    with (
-        process(_serve_argv(variant, fast, args.slo_ms), logs / "backend_fast.log") as pf,
-        process(
-            _serve_argv(variant, slow, args.slo_ms, slow_args), logs / "backend_slow.log"
-        ) as ps,
-    ):
-        wait_http(f"http://127.0.0.1:{fast}/v2/health/ready", 120, pf)
-        wait_http(f"http://127.0.0.1:{slow}/v2/health/ready", 120, ps)
-        for _ in range(args.rounds):
-            for policy in ("p2c", "round-robin"):
-                port = free_port()
-                argv = [sys.executable, "-m", "recserve_runtime.cli", "route", "--backends",
-                        f"127.0.0.1:{fast}", f"127.0.0.1:{slow}", "--port", str(port),
-                        "--policy", policy, "--log-level", "WARNING"]  # fmt: skip
-                name = "router_p2c" if policy == "p2c" else "router_round_robin"
-                with process(argv, logs / f"{name}.log") as pr:
-                    wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 60, pr)
-                    out.append(await measure(name, port, "/v1/rank", bodies, args, light=False))
+ROUTER_POLICIES = ("p2c", "least-request", "round-robin")
+
+
+async def _routers(
+    args: argparse.Namespace, fp32: Path, int8: Path, bodies: list[bytes], logs: Path
+) -> dict[str, Rounds]:
+    """Each policy over two unequal backends (FP32 and INT8: the difference is compute)
+    and two equal ones (INT8 twice), every policy in every round."""
+    out: dict[str, Rounds] = {}
+    for setup, variants in (("unequal", (fp32, int8)), ("equal", (int8, int8))):
+        ports = [free_port(), free_port()]
+        with (
+            process(_serve_argv(variants[0], ports[0], args.slo_ms), logs / f"{setup}_a.log") as a,
+            process(_serve_argv(variants[1], ports[1], args.slo_ms), logs / f"{setup}_b.log") as b,
+        ):
+            for port, proc in zip(ports, (a, b), strict=True):
+                wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 120, proc)
+            for _ in range(args.rounds):
+                for policy in ROUTER_POLICIES:
+                    port = free_port()
+                    argv = [sys.executable, "-m", "recserve_runtime.cli", "route", "--backends",
+                            *(f"127.0.0.1:{p}" for p in ports), "--port", str(port),
+                            "--policy", policy, "--log-level", "WARNING"]  # fmt: skip
+                    name = f"router_{policy.replace('-', '_')}_{setup}"
+                    with process(argv, logs / f"{name}.log") as pr:
+                        wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 60, pr)
+                        res = await measure(name, port, "/v1/rank", bodies, args, light=False)
+                    out.setdefault(name, Rounds(name)).runs.append(res)
     return out
 
 

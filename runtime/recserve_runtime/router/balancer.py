@@ -6,7 +6,10 @@ request goes to the better of two randomly drawn healthy backends, scored by
 has not been refreshed decays toward zero (``decay_s``), so a backend that was slow once
 is probed again later instead of starving forever. Backends that fail
 ``eject_after`` times in a row are ejected and come back after a successful health
-check. Round-robin is kept as the baseline policy for benchmarks.
+check. The baselines of the serving benchmark are policies here too, under the same
+retry rule: round-robin, and least-request (the backend with the fewest requests in
+flight, ties in turn: nginx's ``least_conn``; Envoy's ``LEAST_REQUEST`` draws two
+backends and takes the one with fewer, the same choice when there are two).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+
+POLICIES = ("p2c", "least-request", "round-robin")
 
 
 @dataclass
@@ -40,7 +45,7 @@ class Backend:
 class Balancer:
     """Chooses backends and learns from the outcome of each request."""
 
-    policy: str = "p2c"  # or "round-robin"
+    policy: str = "p2c"  # one of POLICIES
     alpha: float = 0.2
     decay_s: float = 2.0
     eject_after: int = 3
@@ -49,7 +54,7 @@ class Balancer:
     _rr: int = 0
 
     def __post_init__(self) -> None:
-        if self.policy not in ("p2c", "round-robin"):
+        if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}")
         self._rng = random.Random(self.seed)
 
@@ -85,6 +90,11 @@ class Balancer:
         if self.policy == "round-robin":
             self._rr += 1
             return pool[self._rr % len(pool)]
+        if self.policy == "least-request":
+            self._rr += 1
+            fewest = min(b.inflight for b in pool)
+            tied = [b for b in pool if b.inflight == fewest]
+            return tied[self._rr % len(tied)]
         if len(pool) == 1:
             return pool[0]
         a, b = self._rng.sample(pool, 2)

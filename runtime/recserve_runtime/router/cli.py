@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from recserve_runtime.router.balancer import POLICIES
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `route` subcommand."""
@@ -27,7 +29,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--port-name", help="port name (default: the first port)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--policy", choices=["p2c", "round-robin"], default="p2c")
+    p.add_argument(
+        "--policy", choices=list(POLICIES), default="p2c",
+        help="p2c on live latency (default); least-request and round-robin are the "
+        "benchmark's baselines, with the same retries",
+    )  # fmt: skip
     p.add_argument("--timeout-s", type=float, default=5.0, help="per backend request")
     p.add_argument("--health-interval-s", type=float, default=1.0)
     p.add_argument(

@@ -194,10 +194,6 @@ class Router:
             if up.status == 429:
                 self.balancer.busy(b, took, now)
                 self.metrics.upstream.labels(b.key, "busy").inc()
-                if self.balancer.policy == "round-robin":
-                    # the baseline behaves like a plain L7 round-robin balancer (nginx's
-                    # defaults): it retries connection errors and 5xx, not a refusal
-                    return resp
                 last = resp
                 continue
             if up.status >= 500 and up.status != 504:
