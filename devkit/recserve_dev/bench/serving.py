@@ -299,7 +299,9 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     skipped = set(PEER_ENVS) if args.skip_peers else set(args.skip_peer)
     peer_pythons = {
-        name: _peer_or_fail(name, getattr(args, f"{name.split('_')[0]}_python"), args)
+        name: _peer_or_fail(
+            name, {"ray_serve": args.ray_python, "bentoml": args.bento_python}[name], args
+        )
         for name in PEER_ENVS
         if name not in skipped
     }
