@@ -97,6 +97,51 @@ def test_a_failed_pass_lets_the_next_one_run(monkeypatch: pytest.MonkeyPatch) ->
     assert passes.folded == 0
 
 
+def _model(generation: int) -> kopf.Body:
+    return kopf.Body({"metadata": {"name": "m", "namespace": "ns", "generation": generation}})
+
+
+def test_a_recmodel_passes_when_first_seen_and_when_its_spec_changes_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    passed: list[int] = []
+    monkeypatch.setattr(
+        handlers, "recmodel", lambda body, **_: passed.append(body.metadata["generation"])
+    )
+    memo: dict[str, Any] = {}
+    _call(handlers.recmodel_changed, body=_model(1), type=None, memo=memo)  # operator start
+    _call(handlers.recmodel_changed, body=_model(1), type="MODIFIED", memo=memo)  # status
+    _call(handlers.recmodel_changed, body=_model(2), type="MODIFIED", memo=memo)  # spec
+    _call(handlers.recmodel_changed, body=_model(2), type="DELETED", memo=memo)
+    assert passed == [1, 2]
+
+
+def test_a_failed_pass_is_tried_again_after_its_delay_unless_it_cannot_heal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    def busy_api(body: kopf.Body, **_: Any) -> None:
+        raise kopf.TemporaryError("API answered 429; retrying", delay=3)
+
+    retried: list[tuple[str, Any]] = []
+    monkeypatch.setattr(handlers.asyncio, "sleep", sleep)
+    monkeypatch.setattr(handlers, "recmodel", busy_api)
+    monkeypatch.setattr(handlers.PASSES, "run", lambda key, raw, _t: retried.append((key, raw)))
+    _call(handlers.recmodel_changed, body=_model(1), type=None, memo={})
+    assert slept == [3] and retried == [("ns/m", None)]  # after the delay, read afresh
+
+    def forbidden(body: kopf.Body, **_: Any) -> None:
+        raise kopf.PermanentError("not allowed")
+
+    monkeypatch.setattr(handlers, "recmodel", forbidden)
+    _call(handlers.recmodel_changed, body=_model(1), type=None, memo={})
+    assert slept == [3]  # not tried again
+
+
 # -- children: only what a pass reads of them moves their owner ---------------------------
 
 
