@@ -539,7 +539,8 @@ def service(deployment: dict[str, Any], model: RecModel) -> dict[str, Any]:
 
 def router_rbac(namespace: str) -> list[dict[str, Any]]:
     """The ServiceAccount every router pod of ``namespace`` runs as, allowed to read the
-    namespace's pods and EndpointSlices, with its Role and RoleBinding.
+    namespace's pods and EndpointSlices, with its Role and RoleBinding: in the order they
+    must be written (a RoleBinding is refused before its Role exists).
 
     One per namespace, not one per model: a Role cannot narrow ``list``/``watch`` to one
     model's objects (``resourceNames`` does not apply to them), so a Role per model

@@ -146,16 +146,15 @@ class Kube:
     ) -> None:
         """Merge-patch a recserve object's status subresource."""
         body = {"status": status}
-        # the answer (the whole object) is not read: left unparsed, it costs no CPU
-        raw = {"_preload_content": False}
         try:
+            # the answer (the whole object) is not read: left unparsed, it costs no CPU
             if namespace is None:
                 answer = self.custom.patch_cluster_custom_object_status(
-                    GROUP, VERSION, plural, name, body, **raw
+                    GROUP, VERSION, plural, name, body, _preload_content=False
                 )
             else:
                 answer = self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, plural, name, body, **raw
+                    GROUP, VERSION, namespace, plural, name, body, _preload_content=False
                 )
             answer.drain_conn()  # read to the end, so the connection can be reused
             answer.release_conn()

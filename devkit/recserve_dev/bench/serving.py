@@ -138,14 +138,9 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else math.nan
 
 
-def paired(a: Rounds, b: Rounds, field_: str = "goodput") -> dict[str, float | list[float] | None]:
-    """The median and range of ``a``/``b`` over the rounds, each round's pair taken
-    together (a busy spell lowers both sides of a round)."""
-    ratios = []
-    for x, y in zip(a.runs, b.runs, strict=False):
-        num, den = getattr(x, field_), getattr(y, field_)
-        if num is not None and den:
-            ratios.append(round(num / den, 3))
+def spread(ratios: list[float]) -> dict[str, float | list[float] | None]:
+    """Median, min, max and the values of per-round ratios (rounded to 3 places)."""
+    ratios = [round(r, 3) for r in ratios]
     if not ratios:
         return {"median": None, "min": None, "max": None, "rounds": []}
     return {
@@ -154,6 +149,17 @@ def paired(a: Rounds, b: Rounds, field_: str = "goodput") -> dict[str, float | l
         "max": max(ratios),
         "rounds": ratios,
     }
+
+
+def paired(a: Rounds, b: Rounds, field_: str = "goodput") -> dict[str, float | list[float] | None]:
+    """The :func:`spread` of ``a``/``b`` over the rounds, each round's pair taken together
+    (a busy spell lowers both sides of a round)."""
+    ratios = []
+    for x, y in zip(a.runs, b.runs, strict=False):
+        num, den = getattr(x, field_), getattr(y, field_)
+        if num is not None and den:
+            ratios.append(num / den)
+    return spread(ratios)
 
 
 async def _metrics_probe(port: int) -> dict[str, float]:
@@ -211,32 +217,31 @@ async def measure(
 ENGINE_BATCHES = (64, 128, 256, 512, 1024, 2048, 4096)
 
 
-def engine_limit(
-    variant: Path, batch_rows: int, candidates: int, threads: int, seconds: float = 2.0
-) -> float:
-    """Raw onnxruntime requests/s (of ``candidates`` rows) at ``batch_rows`` per call,
-    on ``threads`` threads (the server's own count)."""
+def engine_sweep(
+    variant: Path, candidates: int, threads: int, seconds: float = 2.0
+) -> dict[int, float]:
+    """Raw onnxruntime requests/s (of ``candidates`` rows) at each batch size of
+    :data:`ENGINE_BATCHES`, on ``threads`` threads (the server's own count); best of two
+    short runs each (noise only ever lowers it)."""
     from recserve_dev.testmodel import random_batch
     from recserve_runtime import artifacts
     from recserve_runtime.server.model import load
 
     model = load(str(variant), "cpu", threads)
-    sparse, dense = random_batch(artifacts.load_manifest(variant), batch_rows)
-    model.run(sparse, dense)
-    n = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        model.run(sparse, dense)
-        n += 1
-    rows_per_s = n * batch_rows / (time.perf_counter() - start)
-    return rows_per_s / candidates
+    manifest = artifacts.load_manifest(variant)
 
+    def rate(rows: int) -> float:
+        sparse, dense = random_batch(manifest, rows)
+        model.run(sparse, dense)  # warm
+        n = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model.run(sparse, dense)
+            n += 1
+        return n * rows / (time.perf_counter() - start) / candidates
 
-def engine_sweep(variant: Path, candidates: int, threads: int) -> dict[int, float]:
-    """The engine's requests/s at each batch size of :data:`ENGINE_BATCHES` (best of two
-    short runs each: noise only ever lowers it)."""
     return {
-        rows: round(max(engine_limit(variant, rows, candidates, threads) for _ in range(2)), 1)
+        rows: round(max(rate(rows) for _ in range(2)), 1)
         for rows in ENGINE_BATCHES
         if rows >= candidates
     }
@@ -327,14 +332,13 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     ours, naive = systems["recserve_int8"], systems["naive_torch_fp32"]
     peers = [systems[name] for name in peer_pythons]
     best_peer = max(peers, key=lambda r: _median(r.goodputs), default=None)
-    engine = Rounds("engine_limit", [SystemResult("engine_limit", goodput=limit)] * args.rounds)
     ratios = {
         "goodput_vs_naive": paired(ours, naive),
         "goodput_fp32_vs_naive": paired(systems["recserve_fp32"], naive),
         "latency_p50_ratio_vs_naive": paired(ours, naive, "light_p50_ms"),
         "batching_gain_same_variant": paired(ours, systems["recserve_int8_one_request_per_batch"]),
         "goodput_vs_best_peer": paired(ours, best_peer) if best_peer else None,
-        "goodput_vs_engine_limit": paired(ours, engine),
+        "goodput_vs_engine_limit": spread([g / limit for g in ours.goodputs]),
     }
     for setup in ("unequal", "equal"):
         p2c = systems[f"router_p2c_{setup}"]

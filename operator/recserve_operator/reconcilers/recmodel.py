@@ -922,20 +922,18 @@ def _apply_serving(
     router = children.router_deployment(p.model, p.config)
     rbac = children.router_rbac(p.namespace)
 
-    order = {"ServiceAccount": 0, "Role": 1, "RoleBinding": 2}
-
     def router_after_its_account() -> dict[str, Any]:
-        # one after the other: a RoleBinding applied before its Role exists is refused
-        # (404, the API server's escalation check cannot read the Role), and a pod that
-        # names a missing ServiceAccount is refused (the namespace's account: written by
-        # its first model's pass, read from the index by the others)
-        for obj in sorted(rbac, key=lambda o: order.get(o["kind"], 3)):
+        # one after the other, in router_rbac's order: a RoleBinding applied before its
+        # Role exists is refused (404, the API server's escalation check cannot read the
+        # Role), and a pod that names a missing ServiceAccount is refused (the
+        # namespace's account: written by its first model's pass, read from the index
+        # by the others)
+        for obj in rbac:
             apply(obj)
         return apply(router)
 
     others = [
         *(children.service(deployment, p.model) for deployment in servers),
-        *(obj for obj in rbac if obj["kind"] not in order),
         children.service(router, p.model),
         *(children.network_policies(p.model, p.config) if p.config.network_policies else []),
     ]
