@@ -15,7 +15,7 @@ PYTEST_ARGS ?= --durations=20  # the slowest tests, to keep CI within its time
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install crds crds-check lint typecheck test test-unit test-integration reliability reliability-table bench demo tools cluster-up cluster-down clean
+.PHONY: help install crds crds-check lint typecheck test test-unit test-integration reliability reliability-table bench demo tools images cluster-up cluster-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -93,6 +93,9 @@ cluster-up: install tools  ## start the local control plane in .cluster/ and pri
 
 cluster-down:  ## stop the local control plane started by cluster-up
 	$(PYTHON) -m recserve_runtime.cli cluster down --root .cluster
+
+images:  ## build the operator, server and builder images (podman, else docker; hack/images.sh)
+	bash hack/images.sh
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info

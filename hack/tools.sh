@@ -5,6 +5,9 @@
 #   hack/tools.sh            build what is missing (etcd, kube-*, kubectl, kwok, prometheus, helm), print KEY=PATH lines
 #   hack/tools.sh --check    exit 1 if something is missing, build nothing
 #   hack/tools.sh --with-keda   also the opt-in KEDA operator and metrics adapter (or RECSERVE_TOOLS_KEDA=1)
+#   hack/tools.sh --with-kind   also what a kind cluster needs offline (or RECSERVE_TOOLS_KIND=1):
+#                               kind, kubelet, kubeadm, kube-proxy, coredns, and the module
+#                               sources of kind (its node base files) and Kubernetes (pause.c)
 #
 # KEDA (docs/keda.md) is never built by default: its ~1100-module dependency graph alone
 # takes long enough on 2 cores to push the default cold build past CI's limit.
@@ -28,12 +31,17 @@ _p=${PROMETHEUS_VERSION#v0.}  # v0.307.3 -> Prometheus 3.7.3
 PROMETHEUS_APP_VERSION="${_p:0:1}.$((10#${_p:1:2})).${_p#*.}"
 CACHE=${RECSERVE_TOOLS_CACHE:-$HOME/.cache/recserve}
 KEDA_VERSION=${KEDA_VERSION:-v2.21.0}
+KIND_VERSION=${KIND_VERSION:-v0.33.0}
+# kubeadm v1.34 asks for CoreDNS v1.12.1
+COREDNS_VERSION=${COREDNS_VERSION:-v1.12.1}
 CHECK_ONLY=0
 WITH_KEDA=${RECSERVE_TOOLS_KEDA:-0}
+WITH_KIND=${RECSERVE_TOOLS_KIND:-0}
 for arg in "$@"; do
   case $arg in
     --check) CHECK_ONLY=1 ;;
     --with-keda) WITH_KEDA=1 ;;
+    --with-kind) WITH_KIND=1 ;;
     *) printf '[tools] unknown argument: %s\n' "$arg" >&2; exit 2 ;;
   esac
 done
@@ -68,8 +76,11 @@ with_retries() {  # the module proxy sometimes times out; network steps get 3 tr
   return 1
 }
 
+# build_k8s OUT CMD...: Kubernetes commands (k8s.io/kubernetes/cmd/CMD) built into OUT,
+# through a wrapper module whose replace lines pin the staging modules, version stamped
+# as Kubernetes' own build does. One package at a time (-p 1) bounds memory on 2 cores.
 build_k8s() {
-  local out=$1 work
+  local out=$1 work; shift
   work=$(mktemp -d)
   local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
   local patch=${K8S_VERSION#v1.$minor.}
@@ -84,13 +95,13 @@ build_k8s() {
     ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
     ld="$ld -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
   done
-  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $K8S_VERSION (cold: 20-40 min)"
+  local pkgs=() c
+  for c in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  log "building $* $K8S_VERSION (cold: 5-10 min each on 2 cores)"
   (cd "$work" && with_retries go mod download k8s.io/kubernetes \
-    && with_retries go get k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION \
+    && with_retries go get "${pkgs[@]/%/@$K8S_VERSION}" \
     && mkdir -p "$out.tmp" \
-    && go build -mod=mod -trimpath -tags selinux,notest -ldflags "$ld" -o "$out.tmp/" \
-       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-       k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+    && go build -p 1 -mod=mod -trimpath -tags selinux,notest -ldflags "$ld" -o "$out.tmp/" "${pkgs[@]}")
   rm -rf "$work"
 }
 
@@ -114,6 +125,12 @@ build_goinstall() {  # out pkg@version [extra ldflags]
   mkdir -p "$1.tmp"
   with_retries env GOBIN="$1.tmp" go install -trimpath -ldflags "-s -w ${3:-}" "$2"
 }
+
+# kind_source / k8s_source: where the Go module cache holds kind's and Kubernetes'
+# sources (hack/kind-node-image.sh reads kind's node base files and pause.c there).
+mod_dir() { with_retries go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p'; }
+kind_source() { mod_dir "sigs.k8s.io/kind@$KIND_VERSION"; }
+k8s_source() { mod_dir "k8s.io/kubernetes@$K8S_VERSION"; }
 
 # build_keda OUT: KEDA's go.mod carries a replace (nexus-rpc/nexus-proto-annotations) and
 # an exclude that a wrapper module (build_wrapped) would drop, so its module source is
@@ -179,10 +196,11 @@ K8S_DIR=$CACHE/k8s-$K8S_VERSION/bin
 # /dev/stdout would truncate a log file that stdout is redirected to.
 if [ -n "${TOOLS_ENV_OUT:-}" ]; then exec 3>"$TOOLS_ENV_OUT"; else exec 3>&1; fi
 {
-  ensure kube-apiserver RECSERVE_KUBE_APISERVER "$K8S_DIR" build_k8s "$K8S_DIR"
-  ensure kube-controller-manager RECSERVE_KUBE_CONTROLLER_MANAGER "$K8S_DIR" build_k8s "$K8S_DIR"
-  ensure kube-scheduler RECSERVE_KUBE_SCHEDULER "$K8S_DIR" build_k8s "$K8S_DIR"
-  ensure kubectl RECSERVE_KUBECTL "$K8S_DIR" build_k8s "$K8S_DIR"
+  CONTROL_PLANE="kube-apiserver kube-controller-manager kube-scheduler kubectl"
+  ensure kube-apiserver RECSERVE_KUBE_APISERVER "$K8S_DIR" build_k8s "$K8S_DIR" $CONTROL_PLANE
+  ensure kube-controller-manager RECSERVE_KUBE_CONTROLLER_MANAGER "$K8S_DIR" build_k8s "$K8S_DIR" $CONTROL_PLANE
+  ensure kube-scheduler RECSERVE_KUBE_SCHEDULER "$K8S_DIR" build_k8s "$K8S_DIR" $CONTROL_PLANE
+  ensure kubectl RECSERVE_KUBECTL "$K8S_DIR" build_k8s "$K8S_DIR" $CONTROL_PLANE
   ensure etcd RECSERVE_ETCD "$CACHE/etcd-$ETCD_VERSION/bin" build_wrapped "$CACHE/etcd-$ETCD_VERSION/bin" \
     go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3 etcd
   ensure kwok RECSERVE_KWOK "$CACHE/kwok-$KWOK_VERSION/bin" build_goinstall "$CACHE/kwok-$KWOK_VERSION/bin" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
@@ -190,6 +208,16 @@ if [ -n "${TOOLS_ENV_OUT:-}" ]; then exec 3>"$TOOLS_ENV_OUT"; else exec 3>&1; fi
     github.com/prometheus/prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus prometheus \
     "-X github.com/prometheus/common/version.Version=$PROMETHEUS_APP_VERSION"
   ensure helm RECSERVE_HELM "$CACHE/helm-$HELM_VERSION/bin" build_goinstall "$CACHE/helm-$HELM_VERSION/bin" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$HELM_LDFLAGS"
+  if [ "$WITH_KIND" = 1 ]; then  # opt-in, see the header
+    NODE="kubelet kubeadm kube-proxy"
+    ensure kubelet RECSERVE_KUBELET "$K8S_DIR" build_k8s "$K8S_DIR" $NODE
+    ensure kubeadm RECSERVE_KUBEADM "$K8S_DIR" build_k8s "$K8S_DIR" $NODE
+    ensure kube-proxy RECSERVE_KUBE_PROXY "$K8S_DIR" build_k8s "$K8S_DIR" $NODE
+    ensure kind RECSERVE_KIND "$CACHE/kind-$KIND_VERSION/bin" build_goinstall "$CACHE/kind-$KIND_VERSION/bin" "sigs.k8s.io/kind@$KIND_VERSION"
+    ensure coredns RECSERVE_COREDNS "$CACHE/coredns-$COREDNS_VERSION/bin" build_goinstall "$CACHE/coredns-$COREDNS_VERSION/bin" "github.com/coredns/coredns@$COREDNS_VERSION"
+    echo "RECSERVE_KIND_SOURCE=$(kind_source)"
+    echo "RECSERVE_K8S_SOURCE=$(k8s_source)"
+  fi
   if [ "$WITH_KEDA" = 1 ]; then  # opt-in, see the header
     KEDA_DIR=$CACHE/keda-$KEDA_VERSION/bin
     ensure keda RECSERVE_KEDA_OPERATOR "$KEDA_DIR" build_keda "$KEDA_DIR"

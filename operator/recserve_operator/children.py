@@ -216,7 +216,15 @@ def build_job(
         *([] if distillation.enabled else ["--no-distillation"]),
         *config.optimize_args,  # last: the deployment's extra flags (e.g. --quick) win
     ]
-    return _job(dns_name(model.name, "build", digest[:8]), model, args, {}, config, "build")
+    return _job(
+        dns_name(model.name, "build", digest[:8]),
+        model,
+        args,
+        {},
+        config,
+        "build",
+        config.builder_image,
+    )
 
 
 def profile_job(
@@ -240,6 +248,9 @@ def profile_job(
         {POOL_LABEL: pool.name},
         config,
         "profile",
+        # The server's image: the pool is measured with the onnxruntime it will serve
+        # with (onnxruntime-gpu in a GPU server image), and its nodes never pull torch.
+        config.server_image,
     )
     pod = job["spec"]["template"]["spec"]
     pod.update(placement(pool))
@@ -254,6 +265,7 @@ def _job(
     labels: dict[str, str],
     config: OperatorConfig,
     component: str,
+    image: str,
 ) -> dict[str, Any]:
     all_labels = {COMPONENT_LABEL: component, **labels}
     return {
@@ -273,7 +285,7 @@ def _job(
                     "containers": [
                         {
                             "name": component,
-                            "image": config.builder_image,
+                            "image": image,
                             "command": args[:1],
                             "args": args[1:],
                             "env": _pod_ip_env(),

@@ -254,6 +254,16 @@ def test_profile_job_runs_on_the_pool_it_profiles() -> None:
     )
 
 
+def test_only_the_build_job_runs_the_builder_image() -> None:
+    """Profiling measures the onnxruntime the pool serves with (the server image); only
+    the build needs torch."""
+    config = dataclasses.replace(CONFIG, builder_image="b:1", server_image="s:1")
+    build = children.build_job(model(), "abcdef0123456789", policy(), config)
+    profile = children.profile_job(model(), "abcdef0123456789", pool("fpga-pool"), config)
+    assert build["spec"]["template"]["spec"]["containers"][0]["image"] == "b:1"
+    assert profile["spec"]["template"]["spec"]["containers"][0]["image"] == "s:1"
+
+
 def test_local_store_is_a_host_path_and_pvc_store_a_claim(tmp_path: Path) -> None:
     local = ArtifactStore.from_uri(str(tmp_path))
     assert local.volume["hostPath"]["path"] == str(tmp_path)

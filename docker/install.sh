@@ -1,0 +1,36 @@
+#!/bin/sh
+# Installs recserve into the image's virtualenv /opt/recserve (docker/Dockerfile).
+#   install.sh deps EXTRAS   the dependencies of recserve[EXTRAS], from pyproject.toml alone
+#   install.sh sources       recserve itself, from the copied sources, without dependencies
+# Environment: TORCH_INDEX_URL (torch's index when EXTRAS has build; empty: PyPI's),
+# ONNXRUNTIME (the onnxruntime distribution: onnxruntime-gpu for a GPU server),
+# PIP_CERT (a CA bundle for PyPI where HTTPS is intercepted).
+set -eu
+[ -n "${PIP_CERT:-}" ] || unset PIP_CERT
+[ -n "${TORCH_INDEX_URL:-}" ] || unset TORCH_INDEX_URL
+pip="/opt/recserve/bin/pip --disable-pip-version-check -q"
+case $1 in
+  deps)
+    [ -x /opt/recserve/bin/pip ] || python3 -m venv /opt/recserve
+    # Empty packages stand in for the sources, so this layer depends on pyproject.toml
+    # only: a source change rebuilds just the last, small layer.
+    mkdir -p operator/recserve_operator runtime/recserve_runtime
+    touch operator/recserve_operator/__init__.py runtime/recserve_runtime/__init__.py
+    case ",$2," in
+      *,build,*) $pip install torch ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} ;;
+    esac
+    $pip install ".[$2]"
+    if [ "${ONNXRUNTIME:-onnxruntime}" != onnxruntime ] && $pip show onnxruntime >/dev/null 2>&1; then
+      $pip uninstall -y onnxruntime && $pip install "$ONNXRUNTIME"
+    fi
+    $pip uninstall -y recserve
+    rm -rf operator runtime build ./*.egg-info ;;
+  sources)
+    $pip install --no-cache-dir --no-deps .
+    rm -rf build ./*.egg-info
+    # Not needed at run time: pip and setuptools, and the Kubernetes client's asyncio
+    # copy (kubernetes.aio, 68 MB: the router and operator use the threaded client).
+    rm -rf /opt/recserve/lib/python3*/site-packages/kubernetes/aio
+    $pip uninstall -y setuptools pip ;;
+  *) echo "usage: install.sh deps EXTRAS | sources" >&2; exit 2 ;;
+esac
