@@ -15,7 +15,7 @@ PYTEST_ARGS ?= --durations=20  # the slowest tests, to keep CI within its time
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install crds crds-check lint typecheck test test-unit test-integration reliability reliability-table bench demo tools images cluster-up cluster-down clean
+.PHONY: help install crds crds-check lint typecheck test test-kind test-unit test-integration reliability reliability-table bench demo tools images kind-up kind-down kind-node-image cluster-up cluster-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -61,11 +61,14 @@ export RECSERVE_RELIABILITY_JSON := $(abspath $(RELIABILITY_JSON))
 
 test: install tools lint crds-check  ## the whole test suite (what CI runs)
 	@mkdir -p $(dir $(RELIABILITY_JSON))
-	$(call run_pytest,-m "not bench and not gpu")
+	$(call run_pytest,-m "not bench and not gpu and not kind")
+
+test-kind: kind-up  ## the kind e2e suite (tests/kind) on the cluster of kind-up
+	$(call run_pytest,-m kind tests/kind)
 
 reliability: install tools  ## run only the fault tests (about 15 min), then regenerate docs/reliability.md's table
 	@mkdir -p $(dir $(RELIABILITY_JSON))
-	$(call run_pytest,-m "fault and not bench and not gpu")
+	$(call run_pytest,-m "fault and not bench and not gpu and not kind")
 	$(MAKE) reliability-table
 
 reliability-table:  ## docs/reliability.md's table from the last run of the fault tests ($(RELIABILITY_JSON))
@@ -81,9 +84,10 @@ bench: install tools  ## benchmarks (print ratios against in-run baselines)
 	$(UV) pip install --quiet --python $(PYTHON) -e '.[dev,build,bench]' -e ./devkit
 	$(call run_pytest,-m bench -s)
 
-demo: install tools  ## the main job: build, measure, place, serve and load the MovieLens model locally
+# KIND=1: on the kind cluster of `make kind-up` instead of the local control plane.
+demo: install tools  ## the main job: build, measure, place, serve and load the MovieLens model locally (KIND=1: on kind)
 	$(PYTHON) -m recserve_runtime.cli validate examples/
-	$(PYTHON) -m recserve_runtime.cli demo --root .cluster
+	$(PYTHON) -m recserve_runtime.cli demo $(if $(KIND),--kind,--root .cluster)
 
 tools:  ## build/locate etcd, kube-*, kubectl, kwok, prometheus, helm (cached in ~/.cache/recserve)
 	bash hack/tools.sh
@@ -93,6 +97,15 @@ cluster-up: install tools  ## start the local control plane in .cluster/ and pri
 
 cluster-down:  ## stop the local control plane started by cluster-up
 	$(PYTHON) -m recserve_runtime.cli cluster down --root .cluster
+
+kind-up: install  ## a kind cluster (podman) with the images, a Prometheus and the chart (hack/kind.sh)
+	bash hack/kind.sh up
+
+kind-down:  ## delete the kind cluster
+	bash hack/kind.sh down
+
+kind-node-image:  ## the offline kind node image (no registry needed; cached)
+	bash hack/kind-node-image.sh
 
 images:  ## build the operator, server and builder images (podman, else docker; hack/images.sh)
 	bash hack/images.sh

@@ -15,7 +15,7 @@ case $1 in
     # Empty packages stand in for the sources, so this layer depends on pyproject.toml
     # only: a source change rebuilds just the last, small layer.
     mkdir -p operator/recserve_operator runtime/recserve_runtime
-    touch operator/recserve_operator/__init__.py runtime/recserve_runtime/__init__.py
+    touch operator/recserve_operator/__init__.py runtime/recserve_runtime/__init__.py README.md
     case ",$2," in
       *,build,*) $pip install torch ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} ;;
     esac
@@ -24,7 +24,7 @@ case $1 in
       $pip uninstall -y onnxruntime && $pip install "$ONNXRUNTIME"
     fi
     $pip uninstall -y recserve
-    rm -rf operator runtime build ./*.egg-info ;;
+    rm -rf operator runtime build ./*.egg-info README.md ;;
   sources)
     $pip install --no-cache-dir --no-deps .
     rm -rf build ./*.egg-info

@@ -4,8 +4,9 @@
 #
 #   hack/images.sh                   all three
 #   hack/images.sh server operator   some of them
-#   hack/images.sh --engine          set up the container engine only (podman, apt), print it
-#   hack/images.sh --base            make the offline base image only, print its name
+#   hack/images.sh --engine          set up the container engine only (podman, apt), print its name
+#   hack/images.sh --base            print the base the images build FROM (made if needed)
+#   hack/images.sh --local-base      make the local Debian base only, print its name
 #
 # Environment:
 #   RECSERVE_IMAGE_BASE   the Dockerfile's BASE. Default: python:3.11-slim when a registry
@@ -85,8 +86,9 @@ main() {
   local eng
   eng=$(engine)
   case ${1:-} in
-    --engine) "$eng" --version; return ;;
+    --engine) echo "$eng"; return ;;
     --base) base "$eng"; return ;;
+    --local-base) local_base "$eng"; return ;;
   esac
   local targets=("$@") from args=()
   [ ${#targets[@]} -gt 0 ] || targets=(operator server builder)
@@ -104,7 +106,8 @@ main() {
   if [ "$eng" = podman ] && [ -s "$ca" ]; then
     args+=(-v "$ca:/run/host-ca.crt:ro" --build-arg PIP_CERT=/run/host-ca.crt)
   fi
-  local t start
+  local t start since
+  since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   for t in "${targets[@]}"; do
     case $t in operator | server | builder) ;; *) log "unknown image: $t"; return 2 ;; esac
     start=$SECONDS
@@ -112,6 +115,11 @@ main() {
     "$eng" build -q -f docker/Dockerfile --target "$t" "${args[@]}" -t "$REPO/recserve-$t:$TAG" . >/dev/null
     log "built $REPO/recserve-$t:$TAG in $((SECONDS - start)) s"
   done
+  # Stale stages of earlier builds (the builder's are gigabytes): this build's stay, as
+  # the next build's cache.
+  if [ "$eng" = podman ]; then
+    podman image prune -f --filter label=io.recserve.image=true --filter "until=$since" >/dev/null || true
+  fi
   for t in "${targets[@]}"; do
     local size top
     size=$("$eng" image inspect -f '{{.Size}}' "$REPO/recserve-$t:$TAG")

@@ -1,4 +1,5 @@
-"""`recserve demo`: the main job, end to end on the local control plane.
+"""`recserve demo`: the main job, end to end on the local control plane (or, with
+`--kind`, on the kind cluster of `make kind-up`).
 
 Starts (or reuses) the local cluster, installs the chart (the operator runs as a pod
 under its own ServiceAccount), applies the example HardwarePools, OptimizationPolicy and
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +120,43 @@ def _wait_ready(api: Any, timeout: float) -> dict[str, Any]:
     raise TimeoutError(f"{MODEL} not Ready within {timeout:.0f}s")
 
 
+def _install_kind(cluster: Any, quick: bool) -> None:
+    sets = ["--set", "extraEnv[0].name=RECSERVE_RECONCILE_INTERVAL_SECONDS"]
+    sets += ["--set-string", "extraEnv[0].value=3"]
+    if quick:
+        sets += ["--set", "extraEnv[1].name=RECSERVE_OPTIMIZE_ARGS"]
+        sets += ["--set-string", "extraEnv[1].value=--quick"]
+    cluster.install_chart(*sets)
+    _say("installed the chart on kind (hack/kind.sh chart): images from `make images`")
+
+
+def _router_nodeport(cluster: Any) -> tuple[str, int]:
+    """A NodePort Service in front of the model's routers: this machine reaches kind's
+    nodes on podman's network, so the load goes node -> kube-proxy -> router pod, as a
+    client outside the cluster would."""
+    name = f"{MODEL}-router-demo"
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "type": "NodePort",
+            "selector": {
+                "recserve.io/model": MODEL,
+                "app.kubernetes.io/component": "router",
+            },
+            "ports": [{"name": "http", "port": 8080, "targetPort": 8080}],
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(service))
+    port = int(
+        cluster.kubectl(
+            "get", "service", name, "-n", "default", "-o", "jsonpath={.spec.ports[0].nodePort}"
+        )
+    )
+    return cluster.node_address(), port
+
+
 def _router_ip(api: Any) -> str:
     from kubernetes import client
 
@@ -130,13 +169,13 @@ def _router_ip(api: Any) -> str:
     raise RuntimeError("no ready router pod")
 
 
-def _load(ip: str, manifest_dir: Path, rate: float, seconds: float) -> dict[str, Any]:
+def _load(ip: str, port: int, manifest_dir: Path, rate: float, seconds: float) -> dict[str, Any]:
     from recserve_dev.loadgen import Target, open_loop
     from recserve_dev.testmodel import rank_bodies
     from recserve_runtime.artifacts import load_manifest
 
     bodies = rank_bodies(load_manifest(manifest_dir), count=64, candidates=64)
-    target = Target(ip, 8080, "/v1/rank", bodies)
+    target = Target(ip, port, "/v1/rank", bodies)
     result = asyncio.run(open_loop(target, rate, seconds))
     return dict(result.summary())
 
@@ -152,10 +191,26 @@ def run(args: argparse.Namespace) -> int:
     from recserve_dev.localcluster.tools import repo_root
 
     repo = repo_root()
-    root = Path(args.root).resolve()
-    cluster = _cluster(root, build=True)
+    prometheus: Callable[[str], list[dict[str, Any]]] | None = None
+    if args.kind:
+        from recserve_dev.kindcluster import STORE_ON_HOST, KindCluster
+
+        cluster: Any = KindCluster.attach()
+        _say(f"using the kind cluster ({cluster.kubeconfig})")
+        store = STORE_ON_HOST
+        _install_kind(cluster, quick=not args.full)
+        prometheus = cluster.prometheus
+        done = f"done. KUBECONFIG={cluster.kubeconfig}; delete the cluster with `make kind-down`"
+    else:
+        root = Path(args.root).resolve()
+        cluster = _cluster(root, build=True)
+        store = root / "store"
+        _install(cluster, repo, store, quick=not args.full)
+        if cluster.state.prometheus_url:
+            url = cluster.state.prometheus_url
+            prometheus = lambda query: _prometheus(url, query)  # noqa: E731
+        done = f"done. KUBECONFIG={cluster.admin_kubeconfig}; stop with `make cluster-down`"
     api = api_client(cluster.admin_kubeconfig)
-    _install(cluster, repo, root / "store", quick=not args.full)
     cluster.kubectl("apply", "-f", str(repo / "examples"))
     _say(
         "applied examples/: 3 HardwarePools, OptimizationPolicy latency-first, "
@@ -175,24 +230,24 @@ def run(args: argparse.Namespace) -> int:
             f"  pool {placement['pool']}: {placement['replicas']} x {placement['variant']}, "
             f"batch {placement['batchSize']}"
         )
-    ip = _router_ip(api)
+    ip, port = _router_nodeport(cluster) if args.kind else (_router_ip(api), 8080)
     variant = status["placements"][0]["variant"]
     from kubernetes import client
 
     mv = client.CustomObjectsApi(api).get_namespaced_custom_object(
         GROUP, VERSION, "default", "modelvariants", variant
     )
-    local_dir = root / "store" / mv["spec"]["artifact"]["uri"].removeprefix("/artifacts/")
+    local_dir = store / mv["spec"]["artifact"]["uri"].removeprefix("/artifacts/")
     _say(
         f"sending {args.rate:.0f} req/s (64 candidates each) for {args.seconds:.0f}s "
-        f"to the router at {ip}:8080"
+        f"to the router at {ip}:{port}"
     )
-    summary = _load(ip, local_dir, args.rate, args.seconds)
+    summary = _load(ip, port, local_dir, args.rate, args.seconds)
     _say(
         f"load: {summary['throughput']} req/s ok, p50 {summary['p50_ms']} ms, "
         f"p99 {summary['p99_ms']} ms, p99.9 {summary['p999_ms']} ms, codes {summary['codes']}"
     )
-    if cluster.state.prometheus_url:
+    if prometheus is not None:
         time.sleep(6)
         p99 = (
             "histogram_quantile(0.99, sum by (le, pod) "
@@ -202,9 +257,9 @@ def run(args: argparse.Namespace) -> int:
             ("requests/s by pod (Prometheus)", "sum by (pod) (rate(recserve_requests_total[30s]))"),
             ("server p99 ms by pod (Prometheus)", p99),
         ):
-            for series in _prometheus(cluster.state.prometheus_url, query):
+            for series in prometheus(query):
                 _say(f"  {name}: {series['metric'].get('pod')} = {float(series['value'][1]):.1f}")
-    _say(f"done. KUBECONFIG={cluster.admin_kubeconfig}; stop with `make cluster-down`")
+    _say(done)
     return 0
 
 
@@ -217,6 +272,11 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--root", default=".cluster", help="local cluster state folder")
+    p.add_argument(
+        "--kind",
+        action="store_true",
+        help="run on the kind cluster of `make kind-up` (images from `make images`)",
+    )
     p.add_argument("--full", action="store_true", help="full variant search (slower)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds to wait for Ready")
     p.add_argument("--rate", type=float, default=200, help="requests per second of load")
@@ -226,5 +286,9 @@ def register(sub: Any) -> None:
 
 if __name__ == "__main__":
     sys.exit(
-        run(argparse.Namespace(root=".cluster", full=False, timeout=1200, rate=200, seconds=15))
+        run(
+            argparse.Namespace(
+                root=".cluster", kind=False, full=False, timeout=1200, rate=200, seconds=15
+            )
+        )
     )

@@ -9,6 +9,8 @@ check imports in a fresh interpreter, so nothing this test session imported coun
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import json
 import subprocess
 import sys
@@ -110,3 +112,96 @@ def test_images_install_only_the_product() -> None:
     # the build context itself leaves the dev kit out
     ignored = (REPO / ".dockerignore").read_text().splitlines()
     assert "*" in ignored and not [line for line in ignored if "devkit" in line]
+
+
+# Import every module of the given packages; print the top-level modules that importing
+# them loaded (those loaded at interpreter start, e.g. by .pth files, do not count).
+_THIRD_PARTY = """
+import importlib, json, pkgutil, sys
+before = set(sys.modules)
+for name in sys.argv[1:]:
+    package = importlib.import_module(name)
+    for info in pkgutil.walk_packages(getattr(package, "__path__", []), name + "."):
+        importlib.import_module(info.name)
+print(json.dumps(sorted({m.split(".")[0] for m in set(sys.modules) - before})))
+"""
+
+
+def _declared(extras: set[str]) -> set[str]:
+    """The distributions `recserve[extras]` installs: its requirements for those extras,
+    and theirs, transitively (as pip would resolve them)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: set[str] = set()
+    todo = [(r, extras) for r in distribution("recserve").requires or []]
+    while todo:
+        raw, active = todo.pop()
+        req = Requirement(raw)
+        if req.marker and not any(req.marker.evaluate({"extra": e}) for e in active | {""}):
+            continue
+        name = canonicalize_name(req.name)
+        if name == "recserve":  # recserve[runtime] inside another extra
+            todo += [(r, set(req.extras)) for r in distribution("recserve").requires or []]
+            continue
+        if name in found:
+            continue
+        found.add(name)
+        with contextlib.suppress(PackageNotFoundError):  # platform-specific, not here
+            todo += [(r, set(req.extras)) for r in distribution(name).requires or []]
+    return found
+
+
+def _imported_by_the_product() -> set[str]:
+    """Top-level names that the product's own sources import (anywhere in a module):
+    the third-party libraries' optional imports (brotli, protobuf...) are theirs."""
+    names: set[str] = set()
+    for source in [*(REPO / "operator").rglob("*.py"), *(REPO / "runtime").rglob("*.py")]:
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize(
+    ("extras", "packages"),
+    [
+        ({"operator"}, ["recserve_operator"]),  # the operator image
+        ({"runtime", "operator"}, ["recserve_runtime.server", "recserve_runtime.router"]),
+    ],
+    ids=["operator-image", "server-image"],
+)
+def test_each_image_declares_what_its_code_imports(extras: set[str], packages: list[str]) -> None:
+    """Every third-party module the image's code imports comes from a distribution its
+    extras declare: the dev environment has all extras installed, so a missing one would
+    otherwise show only in the image (it did: the operator's prometheus_client)."""
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    result = subprocess.run(
+        [sys.executable, "-c", _THIRD_PARTY, *packages],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.splitlines()[-1])
+    owners = packages_distributions()
+    declared = _declared(extras)
+    ours = _imported_by_the_product()
+    undeclared = {
+        module: owners[module]
+        for module in loaded
+        if module in owners
+        and module in ours
+        and not module.startswith("recserve")
+        and module not in sys.stdlib_module_names
+        and not {canonicalize_name(d) for d in owners[module]} & declared
+    }
+    assert undeclared == {}, f"imported, not in recserve[{','.join(sorted(extras))}]"
