@@ -141,7 +141,7 @@ def test_examples_become_a_served_model_on_kind(
         return dict(obj) if ready_condition.get("status") == "True" else None
 
     started = time.monotonic()
-    obj: dict[str, Any] = eventually(
+    found = eventually(
         ready,
         timeout=READY_S,
         interval=5,
@@ -150,6 +150,8 @@ def test_examples_become_a_served_model_on_kind(
             GROUP, VERSION, restricted_namespace, "recmodels", MODEL
         ).get("status"),
     )
+    assert found is not None
+    obj = found
     print(f"\n{MODEL} Ready {time.monotonic() - started:.0f} s after the operator restart")
     assert len(build_jobs()) == 1
 

@@ -171,7 +171,16 @@ def _imported_by_the_product() -> set[str]:
     ("extras", "packages"),
     [
         ({"operator"}, ["recserve_operator"]),  # the operator image
-        ({"runtime", "operator"}, ["recserve_runtime.server", "recserve_runtime.router"]),
+        (  # the server image: servers, routers and profile Jobs
+            {"runtime", "operator"},
+            [
+                "recserve_runtime.server",
+                "recserve_runtime.router",
+                "recserve_runtime.profile_cmd",
+                "recserve_runtime.profiler",
+                "recserve_runtime.serving_profile",
+            ],
+        ),
     ],
     ids=["operator-image", "server-image"],
 )
