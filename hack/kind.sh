@@ -62,23 +62,31 @@ fake_accelerators() {
   done
 }
 
+# load IMAGE NODE...: stream an image into nodes' containerd, as `kind load
+# image-archive` does, without the archive on disk (the builder's is 6.5 GB here).
+load() {
+  local image=$1 node; shift
+  for node in "$@"; do
+    podman save -q "$image" | podman exec -i "$node" \
+      ctr --namespace=k8s.io images import --all-platforms --digests --snapshotter=overlayfs - >/dev/null
+  done
+}
+
 load_images() {
-  local archive t nodes
-  archive=$(mktemp -d)
+  local t workers untainted
   for t in operator server builder; do
     podman image exists "$REPO/recserve-$t:$TAG" || { log "missing $REPO/recserve-$t:$TAG: run make images"; return 1; }
   done
-  # The builder (torch) goes only where build Jobs can run: nodes without a hardware
+  workers=$(k get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{.items[*].metadata.name}')
+  # The builder (torch) and the operator go only where they can run: nodes without a
   # taint. Profile Jobs and servers run the server image, on every worker.
-  nodes=$(k get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.taints[*].key}{"\n"}{end}' \
-    | awk 'NF == 1 {print $1}' | paste -sd, -)
-  for t in operator server builder; do
-    podman save -q -o "$archive/$t.tar" "$REPO/recserve-$t:$TAG"
-  done
-  "$KIND" load image-archive --name "$NAME" "$archive/server.tar" >&2
-  "$KIND" load image-archive --name "$NAME" --nodes "$nodes" "$archive/operator.tar" >&2
-  "$KIND" load image-archive --name "$NAME" --nodes "$nodes" "$archive/builder.tar" >&2
-  rm -rf "$archive"
+  untainted=$(k get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.taints[*].key}{"\n"}{end}' | awk 'NF == 1 {print $1}')
+  # shellcheck disable=SC2086  # word lists
+  load "$REPO/recserve-server:$TAG" $workers
+  # shellcheck disable=SC2086
+  load "$REPO/recserve-operator:$TAG" $untainted
+  # shellcheck disable=SC2086
+  load "$REPO/recserve-builder:$TAG" $untainted
 }
 
 prometheus() {
@@ -88,9 +96,9 @@ prometheus() {
   ln -s prometheus "$ctx/c/prometheus/entrypoint"
   podman build -q -f "$PWD/hack/kind/component.Dockerfile" --build-arg COMPONENT=prometheus \
     -t localhost/recserve/prometheus:kind "$ctx" >/dev/null
-  podman save -q -o "$ctx/prometheus.tar" localhost/recserve/prometheus:kind
-  "$KIND" load image-archive --name "$NAME" "$ctx/prometheus.tar" >&2
   rm -rf "$ctx"
+  # shellcheck disable=SC2046  # a word list
+  load localhost/recserve/prometheus:kind $(k get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{.items[*].metadata.name}')
   k apply -f hack/kind/prometheus.yaml >/dev/null
 }
 
