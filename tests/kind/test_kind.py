@@ -1,7 +1,8 @@
 """The kind path, as a user meets it (`make test-kind`, after `make kind-up`): the chart's
-CRDs refuse bad custom resources, and the examples, in a namespace that enforces the
-restricted Pod Security Standard, become a Ready RecModel whose router answers ranking
-requests from outside the cluster, with the operator pod killed mid-build on the way.
+CRDs refuse bad custom resources, the restricted Pod Security profile is enforced and
+the operator's pods pass it, and the examples become a Ready RecModel whose router
+answers ranking requests from outside the cluster, with the operator pod killed
+mid-build on the way.
 
 Everything here is real: kind nodes (podman containers running kubelet and containerd),
 the project's images, the chart, an in-cluster Prometheus. Nothing is skipped: without a
@@ -9,6 +10,7 @@ kind cluster these tests fail (`make test-kind` makes one first)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.request
@@ -21,7 +23,8 @@ from kubernetes.client.exceptions import ApiException
 
 from recserve_dev.kindcluster import KindCluster
 from recserve_dev.localcluster.access import api_client
-from recserve_operator.api import GROUP, VERSION, kind_for
+from recserve_operator import children
+from recserve_operator.api import GROUP, VERSION, HardwarePool, OptimizationPolicy, kind_for
 from tests.helpers import OPERATOR_PODS, eventually, restart_operator
 from tests.manifests import BAD_CASES, BadCase, example
 
@@ -45,23 +48,23 @@ def api(kind: KindCluster) -> client.ApiClient:
 
 
 @pytest.fixture(scope="module")
-def restricted_namespace(kind: KindCluster, api: client.ApiClient) -> Iterator[str]:
+def model_namespace(api: client.ApiClient) -> Iterator[str]:
+    """The namespace the examples run in. It does not enforce the restricted profile:
+    this cluster's artifact store is a hostPath (kind-config.yaml's extraMounts), which
+    that profile refuses (documented; tests/integration/test_pod_security.py). The next
+    test checks the profile's enforcement on this cluster with a PVC store instead."""
     core = client.CoreV1Api(api)
-    labels = {
-        "pod-security.kubernetes.io/enforce": "restricted",
-        "pod-security.kubernetes.io/enforce-version": "latest",
-    }
     try:
         core.delete_namespace(NAMESPACE)
         eventually(
             lambda: NAMESPACE not in [n.metadata.name for n in core.list_namespace().items],
-            timeout=120,
+            timeout=180,
             what=f"namespace {NAMESPACE} from an earlier run deleted",
         )
     except ApiException as exc:
         if exc.status != 404:
             raise
-    core.create_namespace({"metadata": {"name": NAMESPACE, "labels": labels}})
+    core.create_namespace({"metadata": {"name": NAMESPACE}})
     yield NAMESPACE
     custom = client.CustomObjectsApi(api)
     custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "recmodels", MODEL)
@@ -86,23 +89,40 @@ def test_the_crds_refuse_bad_custom_resources(api: client.ApiClient, case: BadCa
     assert case.path in json.loads(caught.value.body)["message"]
 
 
-def test_restricted_pod_security_is_enforced(
-    api: client.ApiClient, restricted_namespace: str
-) -> None:
-    """The namespace the model runs in refuses a pod that is not restricted-compliant, so
-    the model's pods becoming Ready there (next test) means they all comply."""
-    pod = {
-        "metadata": {"name": "root-pod"},
-        "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]},
-    }
-    with pytest.raises(ApiException) as exc:
-        client.CoreV1Api(api).create_namespaced_pod(restricted_namespace, pod)
-    assert exc.value.status == 403 and "restricted" in exc.value.body
+def test_restricted_pod_security_is_enforced_and_our_pods_pass_it(api: client.ApiClient) -> None:
+    """kind's API server enforces the restricted profile where a namespace asks: a root
+    pod is refused, the operator's server, router and build pod templates (PVC store)
+    are admitted."""
+    from tests.integration.test_pod_security import PVC_STORE, _admitted, _model, _pod
+
+    core = client.CoreV1Api(api)
+    name = f"{NAMESPACE}-restricted"
+    labels = {"pod-security.kubernetes.io/enforce": "restricted"}
+    with contextlib.suppress(ApiException):
+        core.create_namespace({"metadata": {"name": name, "labels": labels}})
+    try:
+        root = {
+            "metadata": {"name": "root-pod", "namespace": name},
+            "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]},
+        }
+        refusal = _admitted(api, root)
+        assert refusal is not None and "restricted" in refusal
+        model = _model(name)
+        pool = HardwarePool.model_validate(example("gpu-pool"))
+        policy = OptimizationPolicy.model_validate(example("latency-first"))
+        for obj in (
+            children.server_deployment(model, pool, "/artifacts/v", "int8", 1, 64, 25, PVC_STORE),
+            children.router_deployment(model, PVC_STORE),
+            children.build_job(model, "0123456789abcdef", policy, PVC_STORE),
+        ):
+            assert _admitted(api, _pod(obj["spec"]["template"], name)) is None
+    finally:
+        core.delete_namespace(name)
 
 
 @pytest.mark.timeout(READY_S + 600)
 def test_examples_become_a_served_model_on_kind(
-    kind: KindCluster, api: client.ApiClient, restricted_namespace: str
+    kind: KindCluster, api: client.ApiClient, model_namespace: str
 ) -> None:
     custom = client.CustomObjectsApi(api)
     core = client.CoreV1Api(api)
@@ -114,17 +134,17 @@ def test_examples_become_a_served_model_on_kind(
         except ApiException as exc:
             assert exc.status == 409, exc.body  # the demo's pools, or an earlier run's
     policy = example("latency-first")
-    policy["metadata"]["namespace"] = restricted_namespace
+    policy["metadata"]["namespace"] = model_namespace
     custom.create_namespaced_custom_object(
-        GROUP, VERSION, restricted_namespace, "optimizationpolicies", policy
+        GROUP, VERSION, model_namespace, "optimizationpolicies", policy
     )
     model = example(MODEL)
-    model["metadata"]["namespace"] = restricted_namespace
-    custom.create_namespaced_custom_object(GROUP, VERSION, restricted_namespace, "recmodels", model)
+    model["metadata"]["namespace"] = model_namespace
+    custom.create_namespaced_custom_object(GROUP, VERSION, model_namespace, "recmodels", model)
 
     def build_jobs() -> list[Any]:
         jobs = batch.list_namespaced_job(
-            restricted_namespace, label_selector="app.kubernetes.io/component=build"
+            model_namespace, label_selector="app.kubernetes.io/component=build"
         ).items
         return list(jobs)
 
@@ -134,7 +154,7 @@ def test_examples_become_a_served_model_on_kind(
 
     def ready() -> dict[str, Any] | None:
         obj = custom.get_namespaced_custom_object(
-            GROUP, VERSION, restricted_namespace, "recmodels", MODEL
+            GROUP, VERSION, model_namespace, "recmodels", MODEL
         )
         conditions = {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
         ready_condition = conditions.get("Ready", {})
@@ -147,7 +167,7 @@ def test_examples_become_a_served_model_on_kind(
         interval=5,
         what=f"{MODEL} Ready on kind",
         state=lambda: custom.get_namespaced_custom_object(
-            GROUP, VERSION, restricted_namespace, "recmodels", MODEL
+            GROUP, VERSION, model_namespace, "recmodels", MODEL
         ).get("status"),
     )
     assert found is not None
@@ -158,7 +178,7 @@ def test_examples_become_a_served_model_on_kind(
     # Each pool's servers run on that pool's hardware.
     nodes = {n.metadata.name: n.metadata.labels for n in core.list_node().items}
     servers = core.list_namespaced_pod(
-        restricted_namespace, label_selector="app.kubernetes.io/component=server"
+        model_namespace, label_selector="app.kubernetes.io/component=server"
     ).items
     assert servers
     for pod in servers:
@@ -177,7 +197,7 @@ def test_examples_become_a_served_model_on_kind(
     variant = custom.get_namespaced_custom_object(
         GROUP,
         VERSION,
-        restricted_namespace,
+        model_namespace,
         "modelvariants",
         obj["status"]["placements"][0]["variant"],
     )
@@ -193,7 +213,7 @@ def test_examples_become_a_served_model_on_kind(
             "ports": [{"port": 8080, "targetPort": 8080}],
         },
     }
-    created = core.create_namespaced_service(restricted_namespace, service)
+    created = core.create_namespaced_service(model_namespace, service)
     url = f"http://{kind.node_address()}:{created.spec.ports[0].node_port}/v1/rank"
 
     def scores() -> list[float]:
