@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recserve_dev.localcluster.tools import Tools, find_tools, repo_root
+from recserve_dev.localcluster.tools import Tools, find_tools, repo_root, run_kubectl
 
 NAME = "recserve"
 # kind-config.yaml mounts this host folder into every node at STORE_IN_NODES.
@@ -53,16 +53,10 @@ class KindCluster:
 
     def kubectl(self, *args: str, input_text: str | None = None) -> str:
         """Run kubectl against the cluster; raises KindError on failure."""
-        result = subprocess.run(
-            [str(self.tools.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True,
-            text=True,
-            input=input_text,
-            timeout=120,
-        )
-        if result.returncode != 0:
-            raise KindError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
-        return result.stdout
+        try:
+            return run_kubectl(self.tools, self.kubeconfig, args, input_text)
+        except RuntimeError as exc:
+            raise KindError(str(exc)) from None
 
     def node_address(self, node: str | None = None) -> str:
         """The InternalIP of a node (the control plane's by default): reachable from this

@@ -34,16 +34,22 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith("recserve"))))
 """
 
 
-def _loaded_by(*packages: str) -> list[str]:
+def _in_fresh_interpreter(script: str, *packages: str) -> list[str]:
+    """Run ``script`` over ``packages`` in a new interpreter; its last line, parsed."""
     result = subprocess.run(
-        [sys.executable, "-c", _WALK, *packages],
+        [sys.executable, "-c", script, *packages],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    loaded: list[str] = json.loads(result.stdout.splitlines()[-1])
+    names: list[str] = json.loads(result.stdout.splitlines()[-1])
+    return names
+
+
+def _loaded_by(*packages: str) -> list[str]:
+    loaded = _in_fresh_interpreter(_WALK, *packages)
     assert set(packages) <= set(loaded)
     return loaded
 
@@ -192,15 +198,7 @@ def test_each_image_declares_what_its_code_imports(extras: set[str], packages: l
 
     from packaging.utils import canonicalize_name
 
-    result = subprocess.run(
-        [sys.executable, "-c", _THIRD_PARTY, *packages],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    loaded = json.loads(result.stdout.splitlines()[-1])
+    loaded = _in_fresh_interpreter(_THIRD_PARTY, *packages)
     owners = packages_distributions()
     declared = _declared(extras)
     ours = _imported_by_the_product()

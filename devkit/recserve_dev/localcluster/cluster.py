@@ -28,7 +28,7 @@ import yaml
 
 from recserve_dev.localcluster import keda as keda_support
 from recserve_dev.localcluster.nodes import agent_nodes, simulated_nodes
-from recserve_dev.localcluster.tools import Tools, find_tools
+from recserve_dev.localcluster.tools import Tools, find_tools, run_kubectl
 
 MARKER_NAMESPACE = "kube-system"
 MARKER_NAME = "recserve-local-cluster"
@@ -491,16 +491,10 @@ class LocalCluster:
     # -- helpers -------------------------------------------------------------------
     def kubectl(self, *args: str, input_text: str | None = None) -> str:
         """Run kubectl as admin against this cluster; raises ClusterError on failure."""
-        result = subprocess.run(
-            [str(self.tools.kubectl), f"--kubeconfig={self.admin_kubeconfig}", *args],
-            capture_output=True,
-            text=True,
-            input=input_text,
-            timeout=120,
-        )
-        if result.returncode != 0:
-            raise ClusterError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
-        return result.stdout
+        try:
+            return run_kubectl(self.tools, self.admin_kubeconfig, args, input_text)
+        except RuntimeError as exc:
+            raise ClusterError(str(exc)) from None
 
     def _kubectl_ok(self, *args: str) -> bool:
         try:

@@ -56,3 +56,20 @@ def find_tools(build: bool = False) -> Tools:
         )
     found = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     return Tools(**{attr: Path(found[key]) for attr, key in TOOL_KEYS.items()})
+
+
+def run_kubectl(
+    tools: Tools, kubeconfig: Path, args: tuple[str, ...], input_text: str | None = None
+) -> str:
+    """kubectl with exactly this kubeconfig; its stdout. RuntimeError with its stderr on
+    failure (callers re-raise as their own cluster error)."""
+    result = subprocess.run(
+        [str(tools.kubectl), f"--kubeconfig={kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        input=input_text,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
