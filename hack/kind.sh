@@ -68,7 +68,7 @@ load() {
   local image=$1 node; shift
   for node in "$@"; do
     podman save -q "$image" | podman exec -i "$node" \
-      ctr --namespace=k8s.io images import --all-platforms --digests --snapshotter=overlayfs - >/dev/null
+      ctr --namespace=k8s.io images import --all-platforms --snapshotter=overlayfs - >/dev/null
   done
 }
 
