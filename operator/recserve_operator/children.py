@@ -110,6 +110,9 @@ def _pod_ip_env() -> list[dict[str, Any]]:
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "HOME", "value": CACHE_MOUNT},
         {"name": "RECSERVE_CACHE", "value": CACHE_MOUNT},
+        # The root filesystem is read-only: temporary files (torch's, pip's) go to the
+        # pod's cache emptyDir too.
+        {"name": "TMPDIR", "value": CACHE_MOUNT},
     ]
 
 

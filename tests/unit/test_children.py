@@ -266,6 +266,11 @@ def test_only_the_build_job_runs_the_builder_image() -> None:
         e["name"]: e.get("value") for e in build["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["RECSERVE_DATA_DIR"] == "/artifacts/data"
+    # read-only root filesystem: temporary files go to the cache emptyDir
+    for job in (build, profile):
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        tmp = {e["name"]: e.get("value") for e in container["env"]}["TMPDIR"]
+        assert any(m["mountPath"] == tmp for m in container["volumeMounts"])
     assert profile["spec"]["template"]["spec"]["containers"][0]["image"] == "s:1"
 
 
