@@ -169,13 +169,16 @@ def _router_ip(api: Any) -> str:
     raise RuntimeError("no ready router pod")
 
 
-def _load(ip: str, port: int, manifest_dir: Path, rate: float, seconds: float) -> dict[str, Any]:
+def _load(
+    ip: str, port: int, manifest_dir: Path, rate: float, seconds: float, kind: bool = False
+) -> dict[str, Any]:
     from recserve_dev.loadgen import Target, open_loop
     from recserve_dev.testmodel import rank_bodies
     from recserve_runtime.artifacts import load_manifest
 
     bodies = rank_bodies(load_manifest(manifest_dir), count=64, candidates=64)
-    target = Target(ip, port, "/v1/rank", bodies)
+    # kind: a node's address on podman's network (private, on this machine)
+    target = Target(ip, port, "/v1/rank", bodies, private_ok=kind)
     result = asyncio.run(open_loop(target, rate, seconds))
     return dict(result.summary())
 
@@ -242,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
         f"sending {args.rate:.0f} req/s (64 candidates each) for {args.seconds:.0f}s "
         f"to the router at {ip}:{port}"
     )
-    summary = _load(ip, port, local_dir, args.rate, args.seconds)
+    summary = _load(ip, port, local_dir, args.rate, args.seconds, kind=args.kind)
     _say(
         f"load: {summary['throughput']} req/s ok, p50 {summary['p50_ms']} ms, "
         f"p99 {summary['p99_ms']} ms, p99.9 {summary['p999_ms']} ms, codes {summary['codes']}"

@@ -43,9 +43,16 @@ class Target:
     method: str = "POST"
     headers: dict[str, str] = field(default_factory=dict)
     resolve: Callable[[], Sequence[str]] | None = None
+    # Also private addresses (RFC 1918): a kind cluster's nodes on this machine's
+    # container network. Off by default: load goes to this machine only.
+    private_ok: bool = False
+
+    def _allowed(self, host: str) -> bool:
+        address = ipaddress.ip_address(host)
+        return address.is_loopback or (self.private_ok and address.is_private)
 
     def __post_init__(self) -> None:
-        if not ipaddress.ip_address(self.host).is_loopback:
+        if not self._allowed(self.host):
             raise ValueError(f"load tests only target 127.0.0.0/8, not {self.host}")
         self._checked: Sequence[str] = ()  # the last resolve() answer found loopback-only
         extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
@@ -70,7 +77,7 @@ class Target:
         hosts = self.resolve()
         if hosts != self._checked:  # asked per request: check an answer once, when it changes
             for host in hosts:
-                if not ipaddress.ip_address(host).is_loopback:
+                if not self._allowed(host):
                     raise ValueError(f"load tests only target 127.0.0.0/8, not {host}")
             self._checked = hosts
         return hosts or (self.host,)
