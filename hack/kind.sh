@@ -5,6 +5,7 @@
 #   hack/kind.sh up      cluster, fake accelerators, project images, Prometheus, the chart
 #   hack/kind.sh down    delete the cluster
 #   hack/kind.sh load    (re)load the project's images into the nodes
+#   hack/kind.sh chart [--set ...]   (re)install the chart with kind's values (and yours)
 #
 # Node image: $RECSERVE_KIND_NODE_IMAGE, else the official kindest/node when a registry
 # answers, else one built here offline (hack/kind-node-image.sh, cached). Each step
