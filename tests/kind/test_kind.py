@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from recserve_dev.kindcluster import KindCluster
+from recserve_dev.kindcluster import STORE_ON_HOST, KindCluster
 from recserve_dev.localcluster.access import api_client
 from recserve_operator import children
 from recserve_operator.api import GROUP, VERSION, HardwarePool, OptimizationPolicy, kind_for
@@ -64,6 +65,9 @@ def model_namespace(api: client.ApiClient) -> Iterator[str]:
     except ApiException as exc:
         if exc.status != 404:
             raise
+    # The store is a host folder that outlives clusters, and builds are content-addressed:
+    # an earlier run's variants would be reused, with no build Job to kill mid-build.
+    shutil.rmtree(STORE_ON_HOST / NAMESPACE, ignore_errors=True)
     core.create_namespace({"metadata": {"name": NAMESPACE}})
     yield NAMESPACE
     custom = client.CustomObjectsApi(api)
@@ -190,7 +194,6 @@ def test_examples_become_a_served_model_on_kind(
     assert placed == {pod.metadata.labels["recserve.io/pool"] for pod in servers}
 
     # The router answers a ranking request from this machine (NodePort on a node).
-    from recserve_dev.kindcluster import STORE_ON_HOST
     from recserve_dev.testmodel import rank_bodies
     from recserve_runtime.artifacts import load_manifest
 
