@@ -46,7 +46,8 @@ mkdir -p "$ctx/bin"
 cp "$RECSERVE_KUBELET" "$RECSERVE_KUBEADM" "$RECSERVE_KUBECTL" "$ctx/bin/"
 cp hack/kind/pod-network.sh hack/kind/*.service hack/kind/default-cni.yaml "$ctx/"
 
-# component NAME BINARY [BASE]: a folder with the binary and an `entrypoint` link to it
+# component_dir NAME BINARY: the context folder c/NAME, with the binary and an
+# `entrypoint` link to it (component.Dockerfile)
 component_dir() {
   mkdir -p "$ctx/c/$1"
   cp "$2" "$ctx/c/$1/$1"

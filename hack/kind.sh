@@ -84,12 +84,14 @@ stage_data() {
   fi
 }
 
+workers() { k get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{.items[*].metadata.name}'; }
+
 load_images() {
   local t workers untainted
   for t in operator server builder; do
     podman image exists "$REPO/recserve-$t:$TAG" || { log "missing $REPO/recserve-$t:$TAG: run make images"; return 1; }
   done
-  workers=$(k get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{.items[*].metadata.name}')
+  workers=$(workers)
   # The builder (torch) and the operator go only where they can run: nodes without a
   # taint. Profile Jobs and servers run the server image, on every worker.
   untainted=$(k get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.taints[*].key}{"\n"}{end}' | awk 'NF == 1 {print $1}')
@@ -110,7 +112,7 @@ prometheus() {
     -t localhost/recserve/prometheus:kind "$ctx" >/dev/null
   rm -rf "$ctx"
   # shellcheck disable=SC2046  # a word list
-  load localhost/recserve/prometheus:kind $(k get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{.items[*].metadata.name}')
+  load localhost/recserve/prometheus:kind $(workers)
   k apply -f hack/kind/prometheus.yaml >/dev/null
 }
 
