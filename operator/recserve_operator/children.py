@@ -26,6 +26,10 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "recserve-operator"}
 MODEL_LABEL = "recserve.io/model"
 POOL_LABEL = "recserve.io/pool"
 VARIANT_LABEL = "recserve.io/variant"
+# A canary's server pods carry TRACK_LABEL=CANARY (the router sends them its share)
+TRACK_LABEL = "recserve.io/track"
+CANARY = "canary"
+WEIGHTS_KEY = "weights.json"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 # A child that every RecModel of its namespace shares (no model label, no owner).
 SHARED_LABEL = "recserve.io/shared"
@@ -340,8 +344,11 @@ def server_deployment(
     progress_deadline_s: int | None = None,
     reference_dir: str | None = None,
     fidelity_sample_bp: int = 0,
+    canary: bool = False,
 ) -> dict[str, Any]:
-    """One Deployment of `recserve serve` per (model, pool).
+    """One Deployment of `recserve serve` per (model, pool), and a second one while a
+    new variant is rolled out there by canary (``canary``: its pods are labelled
+    ``recserve.io/track=canary``, and the router sends them the rollout's share).
 
     ``replicas`` None leaves them to the autoscaler (the scale subresource): an applied
     count would undo its every decision. The batching limits come from the pool's
@@ -357,6 +364,9 @@ def server_deployment(
     name = dns_name(model.name, pool_name)
     labels = {COMPONENT_LABEL: "server", POOL_LABEL: pool_name}
     selector = {MODEL_LABEL: model.name, POOL_LABEL: pool_name}
+    if canary:
+        name = canary_deployment_name(model.name, pool_name)
+        labels[TRACK_LABEL] = selector[TRACK_LABEL] = CANARY
     args = [
         "serve",
         f"--variant={variant_dir}",
@@ -416,6 +426,28 @@ def server_deployment(
     return body
 
 
+def canary_deployment_name(model_name: str, pool_name: str) -> str:
+    """The Deployment of a pool's canary (the new variant's servers during a rollout)."""
+    return dns_name(model_name, pool_name, CANARY)
+
+
+def router_weights_name(model_name: str) -> str:
+    """The ConfigMap telling a model's routers the canary's share of requests."""
+    return dns_name(model_name, "router-weights")
+
+
+def router_weights(model: RecModel, canary_percent: int) -> dict[str, Any]:
+    """The routers' weights ConfigMap (``recserve route --weights-config-map``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": owned_metadata(
+            router_weights_name(model.name), model, {COMPONENT_LABEL: "router-weights"}
+        ),
+        "data": {WEIGHTS_KEY: json.dumps({"canaryPercent": canary_percent})},
+    }
+
+
 def router_deployment(model: RecModel, config: OperatorConfig) -> dict[str, Any]:
     """The RecModel's entry point: `recserve route` over its server pods, in
     ``config.router_replicas`` pods spread over nodes where it can (preferred, so that
@@ -434,6 +466,7 @@ def router_deployment(model: RecModel, config: OperatorConfig) -> dict[str, Any]
             "--source=pods",
             "--port-name=http",
             f"--namespace={model.namespace}",
+            f"--weights-config-map={router_weights_name(model_name)}",
             "--host=$(POD_IP)",
             f"--port={ROUTER_PORT}",
             f"--metrics-port={ROUTER_METRICS_PORT}",
@@ -566,6 +599,7 @@ def router_rbac(namespace: str) -> list[dict[str, Any]]:
     namespace's pods and EndpointSlices, with its Role and RoleBinding: in the order they
     must be written (a RoleBinding is refused before its Role exists).
 
+    Also the namespace's ConfigMaps: a model's weights ConfigMap (the canary's share).
     One per namespace, not one per model: a Role cannot narrow ``list``/``watch`` to one
     model's objects (``resourceNames`` does not apply to them), so a Role per model
     granted exactly what this one grants, for three more writes per model, one after
@@ -591,6 +625,12 @@ def router_rbac(namespace: str) -> list[dict[str, Any]]:
                     "verbs": ["get", "list", "watch"],
                 },
                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+                # the canary's share (router_weights)
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "verbs": ["get", "list", "watch"],
+                },
             ],
         },
         {

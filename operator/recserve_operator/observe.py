@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from recserve_operator.canary import CanaryMetrics
+
 log = logging.getLogger("recserve.observe")
 
 MODEL = "recserve_io_model"
@@ -362,3 +364,76 @@ class MetricsCache:
             log.warning("%s", reason)
             return Snapshot(now, {}, reason)
         return snapshot_from_results(results, self.windows, now)
+
+    def canary(
+        self, namespace: str, model: str, window_s: float
+    ) -> dict[str, CanaryMetrics] | None:
+        """The canary figures of one model's pools over the last ``window_s`` (None when
+        Prometheus does not answer). Asked only while a rollout is analysed, so not
+        part of the per-refresh queries every model pays for."""
+        if self._query is None:
+            return None
+        try:
+            results = {
+                name: self._query(text)
+                for name, text in canary_queries(namespace, model, window_s).items()
+            }
+        except Exception as exc:  # unknown, never "no errors": the rollout holds
+            self.errors += 1
+            log.warning("canary query failed: %s: %s", type(exc).__name__, exc)
+            return None
+        return canary_from_results(results)
+
+
+TRACK = "recserve_io_track"  # the pod label recserve.io/track, as a series label
+
+
+def canary_queries(namespace: str, model: str, window_s: float) -> dict[str, str]:
+    """The canary analysis's queries: the canary pods' requests, server errors, p99 and
+    fidelity pairs over the window, per pool (the router's own counters cannot tell
+    pools apart; the servers' can)."""
+    w = _range(window_s)
+    pods = f'namespace="{namespace}", {MODEL}="{model}", {TRACK}="canary"'
+
+    def increase(metric: str, labels: str = "") -> str:
+        return f"sum by ({POOL}) (increase({metric}{{{pods}{labels}}}[{w}]))"
+
+    return {
+        "requests": increase("recserve_requests_total", ', endpoint=~"infer|rank"'),
+        "errors": increase(
+            "recserve_requests_total", ', endpoint=~"infer|rank", code=~"5..", code!="503"'
+        ),
+        "p99": (
+            f"histogram_quantile(0.99, sum by ({POOL}, le) "
+            f'(increase(recserve_request_duration_seconds_bucket{{{pods}, endpoint=~"infer|rank"}}'
+            f"[{w}])))"
+        ),
+        "pairs": increase("recserve_fidelity_pairs_total"),
+        "agreeing": increase("recserve_fidelity_agreeing_pairs_total"),
+    }
+
+
+def canary_from_results(results: dict[str, list[dict[str, Any]]]) -> dict[str, CanaryMetrics]:
+    """Per pool, the canary's figures; a pool without a request series is absent (its
+    analysis holds). No error series with requests present is 0 errors: a counter's
+    series for a code appears with its first such answer."""
+    values: dict[str, dict[str, float]] = {}
+    for name, samples in results.items():
+        for sample in samples:
+            pool = str((sample.get("metric") or {}).get(POOL) or "")
+            value = _number(sample)
+            if pool and value is not None:
+                values.setdefault(pool, {})[name] = value
+    out: dict[str, CanaryMetrics] = {}
+    for pool, v in values.items():
+        if "requests" not in v:
+            continue
+        pairs = v.get("pairs", 0.0)
+        out[pool] = CanaryMetrics(
+            requests=v["requests"],
+            errors=v.get("errors", 0.0),
+            p99_s=v.get("p99"),
+            fidelity=v["agreeing"] / pairs if pairs > 0 and "agreeing" in v else None,
+            fidelity_pairs=pairs,
+        )
+    return out

@@ -19,7 +19,7 @@ from typing import Any
 
 from recserve_operator import operator_metrics as om
 from recserve_operator.api.optimizationpolicy import OptimizationPolicy
-from recserve_operator.api.recmodel import RecModel
+from recserve_operator.api.recmodel import RecModel, RecModelStatus
 from recserve_operator.api.validation import ManifestError, parse_object
 from recserve_operator.autoscaler import UTILIZATION, Memory
 from recserve_operator.kube import Kube
@@ -27,8 +27,14 @@ from recserve_operator.observe import MetricsCache
 from recserve_operator.reconcilers.scaling import (
     DriftState,
     PlannedPool,
+    RolloutTick,
+    TickOutcome,
+    analysis_due,
+    apply_rollouts,
     apply_tick,
+    decide_rollouts,
     decide_tick,
+    observe_canaries,
     observe_pools,
 )
 
@@ -171,16 +177,40 @@ class ScalingLoop:
         for kind, reason in outcome.decisions:
             om.DECISIONS.labels(kind, reason).inc()
         apply_tick(kube, model, outcome)
+        rollouts = self._rollouts(kube, model, policy, outcome)
         self.ticks += 1
-        if outcome.events:
-            log.info("%s: %s", key, "; ".join(message for _, _, message in outcome.events))
-            post_events(raw, outcome.events)
+        events = outcome.events + (rollouts.events if rollouts else [])
+        if events:
+            log.info("%s: %s", key, "; ".join(message for _, _, message in events))
+            post_events(raw, events)
         if outcome.demand_rps is not None:
             keep = float(policy.spec.autoscaling.scale_down_cooldown_seconds)
             self._record_demand(key, outcome.demand_rps, max(keep, interval))
         planned_rps = sum(p.capacity_rps * UTILIZATION * p.ceiling for p in planned)
         over = outcome.over_ceiling and (outcome.demand_rps or 0.0) > planned_rps
         written = None
-        if outcome.optimizations:
-            written = {**raw, "status": {**(raw.get("status") or {}), **outcome.status}}
+        if outcome.optimizations or (rollouts and rollouts.status):
+            status = {**outcome.status, **(rollouts.status if rollouts else {})}
+            written = {**raw, "status": {**(raw.get("status") or {}), **status}}
         return over, written
+
+    def _rollouts(
+        self, kube: Kube, model: RecModel, policy: OptimizationPolicy, outcome: TickOutcome
+    ) -> RolloutTick | None:
+        """Advance the model's canary rollouts (after the tick's own status patch, which
+        they build on: a drift found in the same tick keeps its driftedVariants)."""
+        if model.status is None or not model.status.rollouts:
+            return None
+        if outcome.status:
+            merged = {**model.status.to_wire(), **outcome.status}
+            model = model.model_copy(update={"status": RecModelStatus.model_validate(merged)})
+        now = time.time()
+        metrics = (
+            self.metrics.canary(str(model.namespace), model.name, policy.spec.rollout.step_seconds)
+            if analysis_due(model, policy, now)
+            else None
+        )
+        tick = decide_rollouts(model, policy, observe_canaries(kube, model), metrics, now)
+        if tick is not None:
+            apply_rollouts(kube, model, tick)
+        return tick

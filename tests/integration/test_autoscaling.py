@@ -201,6 +201,15 @@ def _reference_and_faster_int8(
     """The FP32 test variant and a dynamic-INT8 copy (of ``int8_of``'s weights, default
     its own) in one folder, and their emulated profile with the INT8 twice as fast: the
     planner serves the INT8 first."""
+    reference, int8, real = _reference_and_int8(autoscaling, tmp_path, int8_of)
+    return reference, int8, _int8_at(real, int8, 2.0)
+
+
+def _reference_and_int8(
+    autoscaling: dict[str, Any], tmp_path: Path, int8_of: Path | None = None
+) -> tuple[Path, Path, ProfileReport]:
+    """The FP32 test variant and a dynamic-INT8 copy (of ``int8_of``'s weights, default
+    its own) in one folder, and their measured profile."""
     from recserve_dev.testmodel import quantize_variant
 
     variants = tmp_path / "variants"
@@ -212,13 +221,16 @@ def _reference_and_faster_int8(
          f"--json={out}", "--seconds=0.1", "--no-serving"],
         check=True, capture_output=True,
     )  # fmt: skip
-    real = ProfileReport.read(out)
+    return reference, int8, ProfileReport.read(out)
+
+
+def _int8_at(real: ProfileReport, int8: Path, speedup: float) -> ProfileReport:
+    """The emulated profile, with the INT8 ``speedup`` times as fast as the reference."""
     slow = emulated_profile(real, US_PER_BATCH, US_PER_ROW)
-    fast = emulated_profile(real, US_PER_BATCH / 2, US_PER_ROW / 2)
-    profile = slow.model_copy(
+    fast = emulated_profile(real, US_PER_BATCH / speedup, US_PER_ROW / speedup)
+    return slow.model_copy(
         update={"variants": {**slow.variants, int8.name: fast.variants[int8.name]}}
     )
-    return reference, int8, profile
 
 
 def _model_status(custom: client.CustomObjectsApi, namespace: str) -> dict[str, Any]:
@@ -1064,4 +1076,200 @@ def test_a_variant_damaged_in_the_store_after_it_was_served_is_planned_around(
         f"damaged artifact reported {reported_s:.1f} s after its servers restarted, Ready on "
         f"the FP32 variant after {replanned_s:.1f} s; the restored INT8 served again "
         f"{back_s:.1f} s after the restore"
+    )
+
+
+# -- canary rollouts ------------------------------------------------------------------------
+
+
+def _canary_policy(namespace: str) -> dict[str, Any]:
+    """Short steps; the drift detectors kept out of the way (the rollout's own analysis
+    is under test)."""
+    policy = _policy(namespace)
+    policy["spec"]["rollout"] = {
+        "stepWeightsPercent": [10, 50, 100],
+        "stepSeconds": 10,
+        "failureLimit": 2,
+        "minRequests": 5,
+        "fidelitySampleBasisPoints": 10000,
+    }
+    policy["spec"]["drift"] = {
+        "checkIntervalSeconds": 5,
+        "sustainedSeconds": 3600,
+        "cooldownSeconds": 3600,
+        "latencyDriftBasisPoints": 50000,
+    }
+    return policy
+
+
+def _track_counts(router: str) -> dict[str, float]:
+    """The router's answers so far by the track of the backend that gave them."""
+    with urllib.request.urlopen(f"http://{router}:8082/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    counts = {"stable": 0.0, "canary": 0.0}
+    for line in text.splitlines():
+        if line.startswith("recserve_router_track_requests_total{"):
+            track = line.split('track="', 1)[1].split('"', 1)[0]
+            counts[track] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+class _Rollout:
+    """A model serving the FP32 reference (the INT8 4x slower in its profile), under load
+    through its router; :meth:`move` makes the INT8 twice as fast, which moves the pool."""
+
+    def __init__(
+        self,
+        autoscaling: dict[str, Any],
+        k8s: client.ApiClient,
+        namespace: str,
+        tmp_path: Path,
+        int8_of: Path | None,
+    ) -> None:
+        self.custom, self.core = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s)
+        self.apps = client.AppsV1Api(k8s)
+        self.namespace = namespace
+        reference, int8, real = _reference_and_int8(autoscaling, tmp_path, int8_of)
+        self.real, self.int8_folder = real, int8
+        policy = self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "optimizationpolicies", _canary_policy(namespace)
+        )
+        self.layout = _create_built(
+            self.custom, autoscaling, namespace, _model(namespace), policy, [POOL],
+            _int8_at(real, int8, 0.25), [reference, int8],
+        )  # fmt: skip
+        self.fp32 = f"{MODEL}-synthetic-dlrm-fp32"
+        self.int8 = f"{MODEL}-synthetic-dlrm-int8"
+        eventually(lambda: self.serving() == {self.fp32}, 120, 1, "the FP32 served", self.state)
+        eventually(lambda: self.stable_variant() is not None, 60, 1, "the pool's Deployment")
+        self.router = _pod_ip(
+            self.core, namespace, f"recserve.io/model={MODEL},app.kubernetes.io/component=router"
+        )
+        bodies = rank_bodies(load_manifest(autoscaling["folder"]), count=32, candidates=CANDIDATES)
+        self.load = Load(Target(self.router, 8080, "/v1/rank", bodies), 20, 600)
+
+    def status(self) -> dict[str, Any]:
+        return _model_status(self.custom, self.namespace)
+
+    def serving(self) -> set[str]:
+        return _served(self.status(), "variant")
+
+    def state(self) -> Any:
+        st = self.status()
+        keys = ("placements", "rollouts", "driftedVariants", "lastOptimization", "conditions")
+        return {k: st.get(k) for k in keys}
+
+    def deployment(self, name: str) -> Any:
+        found = self.apps.list_namespaced_deployment(
+            self.namespace, field_selector=f"metadata.name={name}"
+        ).items
+        return found[0] if found else None
+
+    def stable_variant(self) -> str | None:
+        dep = self.deployment(f"{MODEL}-{POOL}")
+        return None if dep is None else dep.spec.template.metadata.labels["recserve.io/variant"]
+
+    def phase(self) -> str | None:
+        rollouts = self.status().get("rollouts") or []
+        return rollouts[0]["phase"] if rollouts else None
+
+    def move(self) -> None:
+        """The INT8 twice as fast as the reference: the next pass plans it."""
+        _int8_at(self.real, self.int8_folder, 2.0).write(self.layout.profile(POOL))
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "recmodels", MODEL,
+            {"spec": {"traffic": {"expectedRequestsPerSecond": 21}}},
+        )  # fmt: skip
+
+    def events(self) -> list[str]:
+        found = self.core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={MODEL}"
+        ).items
+        return [e.reason for e in sorted(found, key=lambda e: e.first_timestamp or e.event_time)]
+
+
+def test_a_bad_variant_s_canary_is_rolled_back_after_a_small_share_of_requests(
+    autoscaling: dict[str, Any],
+    k8s: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    measured: Callable[[str], None],
+) -> None:
+    """The plan moves the pool to an INT8 variant that loads and answers but ranks
+    unlike the reference (another model's weights). It runs beside the FP32 as a canary
+    at 10% of requests; two analyses find its fidelity far below 90% and it is rolled
+    back: the FP32 keeps serving throughout, the INT8 leaves the plan and is not tried
+    again."""
+    from recserve_dev.testmodel import TestModelSpec
+
+    other = write_variant(tmp_path / "other", TestModelSpec(seed=7))
+    r = _Rollout(autoscaling, k8s, namespace, tmp_path, other)
+    old = r.stable_variant()
+    r.move()
+    moved = time.monotonic()
+    eventually(lambda: r.phase() == "Progressing", 120, 0.5, "the canary taking requests", r.state)
+    progressing = time.monotonic()
+    before = _track_counts(r.router)
+    eventually(lambda: r.int8 in (r.status().get("driftedVariants") or []), 180, 0.5,
+               "rolled back", r.state)  # fmt: skip
+    rolled_back = time.monotonic()
+    after = _track_counts(r.router)
+    entry = next(e for e in r.status()["lastOptimization"] if e["cause"] == "CanaryFailed")
+    assert entry["variant"] == r.int8 and "fidelity" in entry["evidence"], entry
+    eventually(lambda: r.deployment(f"{MODEL}-{POOL}-canary") is None, 60, 1, "canary gone")
+    eventually(lambda: not r.status().get("rollouts"), 60, 1, "rollout over", r.state)
+    assert r.stable_variant() == old  # the pool's Deployment never moved
+    assert r.serving() == {r.fp32}
+    canary = after["canary"] - before["canary"]
+    total = canary + after["stable"] - before["stable"]
+    share = 100 * canary / total
+    time.sleep(5)
+    settled = _track_counts(r.router)
+    result = r.load.stop()
+    failed = sum(n for code, n in result.codes.items() if code not in ("200", "429"))
+    assert failed == 0, result.codes
+    assert settled["canary"] == after["canary"]  # none after the rollback
+    reasons = r.events()
+    assert reasons.count("CanaryRolledBack") == 1 and "CanaryPromoted" not in reasons, reasons
+    assert share <= 20, (share, before, after)
+    measured(
+        f"bad canary: Progressing {progressing - moved:.1f} s after the plan moved; rolled "
+        f"back {rolled_back - progressing:.1f} s after it took requests; {share:.1f}% of "
+        f"the {total:.0f} requests in between reached it ({entry['evidence']})"
+    )
+
+
+def test_a_good_variant_s_canary_is_promoted_step_by_step_without_a_failed_request(
+    autoscaling: dict[str, Any],
+    k8s: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    measured: Callable[[str], None],
+) -> None:
+    """An INT8 of the same weights: each step's analysis passes (errors, p99, fidelity),
+    the share goes 10 -> 50 -> 100%, the pool's Deployment moves to the INT8 and the
+    canary is removed; no request fails on the way."""
+    r = _Rollout(autoscaling, k8s, namespace, tmp_path, None)
+    r.move()
+    moved = time.monotonic()
+    eventually(lambda: r.phase() == "Progressing", 120, 0.5, "the canary taking requests", r.state)
+    eventually(lambda: r.phase() == "Promoting", 180, 0.5, "promoted", r.state)
+    promoted = time.monotonic()
+    eventually(lambda: not r.status().get("rollouts"), 120, 1, "rollout over", r.state)
+    done = time.monotonic()
+    assert r.stable_variant() == "synthetic-dlrm-int8"
+    assert r.deployment(f"{MODEL}-{POOL}-canary") is None
+    eventually(lambda: r.serving() == {r.int8}, 60, 1, "Ready on the INT8", r.state)
+    result = r.load.stop()
+    failed = sum(n for code, n in result.codes.items() if code not in ("200", "429"))
+    assert failed == 0, result.codes
+    reasons = [x for x in r.events() if x.startswith("Canary")]
+    assert reasons == [
+        "CanaryStarted", "CanaryStep", "CanaryStep", "CanaryStep", "CanaryPromoted", "CanaryDone"
+    ], reasons  # fmt: skip
+    refused = result.codes.get("429", 0)
+    measured(
+        f"good canary: promoted {promoted - moved:.1f} s after the plan moved, rollout over "
+        f"{done - moved:.1f} s after; {sum(result.codes.values())} requests, {refused} 429, "
+        f"none failed"
     )

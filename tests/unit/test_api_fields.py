@@ -29,6 +29,7 @@ CHILDREN = "tests/unit/test_children.py"
 PLANNER = "tests/unit/test_planner.py"
 RECMODEL = "tests/unit/test_reconcilers_recmodel.py"
 SCALING = "tests/unit/test_reconcilers_scaling.py"
+CANARY = "tests/unit/test_canary.py"
 
 EFFECT_TESTS: dict[str, str] = {
     # RecModel: the build Job's flags, the references followed, the planned load
@@ -148,6 +149,25 @@ EFFECT_TESTS: dict[str, str] = {
     ),
     "OptimizationPolicy.spec.failover.retrySeconds": (
         f"{RECMODEL}::test_failover_deadline_and_retry_are_the_policy_s"
+    ),
+    "OptimizationPolicy.spec.rollout.canary": (
+        f"{RECMODEL}::test_with_canary_off_a_variant_change_updates_the_pool_s_deployment"
+    ),
+    "OptimizationPolicy.spec.rollout.stepWeightsPercent": (
+        f"{CANARY}::test_steps_follow_the_policy_s_weights_and_promote_after_the_last"
+    ),
+    "OptimizationPolicy.spec.rollout.stepSeconds": (
+        f"{CANARY}::test_a_step_is_analysed_only_after_step_seconds"
+    ),
+    "OptimizationPolicy.spec.rollout.failureLimit": (
+        f"{CANARY}::test_failures_count_up_to_the_limit_then_roll_back"
+    ),
+    "OptimizationPolicy.spec.rollout.maxErrorRateBasisPoints": (
+        f"{CANARY}::test_503_refusals_are_not_errors_but_the_error_share_is_the_policy_s"
+    ),
+    "OptimizationPolicy.spec.rollout.minRequests": f"{CANARY}::test_min_requests_is_the_policy_s",
+    "OptimizationPolicy.spec.rollout.fidelitySampleBasisPoints": (
+        f"{RECMODEL}::test_the_canary_samples_fidelity_at_the_rollout_s_share"
     ),
     # HardwarePool: the pods placed there, its profile, the plan
     "HardwarePool.spec.hardwareType": f"{CHILDREN}::test_profile_job_runs_on_the_pool_it_profiles",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,30 @@ def test_server_pods_are_restricted_pinned_probed_and_scraped() -> None:
     assert {"name": "cache", "emptyDir": {}} in pod["volumes"]
     annotations = dep["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
+
+
+def test_a_canary_is_a_deployment_of_its_own_whose_pods_the_router_tells_apart() -> None:
+    stable = children.server_deployment(
+        model(), pool("gpu-pool"), "/artifacts/x", "fp32", 3, 256, 25, CONFIG
+    )
+    canary = children.server_deployment(
+        model(), pool("gpu-pool"), "/artifacts/y", "int8", 3, 256, 25, CONFIG, canary=True
+    )
+    assert canary["metadata"]["name"] == stable["metadata"]["name"] + "-canary"
+    track = {children.TRACK_LABEL: children.CANARY}
+    assert canary["spec"]["selector"]["matchLabels"].items() >= track.items()
+    assert canary["spec"]["template"]["metadata"]["labels"].items() >= track.items()
+    assert children.TRACK_LABEL not in stable["spec"]["template"]["metadata"]["labels"]
+    # the two never claim each other's ReplicaSets' pods by selector alone: the
+    # canary's selector is narrower, and pods carry their ReplicaSet's hash too
+    assert not stable["spec"]["selector"]["matchLabels"].items() >= track.items()
+    router = children.router_deployment(model(), CONFIG)
+    args = router["spec"]["template"]["spec"]["containers"][0]["args"]
+    name = children.router_weights_name(model().name)
+    assert f"--weights-config-map={name}" in args and "--source=pods" in args
+    weights = children.router_weights(model(), 25)
+    assert weights["metadata"]["name"] == name
+    assert json.loads(weights["data"]["weights.json"]) == {"canaryPercent": 25}
 
 
 def pool_pods(**spec: Any) -> list[dict[str, Any]]:
@@ -396,7 +421,9 @@ def test_the_router_runs_in_the_configured_replicas_spread_over_nodes(
         OperatorConfig.from_env()
 
 
-def test_the_routers_account_may_only_read_pods_and_endpoints_of_its_namespace() -> None:
+def test_the_routers_account_may_only_read_pods_endpoints_and_config_maps_of_its_namespace() -> (
+    None
+):
     account, role, binding = children.router_rbac("team-a")
     assert {o["metadata"]["namespace"] for o in (account, role, binding)} == {"team-a"}
     assert all(o["metadata"]["labels"][children.SHARED_LABEL] == "true" for o in (account, role))
@@ -405,7 +432,11 @@ def test_the_routers_account_may_only_read_pods_and_endpoints_of_its_namespace()
     )
     verbs = {v for rule in role["rules"] for v in rule["verbs"]}
     assert verbs == {"get", "list", "watch"}
-    assert {r for rule in role["rules"] for r in rule["resources"]} == {"pods", "endpointslices"}
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {
+        "pods",
+        "endpointslices",
+        "configmaps",  # the canary's share (router_weights)
+    }
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "team-a"}

@@ -130,3 +130,33 @@ def test_data_drift_is_the_worst_column_of_the_pool_and_none_without_a_window() 
     assert (m.data_psi, m.data_psi_feature) == (0.61, "age")
     quiet = snapshot_from_results({"scrape_age": [sample("1")]}, W, 0.0).of("ns", "m", "cpu")
     assert isinstance(quiet, PoolMetrics) and quiet.data_psi is None
+
+
+def test_canary_figures_come_per_pool_from_the_canary_pods_only() -> None:
+    from recserve_operator.observe import canary_from_results, canary_queries
+
+    texts = canary_queries("ns1", "m", 30)
+    assert all(
+        'recserve_io_track="canary"' in q and 'recserve_io_model="m"' in q for q in texts.values()
+    )
+    assert all("[30s]" in q for q in texts.values())
+    assert 'code!="503"' in texts["errors"]  # an overload refusal is not an error
+
+    def one(pool: str, value: float) -> list[dict[str, Any]]:
+        return [{"metric": {"recserve_io_pool": pool}, "value": [0, str(value)]}]
+
+    got = canary_from_results(
+        {
+            "requests": one("cpu-pool", 200) + one("gpu-pool", 50),
+            "errors": [],  # no 5xx series yet: none happened
+            "p99": one("cpu-pool", 0.04) + one("gpu-pool", float("nan")),
+            "pairs": one("cpu-pool", 400),
+            "agreeing": one("cpu-pool", 380),
+        }
+    )
+    cpu, gpu = got["cpu-pool"], got["gpu-pool"]
+    assert (cpu.requests, cpu.errors, cpu.p99_s) == (200, 0, 0.04)
+    assert cpu.fidelity == pytest.approx(0.95) and cpu.fidelity_pairs == 400
+    assert gpu.p99_s is None and gpu.fidelity is None  # unknown, never 0
+    # a pool without a request series is absent: its analysis holds
+    assert canary_from_results({"requests": [], "p99": one("cpu-pool", 0.04)}) == {}

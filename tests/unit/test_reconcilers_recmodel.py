@@ -8,6 +8,7 @@ store through the artifact types (Manifest, BuildReport, ProfileReport).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -1080,3 +1081,181 @@ def test_servers_get_a_network_policy_unless_the_operator_is_told_not_to(
     world.reconcile()
     assert world.cond("Placed")["status"] == "True"
     assert not world.kube.of_kind("NetworkPolicy", NS)
+
+
+# -- canary rollouts ------------------------------------------------------------------------
+
+
+def _serving_then_replanned(world: World, pool: str = "cpu-pool") -> tuple[str, str, str]:
+    """The pool serving an uncompressed variant (a 20 bp accuracy budget), its Deployment
+    ready; then the budget raised to 100 bp: the next pass moves the pool to the faster
+    INT8 variant. Returns the Deployment's name, the old variant's label and its object
+    name."""
+    world.built_and_profiled()
+    world.edit("RecModel", MODEL, {"hardwarePoolRefs": [{"name": pool}]})
+    budget = {"objectives": {"accuracyBudgetBasisPoints": 20}}
+    world.edit("OptimizationPolicy", "latency-first", budget)
+    world.reconcile()
+    [served] = world.status()["placements"]
+    name = f"{MODEL}-{pool}"
+    _ready(world, name)
+    old = world.kube.find("Deployment", name, NS)
+    assert old is not None
+    label = old["spec"]["template"]["metadata"]["labels"][children.VARIANT_LABEL]
+    budget = {"objectives": {"accuracyBudgetBasisPoints": 100}}
+    world.edit("OptimizationPolicy", "latency-first", budget)
+    return name, label, served["variant"]
+
+
+def _ready(world: World, name: str) -> None:
+    """The Deployment's replicas all updated and ready (what the cluster reports)."""
+    dep = world.kube.find("Deployment", name, NS)
+    assert dep is not None
+    n = int(dep["spec"].get("replicas") or 1)
+    status = {
+        "observedGeneration": dep["metadata"]["generation"],
+        "replicas": n,
+        "updatedReplicas": n,
+        "readyReplicas": n,
+    }
+    world.kube.set_status("Deployment", name, NS, status)
+
+
+def _weight(world: World) -> int:
+    cm = world.kube.find("ConfigMap", f"{MODEL}-router-weights", NS)
+    assert cm is not None
+    return int(json.loads(cm["data"]["weights.json"])["canaryPercent"])
+
+
+def _variant_label(dep: dict[str, Any] | None) -> str:
+    assert dep is not None
+    return str(dep["spec"]["template"]["metadata"]["labels"][children.VARIANT_LABEL])
+
+
+def test_a_serving_pool_moves_to_another_variant_by_canary_then_promotion(world: World) -> None:
+    name, old, _ = _serving_then_replanned(world)
+    world.reconcile()
+    # the pool's Deployment still serves the old variant; the new one runs beside it
+    assert _variant_label(world.kube.find("Deployment", name, NS)) == old
+    canary = world.kube.find("Deployment", f"{name}-canary", NS)
+    assert canary is not None and _variant_label(canary) != old
+    assert canary["spec"]["selector"]["matchLabels"][children.TRACK_LABEL] == "canary"
+    assert canary["spec"]["template"]["metadata"]["labels"][children.TRACK_LABEL] == "canary"
+    [rollout] = world.status()["rollouts"]
+    assert (rollout["phase"], rollout["fromVariant"], rollout["weightPercent"]) == (
+        "Starting",
+        old,
+        0,
+    )
+    assert _weight(world) == 0  # no request to it before the tick's first step
+    assert any(reason == "CanaryStarted" for _, reason, _ in world.events)
+    router = world.kube.find("Deployment", f"{MODEL}-router", NS)
+    assert router is not None
+    args = router["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--weights-config-map={MODEL}-router-weights" in args
+    # a second pass while it is analysed changes nothing
+    world.reconcile()
+    assert _variant_label(world.kube.find("Deployment", name, NS)) == old
+    # the tick promotes it: the pool's Deployment moves; the canary serves until it has
+    world.kube.set_status(
+        "RecModel",
+        MODEL,
+        NS,
+        {"rollouts": [{**rollout, "phase": "Promoting", "weightPercent": 100}]},
+    )
+    world.reconcile()
+    new = _variant_label(canary)
+    assert _variant_label(world.kube.find("Deployment", name, NS)) == new
+    assert world.kube.find("Deployment", f"{name}-canary", NS) is not None
+    assert world.status()["rollouts"][0]["phase"] == "Promoting"
+    _ready(world, name)
+    world.reconcile()
+    assert world.kube.find("Deployment", f"{name}-canary", NS) is None
+    assert world.status()["rollouts"] == []
+    assert _weight(world) == 0
+    assert any(reason == "CanaryDone" for _, reason, _ in world.events)
+
+
+def test_a_rolled_back_canary_is_removed_and_the_old_variant_keeps_serving(world: World) -> None:
+    name, old, old_object = _serving_then_replanned(world)
+    world.reconcile()
+    [rollout] = world.status()["rollouts"]
+    canary_variant = f"{MODEL}-{rollout['toVariant']}"
+    # the tick rolled it back: the new variant is out of the plan, the old one is back
+    world.kube.set_status(
+        "RecModel",
+        MODEL,
+        NS,
+        {
+            "rollouts": [{**rollout, "phase": "RolledBack", "weightPercent": 0}],
+            "driftedVariants": [canary_variant],
+        },
+    )
+    world.reconcile()
+    assert world.kube.find("Deployment", f"{name}-canary", NS) is None
+    assert _variant_label(world.kube.find("Deployment", name, NS)) == old
+    assert world.status()["rollouts"] == []
+    [placement] = world.status()["placements"]
+    assert placement["variant"] == old_object
+    # and it is not rolled out again (no loop)
+    world.reconcile()
+    assert world.kube.find("Deployment", f"{name}-canary", NS) is None
+
+
+def test_with_canary_off_a_variant_change_updates_the_pool_s_deployment(world: World) -> None:
+    world.edit("OptimizationPolicy", "latency-first", {"rollout": {"canary": False}})
+    name, old, _ = _serving_then_replanned(world)
+    world.reconcile()
+    assert world.kube.find("Deployment", f"{name}-canary", NS) is None
+    assert _variant_label(world.kube.find("Deployment", name, NS)) != old
+    assert world.status()["rollouts"] == []
+
+
+def test_a_pool_without_ready_replicas_takes_the_new_variant_at_once(world: World) -> None:
+    world.built_and_profiled()
+    world.edit("RecModel", MODEL, {"hardwarePoolRefs": [{"name": "cpu-pool"}]})
+    world.reconcile()
+    [served] = world.status()["placements"]
+    name = f"{MODEL}-cpu-pool"
+    old = _variant_label(world.kube.find("Deployment", name, NS))
+    world.kube.set_status("RecModel", MODEL, NS, {"driftedVariants": [served["variant"]]})
+    world.reconcile()  # nothing serves: nothing to protect
+    assert world.kube.find("Deployment", f"{name}-canary", NS) is None
+    assert _variant_label(world.kube.find("Deployment", name, NS)) != old
+
+
+def test_the_canary_samples_fidelity_at_the_rollout_s_share(world: World) -> None:
+    world.edit(
+        "OptimizationPolicy", "latency-first", {"rollout": {"fidelitySampleBasisPoints": 2500}}
+    )
+    name, _, _ = _serving_then_replanned(world)
+    world.reconcile()
+    canary = world.kube.find("Deployment", f"{name}-canary", NS)
+    assert canary is not None
+    args = canary["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert any(a.startswith("--reference-variant=") for a in args), args  # compressed
+    assert "--fidelity-sample-bp=2500" in args, args
+    stable = world.kube.find("Deployment", name, NS)
+    assert stable is not None
+    assert (
+        "--fidelity-sample-bp=2500"
+        not in stable["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+
+
+def test_a_pool_serving_a_drifted_variant_leaves_it_at_once_without_canary(
+    world: World,
+) -> None:
+    world.built_and_profiled()
+    world.edit("RecModel", MODEL, {"hardwarePoolRefs": [{"name": "cpu-pool"}]})
+    world.reconcile()
+    [served] = world.status()["placements"]
+    name = f"{MODEL}-cpu-pool"
+    _ready(world, name)
+    old = _variant_label(world.kube.find("Deployment", name, NS))
+    # its ranking departed from the reference: protecting it with a canary makes no sense
+    world.kube.set_status("RecModel", MODEL, NS, {"driftedVariants": [served["variant"]]})
+    world.reconcile()
+    assert world.kube.find("Deployment", f"{name}-canary", NS) is None
+    assert _variant_label(world.kube.find("Deployment", name, NS)) != old
+    assert world.status()["rollouts"] == []

@@ -471,3 +471,174 @@ def test_a_data_drift_report_does_not_hold_back_a_re_profile() -> None:
         "DataDrift",
         "LatencyDrift and CapacityDrift",
     ]
+
+
+# -- canary rollouts: the tick's part -------------------------------------------------------
+
+
+def _rolling_out(phase: str = "Progressing", weight: int = 5, step_started: float = NOW - 120):
+    from recserve_operator.reconcilers.scaling import stamp
+
+    rm = model()
+    wire = rm.to_wire()
+    wire["status"] = {
+        "rollouts": [
+            {
+                "pool": "cpu-pool",
+                "fromVariant": "fp32",
+                "toVariant": "int8-dynamic",
+                "phase": phase,
+                "step": 0 if phase == "Progressing" else -1,
+                "weightPercent": weight,
+                "started": stamp(NOW - 300),
+                "stepStarted": stamp(step_started),
+            }
+        ]
+    }
+    return RecModel.model_validate(wire)
+
+
+def _canary_deployment(ready: int, reference: bool = False) -> dict[str, Any]:
+    args = ["serve", "--variant=/x"] + (["--reference-variant=/ref"] if reference else [])
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "m-cpu-pool-canary",
+            "namespace": NS,
+            "labels": {
+                "recserve.io/model": "m",
+                "recserve.io/pool": "cpu-pool",
+                "recserve.io/track": "canary",
+            },
+        },
+        "spec": {"replicas": 2, "template": {"spec": {"containers": [{"args": args}]}}},
+        "status": {"readyReplicas": ready},
+    }
+
+
+def _canary_answers(requests: float, errors: float, p99: float):
+    """A Prometheus that answers the canary queries with these figures (and nothing else)."""
+
+    def ask(query: str) -> list[dict[str, Any]]:
+        if 'recserve_io_track="canary"' not in query:
+            return []
+        if "histogram_quantile" in query:
+            value = p99
+        elif 'code=~"5.."' in query:
+            value = errors
+        elif "recserve_requests_total" in query:
+            value = requests
+        else:
+            return []
+        return [{"metric": {"recserve_io_pool": "cpu-pool"}, "value": [NOW, str(value)]}]
+
+    return ask
+
+
+def _loop_with(rm: RecModel, ask: Any, *deployments: dict[str, Any]) -> tuple[Any, FakeKube]:
+    from recserve_operator.observe import MetricsCache, Windows
+    from recserve_operator.scaling_loop import ScalingLoop
+
+    kube = FakeKube()
+    kube.add({**rm.to_wire(), "apiVersion": "recserve.io/v1alpha1", "kind": "RecModel"})
+    raw_policy = policy().to_wire()
+    raw_policy["metadata"]["name"] = rm.spec.policy_ref.name
+    raw_policy["spec"]["rollout"] = {"stepSeconds": 30, "failureLimit": 1}
+    kube.add({**raw_policy, "apiVersion": "recserve.io/v1alpha1", "kind": "OptimizationPolicy"})
+    kube.add(SERVED_DEPLOYMENT)
+    for d in deployments:
+        kube.add(d)
+    loop = ScalingLoop(MetricsCache(ask, Windows(), 1.0), tick_seconds=1.0)
+    loop.planned(f"{NS}/m", [PLANNED])
+    return loop, kube
+
+
+def _weights(kube: FakeKube) -> int | None:
+    cm = kube.find("ConfigMap", "m-router-weights", NS)
+    return None if cm is None else int(json.loads(cm["data"]["weights.json"])["canaryPercent"])
+
+
+def test_a_tick_moves_a_good_canary_to_its_next_share_and_asks_for_a_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import recserve_operator.scaling_loop as sl
+
+    monkeypatch.setattr(sl.time, "time", lambda: NOW)
+    loop, kube = _loop_with(
+        _rolling_out(), _canary_answers(200, 0, 0.04), _canary_deployment(ready=2)
+    )
+    posted: list[Any] = []
+    replans: list[Any] = []
+    loop.tick(f"{NS}/m", kube, lambda _, e: posted.extend(e), lambda k, w: replans.append(w))
+    [r] = (kube.find("RecModel", "m", NS) or {})["status"]["rollouts"]
+    assert (r["phase"], r["weightPercent"], r["step"]) == ("Progressing", 10, 1)
+    assert _weights(kube) == 10
+    assert [reason for _, reason, _ in posted if reason.startswith("Canary")] == ["CanaryStep"]
+    assert replans and replans[0]["status"]["rollouts"][0]["weightPercent"] == 10
+
+
+def test_a_failing_canary_is_rolled_back_and_its_variant_taken_out_of_the_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import recserve_operator.scaling_loop as sl
+
+    monkeypatch.setattr(sl.time, "time", lambda: NOW)
+    loop, kube = _loop_with(
+        _rolling_out(), _canary_answers(200, 30, 0.04), _canary_deployment(ready=2)
+    )
+    posted: list[Any] = []
+    loop.tick(f"{NS}/m", kube, lambda _, e: posted.extend(e), lambda k, w: None)
+    status = (kube.find("RecModel", "m", NS) or {})["status"]
+    [r] = status["rollouts"]
+    assert (r["phase"], r["weightPercent"]) == ("RolledBack", 0)
+    assert _weights(kube) == 0
+    assert status["driftedVariants"] == ["m-int8-dynamic"]
+    [entry] = status["lastOptimization"]
+    assert (entry["cause"], entry["variant"], entry["outcome"]) == (
+        "CanaryFailed",
+        "m-int8-dynamic",
+        "pending",
+    )
+    assert "errors 15.00% > 1.00%" in entry["evidence"]
+    assert "CanaryRolledBack" in [reason for _, reason, _ in posted]
+
+
+def test_a_canary_is_held_while_prometheus_is_away_and_nothing_is_asked_before_its_step_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import recserve_operator.scaling_loop as sl
+
+    monkeypatch.setattr(sl.time, "time", lambda: NOW)
+    asked: list[str] = []
+
+    def down(query: str) -> list[dict[str, Any]]:
+        asked.append(query)
+        raise ConnectionError("Prometheus is away")
+
+    loop, kube = _loop_with(_rolling_out(), down, _canary_deployment(ready=2))
+    loop.tick(f"{NS}/m", kube, lambda _, e: None, lambda k, w: None)
+    [r] = (kube.find("RecModel", "m", NS) or {})["status"]["rollouts"]
+    assert (r["phase"], r["weightPercent"], r["failures"]) == ("Progressing", 5, 0)
+    assert "holding" in r["message"]
+    assert any('recserve_io_track="canary"' in q for q in asked)
+    # mid-step: the canary's figures are not asked for at all
+    asked.clear()
+    loop, kube = _loop_with(_rolling_out(step_started=NOW - 10), down, _canary_deployment(ready=2))
+    loop.tick(f"{NS}/m", kube, lambda _, e: None, lambda k, w: None)
+    assert not any('recserve_io_track="canary"' in q for q in asked)
+
+
+def test_a_compressed_canary_is_analysed_on_fidelity(monkeypatch: pytest.MonkeyPatch) -> None:
+    import recserve_operator.scaling_loop as sl
+
+    monkeypatch.setattr(sl.time, "time", lambda: NOW)
+    # good errors and p99, but no pair scored against the reference: held
+    loop, kube = _loop_with(
+        _rolling_out(),
+        _canary_answers(200, 0, 0.04),
+        _canary_deployment(ready=2, reference=True),
+    )
+    loop.tick(f"{NS}/m", kube, lambda _, e: None, lambda k, w: None)
+    [r] = (kube.find("RecModel", "m", NS) or {})["status"]["rollouts"]
+    assert r["weightPercent"] == 5 and "pairs scored against the reference" in r["message"]

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from recserve_runtime.router.balancer import Balancer
+from recserve_runtime.router.balancer import CANARY, POLICIES, STABLE, Balancer, Target
 from recserve_runtime.router.discovery import endpoints_from_slices, parse_static
 
 pytestmark = pytest.mark.unit
@@ -127,6 +127,81 @@ def test_set_backends_keeps_learned_state() -> None:
     bal.set_backends([("127.0.0.1", 1), ("127.0.0.1", 3)])
     assert set(bal.backends) == {"127.0.0.1:1", "127.0.0.1:3"}
     assert bal.backends["127.0.0.1:1"].samples == 10
+
+
+def _tracked(percent: int | None, policy: str = "p2c") -> Balancer:
+    """Ports 1, 2 stable; 3, 4 canary."""
+    bal = Balancer(policy=policy, seed=7, canary_percent=percent)
+    bal.set_backends(
+        [Target("127.0.0.1", 1), ("127.0.0.1", 2),
+         Target("127.0.0.1", 3, CANARY), Target("127.0.0.1", 4, CANARY)]
+    )  # fmt: skip
+    return bal
+
+
+def _canary_picks(bal: Balancer, n: int, exclude: set[str] | None = None) -> int:
+    picks = [bal.choose(0.0, exclude) for _ in range(n)]
+    assert all(p is not None for p in picks)
+    return sum(p.track == CANARY for p in picks if p is not None)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_canary_gets_its_weighted_share_under_every_policy(policy: str) -> None:
+    bal = _tracked(10, policy)
+    assert 0.085 <= _canary_picks(bal, 10_000) / 10_000 <= 0.115
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_the_policy_still_chooses_within_the_track(policy: str) -> None:
+    bal = _tracked(50, policy)
+    _teach(bal, "127.0.0.1:1", 0.002)
+    _teach(bal, "127.0.0.1:2", 0.020)
+    picks = Counter(bal.choose(0.0).key for _ in range(2_000))  # type: ignore[union-attr]
+    stable = (picks["127.0.0.1:1"], picks["127.0.0.1:2"])
+    if policy == "p2c":  # the faster stable backend takes every stable request
+        assert stable[1] == 0 and stable[0] > 800
+    else:  # a turn of its own per track: the stable ones alternate exactly
+        assert abs(stable[0] - stable[1]) <= 1 and sum(stable) > 800
+
+
+def test_canary_at_0_percent_gets_nothing_and_at_100_everything() -> None:
+    assert _canary_picks(_tracked(0), 2_000) == 0
+    assert _canary_picks(_tracked(100), 2_000) == 2_000
+
+
+def test_without_a_weight_tracks_play_no_part() -> None:
+    """No --weights-config-map: canary pods are ordinary backends, as before canaries."""
+    assert 0.45 <= _canary_picks(_tracked(None, "round-robin"), 2_000) / 2_000 <= 0.55
+
+
+def test_an_unhealthy_track_leaves_its_requests_to_the_other() -> None:
+    bal = _tracked(100)
+    for key in ("127.0.0.1:3", "127.0.0.1:4"):
+        bal.eject(bal.backends[key])
+    assert _canary_picks(bal, 500) == 0
+    bal = _tracked(0)
+    for key in ("127.0.0.1:1", "127.0.0.1:2"):
+        bal.eject(bal.backends[key])
+    assert _canary_picks(bal, 500) == 500  # availability first
+
+
+def test_the_retry_of_a_failed_canary_request_lands_on_stable() -> None:
+    bal = _tracked(10)
+    bal.set_backends([("127.0.0.1", 1), ("127.0.0.1", 2), Target("127.0.0.1", 3, CANARY)])
+    assert _canary_picks(bal, 500, exclude={"127.0.0.1:3"}) == 0
+    bal.canary_percent = 100  # even at 100 %: the only canary has failed this request
+    assert _canary_picks(bal, 500, exclude={"127.0.0.1:3"}) == 0
+    assert _canary_picks(bal, 500, exclude={"127.0.0.1:1"}) == 500
+
+
+def test_set_backends_updates_the_track_and_keeps_learned_state() -> None:
+    bal = _tracked(0)
+    _teach(bal, "127.0.0.1:3", 0.003)
+    bal.set_backends([Target("127.0.0.1", 3, STABLE), Target("127.0.0.1", 1, CANARY)])
+    assert bal.backends["127.0.0.1:3"].track == STABLE
+    assert bal.backends["127.0.0.1:3"].samples == 10
+    assert bal.backends["127.0.0.1:1"].track == CANARY
+    assert all(bal.choose(0.0).key == "127.0.0.1:3" for _ in range(50))  # type: ignore[union-attr]
 
 
 def test_unknown_policy_is_refused() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
@@ -312,6 +313,89 @@ class Failover(ApiModel):
     )
 
 
+StepWeight = Annotated[int, Strict(), Field(ge=1, le=100)]
+
+
+class Rollout(ApiModel):
+    """How a pool moves to another variant (docs/autoscaling.md#canary): the new
+    variant's servers start beside the old ones, the router sends them a growing share
+    of requests, and each step is analysed on the new variant's own requests before the
+    next; a failed analysis rolls back to the variant that served before."""
+
+    canary: bool = Field(
+        default=True,
+        description="Roll a pool's variant change out by canary (a second Deployment, a "
+        "growing share of requests, analysis at each step, rollback on failure); false: "
+        "the pool's Deployment is updated in place (a rolling update, no analysis).",
+    )
+    step_weights_percent: list[StepWeight] = Field(
+        default_factory=lambda: [5, 10, 25, 50, 100],
+        min_length=1,
+        max_length=10,
+        description="The shares of the model's requests (percent) the router sends to the "
+        "new variant's servers, step by step, increasing; after the last step passes, the "
+        "pool's Deployment is moved to the new variant (promotion).",
+    )
+    step_seconds: Int = Field(
+        default=60,
+        ge=5,
+        le=3600,
+        description="Each step lasts at least this long; its analysis covers the new "
+        "variant's requests of the last stepSeconds.",
+    )
+    failure_limit: Int = Field(
+        default=2,
+        ge=1,
+        le=20,
+        description="Failed analyses (over the whole rollout) before it is rolled back; a "
+        "failed step is analysed again after stepSeconds at the same share.",
+    )
+    max_error_rate_basis_points: Int = Field(
+        default=100,
+        ge=0,
+        le=10000,
+        description="An analysis fails when more than this share of the new variant's "
+        "requests failed with a server error (5xx other than 503, its overload refusal; "
+        "100 = 1%). Its p99 must also be within objectives.p99LatencyTargetMilliseconds, "
+        "and a compressed variant's fidelity at least drift.fidelityAgreementBasisPoints.",
+    )
+    min_requests: Int = Field(
+        default=20,
+        ge=1,
+        le=1000000,
+        description="Fewer requests than this to the new variant in a step's window (or "
+        "metrics missing) hold the step: no evidence is never counted as success.",
+    )
+    fidelity_sample_basis_points: Int = Field(
+        default=1000,
+        ge=0,
+        le=10000,
+        description="Share of the new variant's requests its servers also score with the "
+        "FP32 reference while it is a canary (1000 = 10%; 0: fidelity is not analysed), "
+        "when the new variant is a compressed one.",
+    )
+
+    @field_validator("step_weights_percent")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError(f"must increase step by step, got {value}")
+        return value
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.stepWeightsPercent.isSorted() && self.stepWeightsPercent.all("
+                    "w, self.stepWeightsPercent.filter(x, x == w).size() == 1)",
+                    "stepWeightsPercent must increase step by step",
+                    ".stepWeightsPercent",
+                ),
+            ]
+        }
+    )
+
+
 class OptimizationPolicySpec(ApiModel):
     """Desired state of an OptimizationPolicy."""
 
@@ -320,6 +404,7 @@ class OptimizationPolicySpec(ApiModel):
     autoscaling: Autoscaling = nested(Autoscaling, "Replica and batch-size scaling bounds.")
     drift: Drift = nested(Drift, "Drift detection and re-optimization pace.")
     failover: Failover = nested(Failover, "When a pool is left out of the plan and tried again.")
+    rollout: Rollout = nested(Rollout, "How a pool moves to another variant (canary).")
 
 
 class OptimizationPolicyStatus(ApiModel):

@@ -330,7 +330,8 @@ class Optimization(ApiModel):
     pool: str = Field(max_length=253, description="The pool it acted on.")
     cause: str = Field(
         max_length=64,
-        description="What was detected: LatencyDrift, CapacityDrift or FidelityDrift.",
+        description="What was detected: LatencyDrift, CapacityDrift, FidelityDrift, "
+        "DataDrift or CanaryFailed.",
     )
     evidence: str = Field(max_length=2048, description="The detector's figures.")
     action: str = Field(max_length=512, description="What the operator did about it.")
@@ -343,13 +344,50 @@ class Optimization(ApiModel):
     variant: str | None = Field(
         default=None,
         max_length=253,
-        description="Fidelity drift: the ModelVariant the action took out of the plan "
-        "(driftedVariants).",
+        description="Fidelity drift or a failed canary: the ModelVariant the action took "
+        "out of the plan (driftedVariants).",
     )
     outcome: str = Field(
         max_length=2048,
         description="Pending while the pool is re-profiled; then the new plan against the "
         "old one, or why it failed (the current plan is kept).",
+    )
+
+
+class CanaryPhase(StrEnum):
+    """Where a pool's canary rollout stands."""
+
+    STARTING = "Starting"  # the new variant's servers are not ready yet
+    PROGRESSING = "Progressing"  # a share of requests goes to them, step by step
+    PROMOTING = "Promoting"  # every step passed: the pool's Deployment moves to it
+    ROLLED_BACK = "RolledBack"  # an analysis failed failureLimit times
+
+
+class CanaryRollout(ApiModel):
+    """One pool's move to another variant by canary (OptimizationPolicy rollout.*)."""
+
+    pool: str = Field(max_length=253, description="HardwarePool name.")
+    from_variant: str = Field(
+        max_length=253, description="The variant that served the pool before (dns name)."
+    )
+    to_variant: str = Field(max_length=253, description="The variant rolled out (plan name).")
+    phase: CanaryPhase = Field(description="Starting, Progressing, Promoting or RolledBack.")
+    step: Int = Field(
+        default=-1,
+        ge=-1,
+        description="Index into rollout.stepWeightsPercent of the share in force (-1: none).",
+    )
+    weight_percent: Int = Field(
+        default=0, ge=0, le=100, description="Share of requests the router sends to it now."
+    )
+    failures: Int = Field(default=0, ge=0, description="Failed analyses so far.")
+    started: str = Field(description="When the rollout began (RFC 3339).")
+    step_started: str = Field(description="When the current step (or phase) began (RFC 3339).")
+    message: str = Field(
+        default="",
+        max_length=1024,
+        description="The last analysis: the new variant's requests, errors, p99 and "
+        "fidelity, and the verdict.",
     )
 
 
@@ -392,7 +430,8 @@ class RecModelStatus(ApiModel):
         default_factory=list,
         max_length=64,
         description="ModelVariants taken out of the plan because their live fidelity to "
-        "the FP32 reference fell (fidelity drift); the plan picks among the others.",
+        "the FP32 reference fell (fidelity drift) or their canary rollout failed; the plan "
+        "picks among the others until the next build.",
     )
     corrupt_variants: list[str] = Field(
         default_factory=list,
@@ -411,6 +450,11 @@ class RecModelStatus(ApiModel):
         max_length=16,
         description="Pools left out of the plan because their replicas made no progress "
         "(OptimizationPolicy failover.*).",
+    )
+    rollouts: list[CanaryRollout] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Canary rollouts in progress, one per pool moving to another variant.",
     )
     conditions: list[Condition] = conditions_field()
 

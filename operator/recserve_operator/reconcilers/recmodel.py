@@ -38,6 +38,7 @@ from recserve_operator.api.modelvariant import (
 from recserve_operator.api.optimizationpolicy import OptimizationPolicy, ReplicaScaling
 from recserve_operator.api.recmodel import PoolPlacement, RecModel
 from recserve_operator.api.validation import ManifestError, field_errors, parse_object
+from recserve_operator.canary import router_weight
 from recserve_operator.config import OperatorConfig
 from recserve_operator.failover import Hold, nodes_fingerprint, stalled, update_holds, why_not_ready
 from recserve_operator.integrity import STORE_CHECKS
@@ -47,11 +48,13 @@ from recserve_operator.planner import (
     Objectives,
     Plan,
     PoolCapacity,
+    PoolPlan,
     VariantProfile,
     plan,
     replica_limit,
 )
 from recserve_operator.reconcilers.hardwarepool import observed_status as pool_observed
+from recserve_operator.reconcilers.rollout import pool_move
 from recserve_operator.reconcilers.scaling import (
     PENDING,
     PlannedPool,
@@ -891,13 +894,21 @@ def _apply_serving(
     mode = policy.spec.autoscaling.replicas
     static = mode == ReplicaScaling.STATIC
     reference = _reference(built)
-    servers = [
-        children.server_deployment(
+
+    def server_body(
+        pp: PoolPlan, canary: bool = False, replicas: int | None = None
+    ) -> dict[str, Any]:
+        sample_bp = (
+            policy.spec.rollout.fidelity_sample_basis_points
+            if canary
+            else policy.spec.drift.fidelity_sample_basis_points
+        )
+        return children.server_deployment(
             p.model,
             pools[pp.pool],
             by_name[pp.variant].artifact.uri,
             pp.variant,
-            pp.replicas if static else None,
+            replicas if canary else (pp.replicas if static else None),
             pp.batch_size,
             target_ms,
             p.config,
@@ -907,10 +918,55 @@ def _apply_serving(
                 if reference is not None and reference.name != pp.variant
                 else None
             ),
-            fidelity_sample_bp=policy.spec.drift.fidelity_sample_basis_points,
+            fidelity_sample_bp=sample_bp,
+            canary=canary,
+        )
+
+    servers = [server_body(pp) for pp in decision.placements]
+    # canary rollouts: which pools keep their Deployment as it is while the planned
+    # variant runs beside it (reconcilers/rollout.py)
+    deployments = observed["Deployment"]
+    status = p.model.status
+    rollouts = {r.pool: r for r in (status.rollouts if status else [])}
+    known_bad = {
+        *(status.drifted_variants if status else []),
+        *(status.corrupt_variants if status else []),
+    }
+    bad = frozenset(
+        children.dns_name(b.name) for b in built if variant_object_name(p.name, b.name) in known_bad
+    )
+    moves = {
+        pp.pool: pool_move(
+            pp.pool,
+            pp.variant,
+            deployments.get(children.dns_name(p.name, pp.pool)),
+            rollouts.get(pp.pool),
+            policy.spec.rollout.canary,
+            stamp(time.time()),
+            bad,
         )
         for pp in decision.placements
+    }
+    for move in moves.values():
+        p.events.extend(move.events)
+    kept = [m.rollout for m in moves.values() if m.rollout]
+    p.status["rollouts"] = [r.model_dump(by_alias=True, mode="json") for r in kept]
+    # the routers' canary share: the tick moves it step by step; the pass only sets it
+    # to 0 where no canary takes requests (a new rollout begins at 0, an ended one ends
+    # there) and leaves a live share to the tick, whose word is newer
+    weights = [children.router_weights(p.model, 0)] if router_weight(kept) == 0 else []
+
+    def stable_replicas(pp: PoolPlan) -> int:
+        stable = deployments.get(children.dns_name(p.name, pp.pool)) or {}
+        return int((stable.get("spec") or {}).get("replicas") or pp.replicas)
+
+    # a canary runs as many replicas as the pool's Deployment (it may take every request)
+    canaries = [
+        server_body(pp, canary=True, replicas=max(1, stable_replicas(pp)))
+        for pp in decision.placements
+        if moves[pp.pool].canary
     ]
+    kept_canaries = {c["metadata"]["name"] for c in canaries}
     # a pool's limits ConfigMap starts at the plan's limits; the autoscaler owns it after
     new_limits = [
         limits_config_map(
@@ -939,13 +995,26 @@ def _apply_serving(
     ]
     if new_limits:  # before the servers that mount them
         p.kube.map(p.kube.create_once, new_limits)
+
+    def stable_write(pp: PoolPlan, deployment: dict[str, Any]) -> Callable[[], Any]:
+        if moves[pp.pool].apply_stable:
+            return functools.partial(apply, deployment)
+        kept = deployments[deployment["metadata"]["name"]]  # while its canary is analysed
+        return lambda: kept
+
     writes: list[Callable[[], Any]] = [
-        *(functools.partial(apply, deployment) for deployment in servers),
+        *(stable_write(pp, d) for pp, d in zip(decision.placements, servers, strict=True)),
         router_after_its_account,
         *(functools.partial(apply, obj) for obj in others),
         *variant_writes,
+        *(functools.partial(apply, canary) for canary in canaries),
+        *(functools.partial(apply, w) for w in weights),
     ]
     applied: list[Any] = p.kube.map(_call, writes)
+    for name, old in deployments.items():  # canaries whose rollout is over
+        labels = old["metadata"].get("labels", {})
+        if labels.get(children.TRACK_LABEL) == children.CANARY and name not in kept_canaries:
+            p.kube.delete("apps/v1", "Deployment", name, p.namespace)
     # A Deployment the autoscaler (or another one) will own starts at the plan's count.
     # Generation 1: no spec change since it was created, so never scaled, whether the
     # Deployment is new or a pass failed between its create and its scale.
@@ -981,6 +1050,8 @@ def _apply_serving(
     settled = all(pl.ready_replicas >= max(pl.replicas, 1) for pl in placements)
     for old in observed["Deployment"].values():
         labels = old["metadata"].get("labels", {})
+        if labels.get(children.TRACK_LABEL) == children.CANARY:
+            continue  # above
         if labels.get(children.COMPONENT_LABEL) == "server" and (
             labels.get(children.POOL_LABEL) not in placed
         ):

@@ -20,7 +20,13 @@ from typing import Any
 from recserve_operator import children
 from recserve_operator import conditions as c
 from recserve_operator.api.optimizationpolicy import OptimizationPolicy, ReplicaScaling
-from recserve_operator.api.recmodel import Optimization, PoolPlacement, RecModel
+from recserve_operator.api.recmodel import (
+    CanaryPhase,
+    CanaryRollout,
+    Optimization,
+    PoolPlacement,
+    RecModel,
+)
 from recserve_operator.autoscaler import (
     SATURATED_REFUSED_SHARE,
     BatchLimits,
@@ -30,6 +36,7 @@ from recserve_operator.autoscaler import (
     decide_batch,
     decide_replicas,
 )
+from recserve_operator.canary import CanaryMetrics, CanaryRules, advance, router_weight
 from recserve_operator.drift import (
     DriftRules,
     DriftSample,
@@ -143,6 +150,7 @@ CAUSES = {
 REPORTED = "reported: the plan is kept; the inputs moved, retrain or recalibrate"
 PENDING = "pending"
 KEEP_OPTIMIZATIONS = 10  # status.lastOptimization's maxItems
+CANARY_FAILED = "CanaryFailed"
 
 
 def _reoptimize(
@@ -523,3 +531,117 @@ def apply_tick(kube: Kube, model: RecModel, outcome: TickOutcome) -> None:
     old = model.status.to_wire() if model.status else {}
     if any(old.get(k) != v for k, v in outcome.status.items()):
         kube.patch_status("recmodels", model.name, namespace, outcome.status)
+
+
+@dataclass(frozen=True)
+class CanaryObserved:
+    """A pool's canary Deployment as the operator last saw it."""
+
+    ready: int
+    fidelity_checked: bool  # its servers score a share of requests with the reference
+
+
+def observe_canaries(kube: Kube, model: RecModel) -> dict[str, CanaryObserved]:
+    """The model's canary Deployments, by pool (from the operator's watch)."""
+    selector = f"{children.MODEL_LABEL}={model.name},{children.TRACK_LABEL}={children.CANARY}"
+    out: dict[str, CanaryObserved] = {}
+    for dep in kube.list("apps/v1", "Deployment", str(model.namespace), selector):
+        pool = str(dep["metadata"].get("labels", {}).get(children.POOL_LABEL) or "")
+        containers = dep["spec"]["template"]["spec"]["containers"]
+        args = [str(a) for c_ in containers for a in c_.get("args") or []]
+        out[pool] = CanaryObserved(
+            ready=int((dep.get("status") or {}).get("readyReplicas") or 0),
+            fidelity_checked=any(a.startswith("--reference-variant=") for a in args),
+        )
+    return out
+
+
+def analysis_due(model: RecModel, policy: OptimizationPolicy, now: float) -> bool:
+    """Some rollout of ``model`` has served a whole step and waits for its analysis
+    (only then are the canary's figures asked of Prometheus)."""
+    step = policy.spec.rollout.step_seconds
+    return any(
+        r.phase == CanaryPhase.PROGRESSING and now - (parse_stamp(r.step_started) or now) >= step
+        for r in (model.status.rollouts if model.status else [])
+    )
+
+
+@dataclass
+class RolloutTick:
+    """What a tick decided for a model's canary rollouts."""
+
+    status: dict[str, Any] = field(default_factory=dict)  # merge patch of status
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    weight: int = 0  # the routers' canary share
+    settled: bool = False  # promoted or rolled back: a pass moves the Deployments
+
+
+def decide_rollouts(
+    model: RecModel,
+    policy: OptimizationPolicy,
+    canaries: dict[str, CanaryObserved],
+    metrics: dict[str, CanaryMetrics] | None,
+    now: float,
+) -> RolloutTick | None:
+    """Advance each rollout of ``model`` (None: it has none). A rolled-back variant goes
+    into ``driftedVariants`` with a ``lastOptimization`` entry (cause CanaryFailed),
+    so the pass re-plans without it and does not start it again (no rollback loop)."""
+    status = model.status
+    rollouts = status.rollouts if status else []
+    if not rollouts:
+        return None
+    out = RolloutTick()
+    after: list[CanaryRollout] = []
+    failed: list[Optimization] = []
+    for r in rollouts:
+        seen = canaries.get(r.pool) or CanaryObserved(0, False)
+        step = advance(
+            r,
+            CanaryRules.of(policy, seen.fidelity_checked),
+            None if metrics is None else metrics.get(r.pool),
+            seen.ready,
+            now,
+            stamp(now),
+            parse_stamp(r.started) or now,
+            parse_stamp(r.step_started) or now,
+        )
+        after.append(step.rollout)
+        out.events += step.events
+        out.settled |= step.settled
+        if step.rollout.phase == CanaryPhase.ROLLED_BACK and r.phase != CanaryPhase.ROLLED_BACK:
+            failed.append(
+                Optimization(
+                    time=stamp(now),
+                    pool=r.pool,
+                    cause=CANARY_FAILED,
+                    evidence=step.rollout.message[:2048],
+                    action=f"rolled back to {r.from_variant}; re-plan without {r.to_variant}",
+                    variant=children.dns_name(model.name, r.to_variant),
+                    outcome=PENDING,
+                )
+            )
+    out.weight = router_weight(after)
+    if after != rollouts:
+        out.status["rollouts"] = [r.model_dump(by_alias=True, mode="json") for r in after]
+    if failed and status is not None:
+        drifted = [*status.drifted_variants, *(o.variant for o in failed if o.variant)]
+        out.status["driftedVariants"] = list(dict.fromkeys(drifted))
+        history = [*status.last_optimization, *failed]
+        out.status["lastOptimization"] = [
+            o.model_dump(by_alias=True, mode="json") for o in history[-KEEP_OPTIMIZATIONS:]
+        ]
+    return out
+
+
+def apply_rollouts(kube: Kube, model: RecModel, tick: RolloutTick) -> None:
+    """Write the routers' share (only when it changed) and the rollouts' status."""
+    namespace = str(model.namespace)
+    name = children.router_weights_name(model.name)
+    body = children.router_weights(model, tick.weight)
+    selector = f"{children.MODEL_LABEL}={model.name}"
+    maps = kube.list("v1", "ConfigMap", namespace, selector)
+    current = next((m for m in maps if m["metadata"]["name"] == name), None)
+    if current is None or (current.get("data") or {}) != body["data"]:
+        kube.apply(body)
+    if tick.status:
+        kube.patch_status("recmodels", model.name, namespace, tick.status)

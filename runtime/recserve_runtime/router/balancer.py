@@ -10,15 +10,34 @@ check. The baselines of the serving benchmark are policies here too, under the s
 retry rule: round-robin, and least-request (the backend with the fewest requests in
 flight, ties in turn: nginx's ``least_conn``; Envoy's ``LEAST_REQUEST`` draws two
 backends and takes the one with fewer, the same choice when there are two).
+
+Canary rollouts: each backend is on a track, ``stable`` or ``canary`` (the pod label
+``recserve.io/track``). While both tracks have backends that may take a request, a
+request first picks its track — the canary with probability ``canary_percent / 100``,
+drawn from the balancer's RNG — and the policy then chooses within that track. With
+``canary_percent`` None (the router without ``--weights-config-map``) tracks play no part.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 POLICIES = ("p2c", "least-request", "round-robin")
+TRACK_LABEL = "recserve.io/track"
+STABLE = "stable"
+CANARY = "canary"
+
+
+class Target(NamedTuple):
+    """A backend address as discovery finds it, with the track of its pod."""
+
+    host: str
+    port: int
+    track: str = STABLE
 
 
 @dataclass
@@ -34,6 +53,7 @@ class Backend:
     consecutive_failures: int = 0
     last_seen: float = 0.0
     labels: dict[str, str] = field(default_factory=dict)
+    track: str = STABLE
 
     @property
     def key(self) -> str:
@@ -50,20 +70,26 @@ class Balancer:
     decay_s: float = 2.0
     eject_after: int = 3
     seed: int | None = None
+    # share of requests for the canary track, 0..100; None: no split, tracks play no part
+    canary_percent: int | None = None
     backends: dict[str, Backend] = field(default_factory=dict)
-    _rr: int = 0
+    _turns: dict[str, int] = field(default_factory=dict)  # round-robin position per track
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}")
         self._rng = random.Random(self.seed)
 
-    def set_backends(self, addrs: list[tuple[str, int]]) -> None:
-        """Replace the backend set, keeping what is known about backends that stay."""
+    def set_backends(self, addrs: Iterable[tuple[str, int] | Target]) -> None:
+        """Replace the backend set, keeping what is known about backends that stay
+        (a plain ``(host, port)`` is on the stable track; a backend whose track changed
+        keeps its latency, which belongs to the pod, not to the track)."""
         keep: dict[str, Backend] = {}
-        for host, port in addrs:
-            key = f"{host}:{port}"
-            keep[key] = self.backends.get(key) or Backend(host, port)
+        for addr in addrs:
+            t = addr if isinstance(addr, Target) else Target(*addr)
+            key = f"{t.host}:{t.port}"
+            b = keep[key] = self.backends.get(key) or Backend(t.host, t.port)
+            b.track = t.track
         self.backends = keep
 
     def healthy(self) -> list[Backend]:
@@ -87,18 +113,34 @@ class Balancer:
         pool = [b for b in self.healthy() if not exclude or b.key not in exclude]
         if not pool:
             return None
-        if self.policy == "round-robin":
-            self._rr += 1
-            return pool[self._rr % len(pool)]
-        if self.policy == "least-request":
-            self._rr += 1
-            fewest = min(b.inflight for b in pool)
-            tied = [b for b in pool if b.inflight == fewest]
-            return tied[self._rr % len(tied)]
+        pool = self._track_pool(pool)
+        if self.policy in ("round-robin", "least-request"):
+            turn = self._turns[pool[0].track] = self._turns.get(pool[0].track, 0) + 1
+            if self.policy == "least-request":
+                fewest = min(b.inflight for b in pool)
+                pool = [b for b in pool if b.inflight == fewest]
+            return pool[turn % len(pool)]
         if len(pool) == 1:
             return pool[0]
         a, b = self._rng.sample(pool, 2)
         return a if self.score(a, now) <= self.score(b, now) else b
+
+    def _track_pool(self, pool: list[Backend]) -> list[Backend]:
+        """The backends of ``pool`` on the track this request goes to.
+
+        The split is drawn only when both tracks have a backend in ``pool`` (healthy and
+        not excluded). When only one track does, it serves whatever the weight says:
+        availability first — a request is better answered by the other track than
+        refused. So at 0 % the canary takes requests only when no stable backend can,
+        and a retry (its failed backend excluded) follows the same rule."""
+        if self.canary_percent is None:
+            return pool
+        canary = [b for b in pool if b.track == CANARY]
+        if not canary or len(canary) == len(pool):
+            return pool
+        if self._rng.random() * 100 < self.canary_percent:
+            return canary
+        return [b for b in pool if b.track != CANARY]
 
     def started(self, b: Backend) -> None:
         """A request was sent to ``b``."""

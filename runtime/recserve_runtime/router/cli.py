@@ -51,14 +51,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "so that a NetworkPolicy can keep them from the router's clients (default 0: on "
         "--port; the operator's routers use 8082)",
     )
+    p.add_argument(
+        "--weights-config-map",
+        metavar="NAME",
+        help="canary rollouts: read and watch this ConfigMap (in --namespace), whose "
+        'data["weights.json"] is {"canaryPercent": <int 0..100>}, and send that share of '
+        "requests to the backends labelled recserve.io/track=canary (default: no split)",
+    )
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(handler=_route)
 
 
 def _route(args: argparse.Namespace) -> int:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
-    from recserve_runtime.router.balancer import Balancer
+    from recserve_runtime.router.balancer import Balancer, Target
     from recserve_runtime.router.discovery import (
         Addr,
         EndpointSliceSource,
@@ -66,12 +73,13 @@ def _route(args: argparse.Namespace) -> int:
         parse_static,
     )
     from recserve_runtime.router.service import Router
+    from recserve_runtime.router.weights import WeightsSource
     from recserve_runtime.server.asgi import ASGIApp, run_uvicorn, split_off
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    discover: Callable[[], list[Addr]]
+    discover: Callable[[], Sequence[Addr | Target]]
     watch = None
     if args.selector:
         kind = PodSource if args.source == "pods" else EndpointSliceSource
@@ -83,6 +91,8 @@ def _route(args: argparse.Namespace) -> int:
             print("error: give --backends or --selector")
             return 2
         discover = lambda: static  # noqa: E731
+    weights = WeightsSource(args.namespace, args.weights_config_map)
+    with_weights = bool(args.weights_config_map)  # without it: no split, as before canaries
     router = Router(
         Balancer(policy=args.policy),
         discover,
@@ -90,10 +100,13 @@ def _route(args: argparse.Namespace) -> int:
         health_interval_s=args.health_interval_s,
         refresh_interval_s=args.refresh_interval_s,
         watch=watch,
+        read_weights=weights.read if with_weights else None,
+        watch_weights=weights.watch if with_weights else None,
     )
     logging.getLogger("recserve.router").info(
-        "routing on http://%s:%d policy=%s", args.host, args.port, args.policy
-    )
+        "routing on http://%s:%d policy=%s weights=%s",
+        args.host, args.port, args.policy, args.weights_config_map or "-",
+    )  # fmt: skip
     app = ASGIApp(router.handle, router.startup, router.shutdown)
     if args.metrics_port:
         inner = frozenset({"/metrics", "/router/backends"})

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from recserve_runtime.router.balancer import CANARY, STABLE, TRACK_LABEL, Target
 
 log = logging.getLogger("recserve.router.discovery")
 
@@ -62,7 +64,19 @@ def _kube_client(factory: Callable[[], Any] | None, api: str) -> Any:
 
 def endpoints_from_pods(pods: list[Any], port_name: str | None, default_port: int) -> list[Addr]:
     """Addresses of Ready, not terminating pods (kubernetes client models)."""
-    out: list[Addr] = []
+    return sorted({(t.host, t.port) for t in targets_from_pods(pods, port_name, default_port)})
+
+
+def pod_track(pod: Any) -> str:
+    """The pod's rollout track: ``canary`` when labelled so, else ``stable`` (an unknown
+    value too, so that the metrics' track label stays two-valued)."""
+    labels = pod.metadata.labels or {}
+    return CANARY if labels.get(TRACK_LABEL) == CANARY else STABLE
+
+
+def targets_from_pods(pods: list[Any], port_name: str | None, default_port: int) -> list[Target]:
+    """Ready, not terminating pods (kubernetes client models) with their tracks."""
+    out: list[Target] = []
     for pod in pods:
         if pod.metadata.deletion_timestamp is not None or not pod.status.pod_ip:
             continue
@@ -74,7 +88,7 @@ def endpoints_from_pods(pods: list[Any], port_name: str | None, default_port: in
             if port_name is None or p.name == port_name:
                 port = p.container_port
                 break
-        out.append((pod.status.pod_ip, port))
+        out.append(Target(pod.status.pod_ip, port, pod_track(pod)))
     return sorted(set(out))
 
 
@@ -103,7 +117,7 @@ class _LabelSource:
             self._api = _kube_client(self._api_factory, self.api)
         return self._api
 
-    def list(self) -> list[Addr]:
+    def list(self) -> Sequence[Addr | Target]:
         """Current ready backends (blocking)."""
         raise NotImplementedError
 
@@ -141,13 +155,15 @@ class _LabelSource:
 
 
 class PodSource(_LabelSource):
-    """Ready pods matching a label selector."""
+    """Ready pods matching a label selector, each with its track (label
+    ``recserve.io/track``; a relabelled pod is a watch event, so its new track is listed
+    at once)."""
 
-    def list(self) -> list[Addr]:
+    def list(self) -> list[Target]:
         resp = self._client().list_namespaced_pod(
             self.namespace, label_selector=self.selector, _request_timeout=10
         )
-        return endpoints_from_pods(resp.items, self.port_name, self.default_port)
+        return targets_from_pods(resp.items, self.port_name, self.default_port)
 
     def _lister(self) -> Callable[..., Any]:
         return self._client().list_namespaced_pod  # type: ignore[no-any-return]

@@ -43,6 +43,16 @@ class RouterMetrics:
         self.retries = Counter(
             "recserve_router_retries", "Requests retried on another backend", registry=r
         )
+        self.canary_percent = Gauge(
+            "recserve_router_canary_percent",
+            "Share of requests the router sends to canary backends (the weight in force)",
+            registry=r,
+        )
+        self.track_requests = Counter(
+            "recserve_router_track_requests",
+            "Final answers from a backend, by the track (stable|canary) of that backend",
+            ["track"], registry=r,
+        )  # fmt: skip
         self.ejections = Counter(
             "recserve_router_ejections", "Backends taken out of rotation", ["backend"], registry=r
         )

@@ -6,10 +6,10 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from recserve_runtime.router.balancer import Backend, Balancer
+from recserve_runtime.router.balancer import Backend, Balancer, Target
 from recserve_runtime.router.metrics import RouterMetrics
 from recserve_runtime.router.upstream import UpstreamError, UpstreamPool
 from recserve_runtime.server.service import Response, error, json_response
@@ -19,6 +19,8 @@ log = logging.getLogger("recserve.router")
 FORWARD_REQUEST_HEADERS = ("content-type", "inference-header-content-length", "x-deadline-ms")
 FORWARD_RESPONSE_HEADERS = ("inference-header-content-length", "retry-after")
 Addr = tuple[str, int]
+Watch = Callable[[Callable[[], None], threading.Event], None]
+WeightsWatch = Callable[[Callable[[int], None], threading.Event], None]
 
 
 class Router:
@@ -27,24 +29,33 @@ class Router:
     def __init__(
         self,
         balancer: Balancer,
-        discover: Callable[[], list[Addr]],
+        discover: Callable[[], Sequence[Addr | Target]],
         *,
         timeout_s: float = 5.0,
         health_interval_s: float = 1.0,
         refresh_interval_s: float = 10.0,
-        watch: Callable[[Callable[[], None], threading.Event], None] | None = None,
+        watch: Watch | None = None,
+        read_weights: Callable[[], int] | None = None,
+        watch_weights: WeightsWatch | None = None,
     ) -> None:
         self.balancer = balancer
         self.discover = discover
         # backends' changes as they happen (discovery.*Source.watch); the periodic refresh
         # stays as the fallback
         self.watch = watch
+        # the canary's share (weights.WeightsSource): read at startup and every refresh,
+        # watched in between
+        self.read_weights = read_weights
+        self.watch_weights = watch_weights
+        if read_weights is not None and balancer.canary_percent is None:
+            balancer.canary_percent = 0  # split from the start, even if the first read fails
         self._changed: asyncio.Event | None = None
         self._stop_watch = threading.Event()
         self.timeout_s = timeout_s
         self.health_interval_s = health_interval_s
         self.refresh_interval_s = refresh_interval_s
         self.metrics = RouterMetrics()
+        self.metrics.canary_percent.set(balancer.canary_percent or 0)
         self.pools: dict[str, UpstreamPool] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -52,15 +63,27 @@ class Router:
         """Discover backends and start the health and refresh loops."""
         self._changed = asyncio.Event()
         await self._refresh()
+        await self._refresh_weights()
         self._tasks = [
             asyncio.create_task(self._health_loop()),
             asyncio.create_task(self._refresh_loop()),
         ]
+        loop, changed = asyncio.get_running_loop(), self._changed
         if self.watch is not None:
-            loop, changed = asyncio.get_running_loop(), self._changed
             notify = lambda: loop.call_soon_threadsafe(changed.set)  # noqa: E731
             threading.Thread(
                 target=self.watch, args=(notify, self._stop_watch), name="watch", daemon=True
+            ).start()
+        if self.watch_weights is not None:
+
+            def apply(percent: int) -> None:  # from the watch's thread
+                loop.call_soon_threadsafe(self.set_canary_percent, percent)
+
+            threading.Thread(
+                target=self.watch_weights,
+                args=(apply, self._stop_watch),
+                name="watch-weights",
+                daemon=True,
             ).start()
 
     async def shutdown(self) -> None:
@@ -83,12 +106,30 @@ class Router:
         for key in after - before:
             b = self.balancer.backends[key]
             self.pools[key] = UpstreamPool(b.host, b.port)
-            log.info("backend added backend=%s", key)
+            log.info("backend added backend=%s track=%s", key, b.track)
         for key in before - after:
             pool = self.pools.pop(key, None)
             if pool:
                 pool.close()
             log.info("backend removed backend=%s", key)
+
+    async def _refresh_weights(self) -> None:
+        if self.read_weights is None:
+            return
+        try:
+            percent = await asyncio.to_thread(self.read_weights)
+        except Exception as exc:  # the API server away: keep the share in force
+            log.warning("reading the canary weight failed: %s", exc)
+            return
+        self.set_canary_percent(percent)
+
+    def set_canary_percent(self, percent: int) -> None:
+        """Put a new canary share in force (0..100)."""
+        percent = min(100, max(0, percent))
+        if percent != self.balancer.canary_percent:
+            log.info("canary weight %s%% -> %d%%", self.balancer.canary_percent, percent)
+        self.balancer.canary_percent = percent
+        self.metrics.canary_percent.set(percent)
 
     async def _refresh_loop(self) -> None:
         """Refresh on every change the watch reports (several within 0.2 s: once), and at
@@ -102,6 +143,7 @@ class Router:
                 pass
             self._changed.clear()
             await self._refresh()
+            await self._refresh_weights()  # the fallback if the weights' watch missed one
 
     async def _health_loop(self) -> None:
         while True:
@@ -161,6 +203,7 @@ class Router:
         fwd = [(k, headers[k]) for k in FORWARD_REQUEST_HEADERS if k in headers]
         tried: set[str] = set()
         last: Response | None = None
+        last_track: str | None = None  # of the backend that sent ``last``, if one did
         for attempt in range(2):
             b = self.balancer.choose(time.monotonic(), tried)
             if b is None:
@@ -180,7 +223,7 @@ class Router:
                     self._eject(b, "connection refused")
                 elif not b.healthy:
                     self._eject(b, "consecutive failures")
-                last = error(502, f"backend {b.key} failed: {exc}")
+                last, last_track = error(502, f"backend {b.key} failed: {exc}"), None
                 continue
             took = time.perf_counter() - t0
             now = time.monotonic()
@@ -194,28 +237,33 @@ class Router:
             if up.status == 429:
                 self.balancer.busy(b, took, now)
                 self.metrics.upstream.labels(b.key, "busy").inc()
-                last = resp
+                last, last_track = resp, b.track
                 continue
             if up.status >= 500 and up.status != 504:
                 self.balancer.finished(b, took, False, now)
                 self.metrics.upstream.labels(b.key, "error").inc()
                 if not b.healthy:
                     self._eject(b, "consecutive failures")
-                last = resp
+                last, last_track = resp, b.track
                 continue
             self.balancer.finished(b, took, True, now)
             self.metrics.upstream.labels(b.key, "ok").inc()
             self.metrics.upstream_seconds.labels(b.key).observe(took)
+            self.metrics.track_requests.labels(b.track).inc()
             return resp
+        if last_track is not None:  # a backend's answer, though not a good one
+            self.metrics.track_requests.labels(last_track).inc()
         return last or error(503, "no healthy backend", 1.0)
 
     def _state(self) -> dict[str, Any]:
         now = time.monotonic()
         return {
             "policy": self.balancer.policy,
+            "canaryPercent": self.balancer.canary_percent,
             "backends": [
                 {
                     "backend": b.key,
+                    "track": b.track,
                     "healthy": b.healthy,
                     "inflight": b.inflight,
                     "ewma_ms": round(self.balancer.expected_s(b, now) * 1000, 3),
