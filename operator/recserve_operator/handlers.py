@@ -157,8 +157,9 @@ async def pool_index(
 # routers' account, shared by a namespace's models, under SHARED): a pass
 # used to LIST each of these six kinds by label, O(objects in the namespace) on the API
 # server every time. The index keeps what a pass reads: names, labels, the applied-hash
-# annotation, generation, a Deployment's replicas, a ModelVariant and a pool's limits
-# ConfigMap whole (the autoscaler reads them every tick).
+# annotation, generation, a Deployment's replicas, its pods' variant and rollout
+# progress, a ModelVariant and a pool's limits ConfigMap whole (the autoscaler reads
+# them every tick).
 CHILD_KINDS = frozenset(
     {
         "Deployment",
@@ -211,13 +212,25 @@ def _observed_child(body: kopf.Body, kind: str) -> dict[str, Any]:
     }
     if kind == "ConfigMap":
         observed["data"] = dict(body.get("data") or {})
-    replicas = (body.get("spec") or {}).get("replicas")
+    spec = body.get("spec") or {}
+    replicas = spec.get("replicas")
     if kind == "Deployment" and replicas is not None:
         observed["spec"] = {"replicas": replicas}
     status = body.get("status") or {}
     ready = status.get("readyReplicas")
     if ready is not None:
         observed["status"] = {"readyReplicas": ready}
+    if kind == "Deployment":
+        # canary rollouts (reconcilers/rollout.py): the variant a pool's pods serve, and
+        # whether the Deployment's last change is rolled out
+        template = (spec.get("template") or {}).get("metadata") or {}
+        variant = (template.get("labels") or {}).get(children.VARIANT_LABEL)
+        if variant:
+            labels = {children.VARIANT_LABEL: variant}
+            observed.setdefault("spec", {})["template"] = {"metadata": {"labels": labels}}
+        for key in ("observedGeneration", "updatedReplicas", "replicas"):
+            if status.get(key) is not None:
+                observed.setdefault("status", {})[key] = status[key]
     progressing = [c for c in status.get("conditions") or [] if c.get("type") == "Progressing"]
     if kind == "Deployment" and progressing:  # failover reads its progress deadline
         observed.setdefault("status", {})["conditions"] = progressing
@@ -583,6 +596,16 @@ async def report_passes(**_: Any) -> None:
     log.info("reconcile passes: %d (asks folded into a re-run: %d)", PASSES.passes, PASSES.folded)
 
 
+def status_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch from ``old`` to ``new``: only the fields a pass changed. A pass
+    may read a body older than the autoscaling tick's last write (kopf's copy lags it);
+    writing its whole status back would undo the tick's newer fields (a canary's step,
+    measured: a step analysed and passed twice)."""
+    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    return patch
+
+
 def _pass(raw: dict[str, Any], event_target: Any) -> None:
     meta = raw["metadata"]
     key = _key(meta["namespace"], meta["name"])
@@ -590,8 +613,9 @@ def _pass(raw: dict[str, Any], event_target: Any) -> None:
     started = time.perf_counter()
     with loop.locks.held(key), api_errors_typed():
         outcome = recmodel_pass(raw, _kube(), _config(), loop.live_demand(key))
-        if outcome.status != (raw.get("status") or {}):
-            _kube().patch_status("recmodels", meta["name"], meta["namespace"], outcome.status)
+        changed = status_changes(raw.get("status") or {}, outcome.status)
+        if changed:
+            _kube().patch_status("recmodels", meta["name"], meta["namespace"], changed)
         loop.planned(key, outcome.planned)
     RECONCILE_SECONDS.labels("reconcile").observe(time.perf_counter() - started)
     post_events(event_target, outcome.events)

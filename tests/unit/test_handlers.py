@@ -206,7 +206,8 @@ def test_the_child_index_keeps_what_a_pass_reads() -> None:
                 "annotations": {APPLIED_HASH: "abc"},
                 "generation": None,
             },
-            "status": {"readyReplicas": 2},
+            # readiness, and the rollout's progress (canary promotion waits for it)
+            "status": {"readyReplicas": 2, "observedGeneration": 3},
         }
     }
 
@@ -302,3 +303,47 @@ def test_kube_map_writes_side_by_side_in_order() -> None:
     with pytest.raises(ApiException):
         kube.map(fail_on_three, range(6))
     assert Kube(client.ApiClient()).map(lambda n: n + 1, [1, 2]) == [2, 3]  # one by one
+
+
+def test_the_child_index_keeps_what_a_canary_rollout_reads() -> None:
+    """A pass reads Deployments from the operator's index, not the API server: the
+    index must keep the variant a pool's pods serve and its rollout progress, or a
+    variant change is never seen as one (found on the local control plane)."""
+    import kopf
+
+    from recserve_operator import children
+    from recserve_operator.reconcilers.rollout import pool_move, rolled_out
+
+    body = kopf.Body(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "m-cpu-pool", "namespace": "ns", "generation": 3, "labels": {}},
+            "spec": {
+                "replicas": 2,
+                "template": {
+                    "metadata": {"labels": {children.VARIANT_LABEL: "fp32", "other": "x"}},
+                    "spec": {"containers": [{"name": "server", "args": ["serve"]}]},
+                },
+            },
+            "status": {
+                "observedGeneration": 3,
+                "replicas": 2,
+                "updatedReplicas": 2,
+                "readyReplicas": 2,
+            },
+        }
+    )
+    seen = handlers._observed_child(body, "Deployment")
+    assert seen["spec"]["template"] == {"metadata": {"labels": {children.VARIANT_LABEL: "fp32"}}}
+    assert rolled_out(seen)
+    move = pool_move("cpu-pool", "int8", seen, None, True, "2026-12-06T10:00:00Z")
+    assert move.canary and not move.apply_stable and move.rollout is not None
+
+
+def test_a_pass_writes_only_the_status_fields_it_changed() -> None:
+    old = {"plan": "a", "rollouts": [{"step": 0}], "gone": 1, "conditions": [1]}
+    new = {"plan": "b", "rollouts": [{"step": 0}], "conditions": [1]}
+    # the rollout it read (maybe older than the tick's write) is not written back
+    assert handlers.status_changes(old, new) == {"plan": "b", "gone": None}
+    assert handlers.status_changes(old, old) == {}

@@ -1259,3 +1259,13 @@ def test_a_pool_serving_a_drifted_variant_leaves_it_at_once_without_canary(
     assert world.kube.find("Deployment", f"{name}-canary", NS) is None
     assert _variant_label(world.kube.find("Deployment", name, NS)) != old
     assert world.status()["rollouts"] == []
+
+
+def test_a_pass_over_a_stale_body_does_not_start_a_canary_again(world: World) -> None:
+    import copy
+
+    _serving_then_replanned(world)
+    stale = copy.deepcopy(world.kube.find("RecModel", MODEL, NS))  # no rollout yet
+    world.reconcile()
+    handlers.recmodel(body=stale)  # the operator's copy lags its own status write
+    assert [e[1] for e in world.events].count("CanaryStarted") == 1

@@ -947,8 +947,13 @@ def _apply_serving(
         )
         for pp in decision.placements
     }
-    for move in moves.values():
-        p.events.extend(move.events)
+    for pool, move in moves.items():
+        for event in move.events:
+            # once: a pass over a body older than the last pass's write decides again
+            told = (event[1], move.rollout.to_variant if move.rollout else "")
+            if p.announced.get(f"canary/{pool}") != told:
+                p.announced[f"canary/{pool}"] = told
+                p.events.append(event)
     kept = [m.rollout for m in moves.values() if m.rollout]
     p.status["rollouts"] = [r.model_dump(by_alias=True, mode="json") for r in kept]
     # the routers' canary share: the tick moves it step by step; the pass only sets it
