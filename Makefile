@@ -15,7 +15,7 @@ PYTEST_ARGS ?= --durations=20  # the slowest tests, to keep CI within its time
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install crds crds-check lint typecheck test test-kind test-unit test-integration reliability reliability-table bench demo tools images kind-up kind-down kind-node-image cluster-up cluster-down clean
+.PHONY: help install crds crds-check lint typecheck test test-kind test-unit test-integration reliability reliability-table bench demo tools images kind-up kind-down kind-node-image sbom cluster-up cluster-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -109,6 +109,9 @@ kind-node-image:  ## the offline kind node image (no registry needed; cached)
 
 images:  ## build the operator, server and builder images (podman, else docker; hack/images.sh)
 	bash hack/images.sh
+
+sbom:  ## list what is in the images (syft) into docs/images-sbom.md and build/sbom/
+	bash hack/sbom.sh
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info

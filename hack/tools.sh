@@ -8,6 +8,8 @@
 #   hack/tools.sh --with-kind   also what a kind cluster needs offline (or RECSERVE_TOOLS_KIND=1):
 #                               kind, kubelet, kubeadm, kube-proxy, coredns, and the module
 #                               sources of kind (its node base files) and Kubernetes (pause.c)
+#   hack/tools.sh --with-sbom   also syft, which lists what is in the images (hack/sbom.sh;
+#                               or RECSERVE_TOOLS_SBOM=1)
 #
 # KEDA (docs/keda.md) is never built by default: its ~1100-module dependency graph alone
 # takes long enough on 2 cores to push the default cold build past CI's limit.
@@ -34,14 +36,17 @@ KEDA_VERSION=${KEDA_VERSION:-v2.21.0}
 KIND_VERSION=${KIND_VERSION:-v0.33.0}
 # kubeadm v1.34 asks for CoreDNS v1.12.1
 COREDNS_VERSION=${COREDNS_VERSION:-v1.12.1}
+SYFT_VERSION=${SYFT_VERSION:-v1.57.2}
 CHECK_ONLY=0
 WITH_KEDA=${RECSERVE_TOOLS_KEDA:-0}
 WITH_KIND=${RECSERVE_TOOLS_KIND:-0}
+WITH_SBOM=${RECSERVE_TOOLS_SBOM:-0}
 for arg in "$@"; do
   case $arg in
     --check) CHECK_ONLY=1 ;;
     --with-keda) WITH_KEDA=1 ;;
     --with-kind) WITH_KIND=1 ;;
+    --with-sbom) WITH_SBOM=1 ;;
     *) printf '[tools] unknown argument: %s\n' "$arg" >&2; exit 2 ;;
   esac
 done
@@ -217,6 +222,10 @@ if [ -n "${TOOLS_ENV_OUT:-}" ]; then exec 3>"$TOOLS_ENV_OUT"; else exec 3>&1; fi
     ensure coredns RECSERVE_COREDNS "$CACHE/coredns-$COREDNS_VERSION/bin" build_goinstall "$CACHE/coredns-$COREDNS_VERSION/bin" "github.com/coredns/coredns@$COREDNS_VERSION"
     echo "RECSERVE_KIND_SOURCE=$(kind_source)"
     echo "RECSERVE_K8S_SOURCE=$(k8s_source)"
+  fi
+  if [ "$WITH_SBOM" = 1 ]; then  # opt-in, see the header
+    ensure syft RECSERVE_SYFT "$CACHE/syft-$SYFT_VERSION/bin" build_goinstall "$CACHE/syft-$SYFT_VERSION/bin" \
+      "github.com/anchore/syft/cmd/syft@$SYFT_VERSION" "-X main.version=$SYFT_VERSION"
   fi
   if [ "$WITH_KEDA" = 1 ]; then  # opt-in, see the header
     KEDA_DIR=$CACHE/keda-$KEDA_VERSION/bin

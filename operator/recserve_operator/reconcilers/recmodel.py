@@ -54,7 +54,7 @@ from recserve_operator.planner import (
     replica_limit,
 )
 from recserve_operator.reconcilers.hardwarepool import observed_status as pool_observed
-from recserve_operator.reconcilers.rollout import pool_move
+from recserve_operator.reconcilers.rollout import PoolMove, pool_move
 from recserve_operator.reconcilers.scaling import (
     PENDING,
     PlannedPool,
@@ -848,6 +848,46 @@ def _reference(built: list[Built]) -> Built | None:
     return min(plain, key=lambda b: b.drop_bp, default=None)  # the source model: no drop
 
 
+def _moves(
+    p: Pass,
+    decision: Plan,
+    deployments: dict[str, dict[str, Any]],
+    built: list[Built],
+    policy: OptimizationPolicy,
+) -> dict[str, PoolMove]:
+    """Per placed pool, what happens to its Deployments (canary rollouts,
+    reconcilers/rollout.py); their Events go out once."""
+    status = p.model.status
+    rollouts = {r.pool: r for r in (status.rollouts if status else [])}
+    known_bad = {
+        *(status.drifted_variants if status else []),
+        *(status.corrupt_variants if status else []),
+    }
+    bad = frozenset(
+        children.dns_name(b.name) for b in built if variant_object_name(p.name, b.name) in known_bad
+    )
+    moves = {
+        pp.pool: pool_move(
+            pp.pool,
+            pp.variant,
+            deployments.get(children.dns_name(p.name, pp.pool)),
+            rollouts.get(pp.pool),
+            policy.spec.rollout.canary,
+            stamp(time.time()),
+            bad,
+        )
+        for pp in decision.placements
+    }
+    for pool, move in moves.items():
+        for event in move.events:
+            # once: a pass over a body older than the last pass's write decides again
+            told = (event[1], move.rollout.to_variant if move.rollout else "")
+            if p.announced.get(f"canary/{pool}") != told:
+                p.announced[f"canary/{pool}"] = told
+                p.events.append(event)
+    return moves
+
+
 def _apply_serving(
     p: Pass,
     pools: dict[str, HardwarePool],
@@ -926,34 +966,7 @@ def _apply_serving(
     # canary rollouts: which pools keep their Deployment as it is while the planned
     # variant runs beside it (reconcilers/rollout.py)
     deployments = observed["Deployment"]
-    status = p.model.status
-    rollouts = {r.pool: r for r in (status.rollouts if status else [])}
-    known_bad = {
-        *(status.drifted_variants if status else []),
-        *(status.corrupt_variants if status else []),
-    }
-    bad = frozenset(
-        children.dns_name(b.name) for b in built if variant_object_name(p.name, b.name) in known_bad
-    )
-    moves = {
-        pp.pool: pool_move(
-            pp.pool,
-            pp.variant,
-            deployments.get(children.dns_name(p.name, pp.pool)),
-            rollouts.get(pp.pool),
-            policy.spec.rollout.canary,
-            stamp(time.time()),
-            bad,
-        )
-        for pp in decision.placements
-    }
-    for pool, move in moves.items():
-        for event in move.events:
-            # once: a pass over a body older than the last pass's write decides again
-            told = (event[1], move.rollout.to_variant if move.rollout else "")
-            if p.announced.get(f"canary/{pool}") != told:
-                p.announced[f"canary/{pool}"] = told
-                p.events.append(event)
+    moves = _moves(p, decision, deployments, built, policy)
     kept = [m.rollout for m in moves.values() if m.rollout]
     p.status["rollouts"] = [r.model_dump(by_alias=True, mode="json") for r in kept]
     # the routers' canary share: the tick moves it step by step; the pass only sets it
@@ -1004,8 +1017,8 @@ def _apply_serving(
     def stable_write(pp: PoolPlan, deployment: dict[str, Any]) -> Callable[[], Any]:
         if moves[pp.pool].apply_stable:
             return functools.partial(apply, deployment)
-        kept = deployments[deployment["metadata"]["name"]]  # while its canary is analysed
-        return lambda: kept
+        as_is = deployments[deployment["metadata"]["name"]]  # while its canary is analysed
+        return lambda: as_is
 
     writes: list[Callable[[], Any]] = [
         *(stable_write(pp, d) for pp, d in zip(decision.placements, servers, strict=True)),
