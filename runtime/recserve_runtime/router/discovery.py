@@ -132,26 +132,42 @@ class _LabelSource:
         interval later (measured in `recserve bench autoscale`: 10 s polling left five new
         Ready replicas idle for 6 s of a 10x flash crowd). A broken watch is started
         again after a second; the periodic refresh covers the gap."""
-        from kubernetes import watch
+        watch_forever(
+            self._lister(),
+            self.namespace,
+            lambda _event: changed(),
+            stop,
+            label_selector=self.selector,
+        )
 
-        while not stop.is_set():
-            w = watch.Watch()
-            try:
-                for _ in w.stream(
-                    self._lister(),
-                    self.namespace,
-                    label_selector=self.selector,
-                    timeout_seconds=60,
-                    _request_timeout=75,
-                ):
-                    changed()
-                    if stop.is_set():
-                        break
-            except Exception as exc:  # the API server away, a 410 Gone: start again
-                log.debug("watch of %s ended: %s", self.selector, exc)
-                stop.wait(1.0)
-            finally:
-                w.stop()
+
+def watch_forever(
+    lister: Callable[..., Any],
+    namespace: str,
+    on_event: Callable[[dict[str, Any]], None],
+    stop: threading.Event,
+    **selector: str,
+) -> None:
+    """Call ``on_event`` with each watch event of ``lister``'s objects in ``namespace``
+    (``selector``: label_selector= or field_selector=) until ``stop`` is set (blocking:
+    run it on a thread). A broken watch (the API server away, a 410 Gone) is started
+    again after a second; the caller's periodic read covers the gap."""
+    from kubernetes import watch
+
+    while not stop.is_set():
+        w = watch.Watch()
+        try:
+            for event in w.stream(
+                lister, namespace, timeout_seconds=60, _request_timeout=75, **selector
+            ):
+                on_event(event)
+                if stop.is_set():
+                    break
+        except Exception as exc:  # start again
+            log.debug("watch of %s ended: %s", selector, exc)
+            stop.wait(1.0)
+        finally:
+            w.stop()
 
 
 class PodSource(_LabelSource):

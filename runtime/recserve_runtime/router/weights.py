@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from recserve_runtime.router.discovery import _kube_client
+from recserve_runtime.router.discovery import _kube_client, watch_forever
 
 log = logging.getLogger("recserve.router.weights")
 
@@ -76,24 +76,15 @@ class WeightsSource:
         """Call ``apply(percent)`` on every change of the ConfigMap (deleted: 0) until
         ``stop`` is set (blocking: run it on a thread). A broken watch is started again
         after a second; the router's periodic ``read`` covers the gap."""
-        from kubernetes import watch
 
-        while not stop.is_set():
-            w = watch.Watch()
-            try:
-                for event in w.stream(
-                    self._client().list_namespaced_config_map,
-                    self.namespace,
-                    field_selector=self._selector(),
-                    timeout_seconds=60,
-                    _request_timeout=75,
-                ):
-                    deleted = event["type"] == "DELETED"
-                    apply(0 if deleted else self.percent_of(event["object"].data))
-                    if stop.is_set():
-                        break
-            except Exception as exc:  # the API server away, a 410 Gone: start again
-                log.debug("watch of configmap %s ended: %s", self.name, exc)
-                stop.wait(1.0)
-            finally:
-                w.stop()
+        def on_event(event: dict[str, Any]) -> None:
+            deleted = event["type"] == "DELETED"
+            apply(0 if deleted else self.percent_of(event["object"].data))
+
+        watch_forever(
+            self._client().list_namespaced_config_map,
+            self.namespace,
+            on_event,
+            stop,
+            field_selector=self._selector(),
+        )
