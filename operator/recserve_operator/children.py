@@ -22,14 +22,16 @@ from recserve_operator.config import STORE_MOUNT, OperatorConfig
 from recserve_operator.jobs import pod_failure_policy
 from recserve_runtime.artifacts import StoreLayout
 
+# A canary's server pods carry TRACK_LABEL=CANARY and the routers send them the share in
+# their weights ConfigMap (WEIGHTS_KEY): the router's own names, so the two agree.
+from recserve_runtime.router.balancer import CANARY as CANARY
+from recserve_runtime.router.balancer import TRACK_LABEL as TRACK_LABEL
+from recserve_runtime.router.weights import WEIGHTS_KEY
+
 MANAGED_BY = {"app.kubernetes.io/managed-by": "recserve-operator"}
 MODEL_LABEL = "recserve.io/model"
 POOL_LABEL = "recserve.io/pool"
 VARIANT_LABEL = "recserve.io/variant"
-# A canary's server pods carry TRACK_LABEL=CANARY (the router sends them its share)
-TRACK_LABEL = "recserve.io/track"
-CANARY = "canary"
-WEIGHTS_KEY = "weights.json"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 # A child that every RecModel of its namespace shares (no model label, no owner).
 SHARED_LABEL = "recserve.io/shared"

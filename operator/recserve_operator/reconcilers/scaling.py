@@ -542,7 +542,8 @@ class CanaryObserved:
 
 
 def observe_canaries(kube: Kube, model: RecModel) -> dict[str, CanaryObserved]:
-    """The model's canary Deployments, by pool (from the operator's watch)."""
+    """The model's canary Deployments, by pool. Read from the API server (the index
+    keeps no container args): only while the model has a rollout."""
     selector = f"{children.MODEL_LABEL}={model.name},{children.TRACK_LABEL}={children.CANARY}"
     out: dict[str, CanaryObserved] = {}
     for dep in kube.list("apps/v1", "Deployment", str(model.namespace), selector):
@@ -573,7 +574,6 @@ class RolloutTick:
     status: dict[str, Any] = field(default_factory=dict)  # merge patch of status
     events: list[tuple[str, str, str]] = field(default_factory=list)
     weight: int = 0  # the routers' canary share
-    settled: bool = False  # promoted or rolled back: a pass moves the Deployments
 
 
 def decide_rollouts(
@@ -607,7 +607,6 @@ def decide_rollouts(
         )
         after.append(step.rollout)
         out.events += step.events
-        out.settled |= step.settled
         if step.rollout.phase == CanaryPhase.ROLLED_BACK and r.phase != CanaryPhase.ROLLED_BACK:
             failed.append(
                 Optimization(
