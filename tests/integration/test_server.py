@@ -275,6 +275,33 @@ def test_admin_limits_change_at_run_time(server: Running) -> None:
         post(f"{admin}/admin/limits", {"max_batch_rows": 4096, "min_batch_rows": 64})
 
 
+def test_the_request_sample_holds_answered_rows_on_the_admin_port_only(
+    variant: Path, tmp_path: Path, server: Running
+) -> None:
+    """With --request-sample-rows, the rows the server answered (ids and values as the
+    model ran them) come back from GET /admin/request-sample, at most that many; the
+    inference port has no such route; a server without the flag says it keeps none."""
+    from recserve_runtime.server.request_sample import SampleRows
+
+    with run_server(variant, tmp_path, "--request-sample-rows", "50") as srv:
+        sent = [tm.random_batch(SPEC, 20, seed=k) for k in range(4)]
+        for sparse, dense in sent:
+            status, _ = post(f"{srv.url}/v2/models/{MODEL}/infer", infer_doc(sparse, dense))
+            assert status == 200
+        status, headers, raw = http("GET", f"{srv.admin_url}/admin/request-sample")
+        assert status == 200 and headers["content-type"] == "application/octet-stream"
+        rows = SampleRows.from_npz(raw)
+        assert rows.seen == 80 and len(rows) == 50
+        answered = {(tuple(s), tuple(d)) for b in sent for s, d in zip(*b, strict=True)}
+        assert all(
+            (tuple(s), tuple(d)) in answered for s, d in zip(rows.sparse, rows.dense, strict=True)
+        )
+        assert http("GET", f"{srv.url}/admin/request-sample")[0] == 404
+        assert http("PUT", f"{srv.admin_url}/admin/request-sample", b"")[0] == 405
+    status, _, raw = http("GET", f"{server.admin_url}/admin/request-sample")
+    assert status == 404 and b"--request-sample-rows is 0" in raw, raw
+
+
 @pytest.mark.fault(
     "/admin/limits asked on the inference port", expect="404: the admin API is on its own port only"
 )

@@ -78,6 +78,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "the operator's data drift); 0 = off (default 2000)",
     )
     p.add_argument(
+        "--request-sample-rows",
+        type=int,
+        default=0,
+        help="keep a uniform sample of at most this many answered rows (their feature ids "
+        "and values only) for `recserve recalibrate`, served on the admin port as GET "
+        "/admin/request-sample; default 0 = none kept",
+    )
+    p.add_argument(
         "--admin-port",
         type=int,
         default=0,
@@ -113,6 +121,10 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if args.request_sample_rows < 0:
+        raise SystemExit(
+            f"error: --request-sample-rows must be 0 or more, got {args.request_sample_rows}"
+        )
     limits = Limits(
         slo_p99_s=args.slo_p99_ms / 1000.0,
         max_batch_rows=args.max_batch_rows,
@@ -134,6 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
         reference_variant=args.reference_variant,
         fidelity_sample_bp=args.fidelity_sample_bp,
         data_drift_window_rows=args.data_drift_window_rows,
+        request_sample_rows=args.request_sample_rows,
         admin_token=_read_token(args.admin_token_file),
     )
     server = InferenceServer(config)

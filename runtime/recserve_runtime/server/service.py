@@ -28,6 +28,8 @@ from recserve_runtime.server.metrics import ServerMetrics
 from recserve_runtime.server.model import LoadedModel, ModelLoadError, load
 from recserve_runtime.server.policy import Limits, retry_after_header
 from recserve_runtime.server.protocol import HEADER_LENGTH, BadInput, Validator
+from recserve_runtime.server.request_sample import CONTENT_TYPE as SAMPLE_CONTENT_TYPE
+from recserve_runtime.server.request_sample import RequestSample
 
 log = logging.getLogger("recserve.server")
 
@@ -102,6 +104,8 @@ class ServeConfig:
     # rows per data drift window (PSI of each input column against the manifest's
     # training-data bins); 0: no sketch
     data_drift_window_rows: int = 2000
+    # rows of answered requests kept for recalibration (GET /admin/request-sample); 0: none
+    request_sample_rows: int = 0
     admin_token: str | None = None  # Bearer token the admin API requires, if any
 
 
@@ -155,6 +159,7 @@ class InferenceServer:
         self._lag_task: asyncio.Task[None] | None = None
         self.fidelity: FidelitySampler | None = None
         self.sketch: DriftSketch | None = None
+        self.request_sample: RequestSample | None = None
         self.name = config.model_name or "model"
         self.version = "1"
 
@@ -235,6 +240,10 @@ class InferenceServer:
                 np.zeros((rows, model.n_dense), np.float32),
             )
         self.metrics.load_seconds.set(model.load_seconds)
+        if cfg.request_sample_rows > 0:
+            self.request_sample = RequestSample(
+                cfg.request_sample_rows, model.n_sparse, model.n_dense
+            )
         if m.data_reference is not None and cfg.data_drift_window_rows > 0:
             self.sketch = DriftSketch(
                 m.data_reference,
@@ -415,8 +424,9 @@ class InferenceServer:
     async def handle_admin(
         self, method: str, path: str, headers: dict[str, str], body: bytes
     ) -> Response:
-        """Answer one request on the admin port (never raises): ``/admin/limits`` only,
-        with ``Authorization: Bearer <token>`` when the server was given a token."""
+        """Answer one request on the admin port (never raises): ``/admin/limits`` and
+        ``GET /admin/request-sample``, with ``Authorization: Bearer <token>`` when the
+        server was given a token."""
         token = self.config.admin_token
         if token is not None:
             given = headers.get("authorization", "")
@@ -428,8 +438,14 @@ class InferenceServer:
                     JSON,
                     [("www-authenticate", "Bearer")],
                 )
-        if [p for p in path.split("/") if p] != ["admin", "limits"]:
-            return error(404, f"no route for {path} on the admin port (only /admin/limits)")
+        route = [p for p in path.split("/") if p]
+        if route == ["admin", "request-sample"]:
+            return self._request_sample(method)
+        if route != ["admin", "limits"]:
+            return error(
+                404,
+                f"no route for {path} on the admin port (/admin/limits, /admin/request-sample)",
+            )
         try:
             return await self._admin(method, body)
         except BadInput as exc:
@@ -437,6 +453,16 @@ class InferenceServer:
         except Exception as exc:  # the server survives any request
             log.exception("admin request failed path=%s", path)
             return error(500, f"internal error: {type(exc).__name__}")
+
+    def _request_sample(self, method: str) -> Response:
+        """The recent rows kept for recalibration, as .npz (``request_sample``)."""
+        if method != "GET":
+            return error(405, "use GET")
+        if self.request_sample is None:
+            why = self.not_ready_reason if self.model is None else "--request-sample-rows is 0"
+            return error(404, f"this server keeps no request sample ({why})")
+        rows = self.request_sample.snapshot()
+        return Response(200, rows.to_npz(), SAMPLE_CONTENT_TYPE)
 
     async def _admin(self, method: str, body: bytes) -> Response:
         if method == "GET":
@@ -549,6 +575,8 @@ class InferenceServer:
             self.fidelity.offer(sparse, dense, scores)
         if self.sketch is not None:
             self.sketch.offer(sparse, dense)
+        if self.request_sample is not None:
+            self.request_sample.offer(sparse, dense)
 
     async def _rank(self, headers: dict[str, str], body: bytes) -> Response:
         if (resp := self._unavailable()) is not None:
