@@ -339,6 +339,61 @@ def quantize_variant(src: Path, store: Path) -> Path:
     return final
 
 
+def static_variant(src: Path, store: Path, rows: int = 2048, seed: int = 7) -> Path:
+    """A static-INT8 (QDQ) copy of a variant, its activation ranges calibrated on
+    ``rows`` rows of its "training data" (:func:`random_batch`), as the builder does."""
+    from recserve_runtime.builder.quantize import int8_static_qdq
+    from recserve_runtime.data.tabular import Split
+
+    manifest = artifacts.load_manifest(src)
+    store.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=store, prefix=".build-"))
+    out = tmp / artifacts.MODEL_FILE
+    sparse, dense = random_batch(manifest, rows, seed)
+    calibration = Split(sparse, dense, np.zeros(rows, np.float32))
+    int8_static_qdq(src / manifest.artifact.file, out, manifest.feature_spec, calibration)
+    digest = artifacts.sha256_file(out)
+    final = store / digest[:16]
+    if final.exists():
+        shutil.rmtree(tmp)
+        return final
+    q = manifest.model_copy(deep=True)
+    q.name = (
+        manifest.name.replace("fp32", "int8-static")
+        if "fp32" in manifest.name
+        else f"{q.name}-int8-static"
+    )
+    q.recipe = artifacts.Recipe(precision="int8", quantization="static")
+    q.artifact = artifacts.ArtifactFile(sha256=digest, size_bytes=out.stat().st_size)
+    artifacts.write_manifest(tmp, q)
+    tmp.rename(final)
+    return final
+
+
+def write_eval_csv(variant: Path, path: Path, rows: int, seed: int = 0) -> Path:
+    """Labelled rows for a synthetic variant as custom eval data (CSV, the feature spec's
+    columns and ``label``): the label is whether the variant's own score is above its
+    median, flipped for a fifth of the rows, so AUC is meaningful (about 0.8)."""
+    import onnxruntime as ort
+
+    manifest = artifacts.load_manifest(variant)
+    sparse, dense = random_batch(manifest, rows, seed)
+    sess = ort.InferenceSession(str(variant / manifest.artifact.file))
+    scores = np.asarray(sess.run(None, {"sparse_ids": sparse, "dense": dense})[0]).reshape(-1)
+    rng = np.random.default_rng(seed)
+    label = (scores > np.median(scores)) ^ (rng.random(rows) < 0.2)
+    fs = manifest.feature_spec
+    names = [f.name for f in fs.sparse] + [f.name for f in fs.dense] + [fs.label]
+    table = np.concatenate([sparse, dense, label.reshape(-1, 1)], axis=1)
+    with path.open("w") as out:
+        out.write(",".join(names) + "\n")
+        for row in table:
+            cells = [str(int(v)) for v in row[: len(fs.sparse)]]
+            cells += [f"{v:.5f}" for v in row[len(fs.sparse) : -1]] + [str(int(row[-1]))]
+            out.write(",".join(cells) + "\n")
+    return path
+
+
 def emulated_profile(
     real: artifacts.ProfileReport,
     us_per_batch: float,

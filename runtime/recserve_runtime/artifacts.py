@@ -528,6 +528,12 @@ class Manifest(_Wire):
         description="Training-data bins per input column (absent in older manifests: "
         "no data drift figures).",
     )
+    recalibrated_from: str | None = Field(
+        default=None,
+        description="`recserve recalibrate`: the variant whose graph this one shares, with "
+        "activation ranges calibrated on recent requests instead of training rows (same "
+        "operators and shapes, so the same latency profile on every pool).",
+    )
 
     @property
     def accuracy_drop_basis_points(self) -> int:

@@ -30,6 +30,7 @@ PLUGINS: list[str] = [
     "recserve_runtime.train",
     "recserve_runtime.optimize",
     "recserve_runtime.profile_cmd",
+    "recserve_runtime.recalibrate",
     "recserve_runtime.server.cli",
     "recserve_runtime.router.cli",
 ]

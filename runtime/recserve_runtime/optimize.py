@@ -245,34 +245,9 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `recserve optimize`."""
-    p.add_argument(
-        "--model",
-        default="demo",
-        help="'demo' (MovieLens DLRM teacher, trained if missing), a checkpoint "
-        "from `recserve train`, or a TorchScript or ONNX file (needs --feature-spec): a path "
-        "or an fsspec URI (s3://, gs://, http(s)://)",
-    )
-    p.add_argument(
-        "--model-format",
-        default="auto",
-        choices=["auto", "demo", "checkpoint", "torchscript", "onnx"],
-        help="what --model is; the file must be that (default: tell by its content)",
-    )
-    p.add_argument(
-        "--model-sha256",
-        default=None,
-        metavar="HEX",
-        help="the model file's expected sha256, checked before anything runs",
-    )
-    p.add_argument(
-        "--feature-spec",
-        default=None,
-        metavar="URI",
-        help="FeatureSpec YAML/JSON file (path or fsspec URI): the model's input names and "
-        "columns, and which data columns feed them (docs/bring-your-own-model.md)",
-    )
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """The held-out data flags (RecModel spec.evalDataset), shared with `recserve
+    recalibrate`, which measures accuracy on the same rows as the build."""
     p.add_argument(
         "--dataset",
         default="movielens-100k",
@@ -307,6 +282,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="with --time-column: hold out each user's latest --holdout-bp of rows",
     )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `recserve optimize`."""
+    p.add_argument(
+        "--model",
+        default="demo",
+        help="'demo' (MovieLens DLRM teacher, trained if missing), a checkpoint "
+        "from `recserve train`, or a TorchScript or ONNX file (needs --feature-spec): a path "
+        "or an fsspec URI (s3://, gs://, http(s)://)",
+    )
+    p.add_argument(
+        "--model-format",
+        default="auto",
+        choices=["auto", "demo", "checkpoint", "torchscript", "onnx"],
+        help="what --model is; the file must be that (default: tell by its content)",
+    )
+    p.add_argument(
+        "--model-sha256",
+        default=None,
+        metavar="HEX",
+        help="the model file's expected sha256, checked before anything runs",
+    )
+    p.add_argument(
+        "--feature-spec",
+        default=None,
+        metavar="URI",
+        help="FeatureSpec YAML/JSON file (path or fsspec URI): the model's input names and "
+        "columns, and which data columns feed them (docs/bring-your-own-model.md)",
+    )
+    add_eval_arguments(p)
     p.add_argument("--hardware", default="cpu", choices=["cpu", "gpu", "fpga"])
     p.add_argument(
         "--out",
