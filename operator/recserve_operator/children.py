@@ -276,6 +276,49 @@ def profile_job(
     return job
 
 
+def recalibrate_job(
+    model: RecModel,
+    digest: str,
+    policy: OptimizationPolicy,
+    config: OperatorConfig,
+    variant: str,
+    reference: str,
+    name: str,
+    servers: list[str],
+) -> dict[str, Any]:
+    """The Job that runs `recserve recalibrate`: ``variant`` (a statically quantized
+    variant's name) calibrated again on the request samples of ``servers`` (pod IPs of
+    the pool's ready servers, asked on their admin port) and written to the build as
+    ``name``; accuracy is measured on the build's held-out data, against the budget."""
+    layout = pod_layout(model, digest, config)
+    args = [
+        "recserve",
+        "recalibrate",
+        f"--variants={layout.variants}",
+        f"--variant={variant}",
+        f"--reference={reference}",
+        f"--name={name}",
+        *(f"--sample-from=http://{ip}:{ADMIN_PORT}" for ip in servers),
+        f"--accuracy-budget-bp={policy.spec.objectives.accuracy_budget_basis_points}",
+        *eval_args(model.spec.eval_dataset),
+    ]
+    job = _job(
+        dns_name(model.name, "recalibrate", name, digest[:8]),
+        model,
+        args,
+        {},
+        config,
+        RECALIBRATE_COMPONENT,
+        config.builder_image,
+    )
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    container["env"].append({"name": "RECSERVE_DATA_DIR", "value": DATA_CACHE})
+    return job
+
+
+RECALIBRATE_COMPONENT = "recalibrate"
+
+
 def _job(
     name: str,
     model: RecModel,
@@ -346,6 +389,7 @@ def server_deployment(
     progress_deadline_s: int | None = None,
     reference_dir: str | None = None,
     fidelity_sample_bp: int = 0,
+    request_sample_rows: int = 0,
     canary: bool = False,
 ) -> dict[str, Any]:
     """One Deployment of `recserve serve` per (model, pool), and a second one while a
@@ -360,7 +404,8 @@ def server_deployment(
     ``progressDeadlineSeconds`` (past it the pool is left out of the plan).
     ``reference_dir``: the FP32 reference variant, when the served one is compressed:
     the servers score ``fidelity_sample_bp`` of their requests with it too (fidelity
-    drift).
+    drift). ``request_sample_rows``: how many answered rows each server keeps for
+    recalibration (:func:`recalibrate_job`).
     """
     pool_name = pool.name
     name = dns_name(model.name, pool_name)
@@ -385,6 +430,7 @@ def server_deployment(
             if reference_dir and fidelity_sample_bp > 0
             else []
         ),
+        *([f"--request-sample-rows={request_sample_rows}"] if request_sample_rows > 0 else []),
         *config.server_args,
     ]
     container = {
@@ -670,10 +716,11 @@ def network_policies(model: RecModel, config: OperatorConfig) -> list[dict[str, 
     """Who may reach the model's pods, where the cluster enforces NetworkPolicies.
 
     Servers (``<model>-servers``): the model's own router on the inference port, the
-    operator's pods on the admin port, the Prometheus pods (``config.prometheus_pod_labels``,
-    any namespace) on the metrics port; everything else is refused. The router
-    (``<model>-router``): anyone on its port (it is the model's entry point), Prometheus
-    only on its metrics port (``/metrics``, ``/router/backends``)."""
+    operator's pods and the model's recalibration Jobs on the admin port, the Prometheus
+    pods (``config.prometheus_pod_labels``, any namespace) on the metrics port; everything
+    else is refused. The router (``<model>-router``): anyone on its port (it is the
+    model's entry point), Prometheus only on its metrics port (``/metrics``,
+    ``/router/backends``)."""
     operator_pods: dict[str, Any] = {"podSelector": {"matchLabels": {COMPONENT_LABEL: "operator"}}}
     if config.operator_namespace:
         operator_pods["namespaceSelector"] = {
@@ -684,6 +731,11 @@ def network_policies(model: RecModel, config: OperatorConfig) -> list[dict[str, 
         "podSelector": {"matchLabels": dict(config.prometheus_pod_labels)},
     }
     router = {"podSelector": {"matchLabels": {MODEL_LABEL: model.name, COMPONENT_LABEL: "router"}}}
+    recalibrate = {
+        "podSelector": {
+            "matchLabels": {MODEL_LABEL: model.name, COMPONENT_LABEL: RECALIBRATE_COMPONENT}
+        }
+    }
 
     def policy(name: str, component: str, ingress: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -708,7 +760,7 @@ def network_policies(model: RecModel, config: OperatorConfig) -> list[dict[str, 
             "server",
             [
                 {"from": [router], "ports": tcp(SERVER_PORT)},
-                {"from": [operator_pods], "ports": tcp(ADMIN_PORT)},
+                {"from": [operator_pods, recalibrate], "ports": tcp(ADMIN_PORT)},
                 {"from": [prometheus], "ports": tcp(SERVER_METRICS_PORT)},
             ],
         ),

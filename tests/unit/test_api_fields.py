@@ -30,6 +30,7 @@ PLANNER = "tests/unit/test_planner.py"
 RECMODEL = "tests/unit/test_reconcilers_recmodel.py"
 SCALING = "tests/unit/test_reconcilers_scaling.py"
 CANARY = "tests/unit/test_canary.py"
+RECALIBRATION = "tests/unit/test_reconcilers_recalibration.py"
 
 EFFECT_TESTS: dict[str, str] = {
     # RecModel: the build Job's flags, the references followed, the planned load
@@ -134,6 +135,12 @@ EFFECT_TESTS: dict[str, str] = {
     ),
     "OptimizationPolicy.spec.drift.dataDriftPsiThousandths": (
         f"{SCALING}::test_data_drift_is_reported_for_a_human_and_the_plan_is_kept"
+    ),
+    "OptimizationPolicy.spec.drift.recalibrate": (
+        f"{RECALIBRATION}::test_only_a_static_variant_under_a_policy_that_keeps_samples_is_recalibrated"
+    ),
+    "OptimizationPolicy.spec.drift.recalibrationSampleRows": (
+        f"{RECALIBRATION}::test_servers_keep_the_policy_s_request_sample"
     ),
     "OptimizationPolicy.spec.drift.checkIntervalSeconds": (
         f"{SCALING}::test_drift_is_sampled_every_check_interval"

@@ -308,7 +308,7 @@ def test_local_store_is_a_host_path_and_pvc_store_a_claim(tmp_path: Path) -> Non
     assert pvc.pod_path("ns", "m") == "/artifacts/ns/m"
 
 
-def test_only_the_router_prometheus_and_the_operator_reach_the_servers() -> None:
+def test_only_the_router_prometheus_the_operator_and_recalibration_reach_the_servers() -> None:
     config = OperatorConfig(store=CONFIG.store, operator_namespace="recserve-system")
     servers, router_policy = children.network_policies(model(), config)
     assert servers["metadata"]["name"] == "movielens-dlrm-servers"
@@ -343,7 +343,15 @@ def test_only_the_router_prometheus_and_the_operator_reach_the_servers() -> None
                 "namespaceSelector": {
                     "matchLabels": {"kubernetes.io/metadata.name": "recserve-system"}
                 },
-            }
+            },
+            {  # the model's own recalibration Jobs (their request samples)
+                "podSelector": {
+                    "matchLabels": {
+                        children.MODEL_LABEL: "movielens-dlrm",
+                        children.COMPONENT_LABEL: "recalibrate",
+                    }
+                }
+            },
         ],
         "ports": [{"protocol": "TCP", "port": children.ADMIN_PORT}],
     }

@@ -309,6 +309,7 @@ def _run_drifting(
     data_psi: float | None = None,
     slow: bool = True,
     fast_ticks: frozenset[int] = frozenset(),
+    planned: PlannedPool = PLANNED,
 ) -> Any:
     """Ticks 10 s apart on a pool twice as slow as its profile and saturated (both
     latency and capacity drift; ``slow=False``, and at ``fast_ticks``: as fast as
@@ -316,7 +317,7 @@ def _run_drifting(
     server would. Returns the last model and every re-optimization event."""
     from dataclasses import replace as dc_replace
 
-    pool = dc_replace(PLANNED, profile_p50_s=((64, 0.002), (128, 0.004)))
+    pool = dc_replace(planned, profile_p50_s=((64, 0.002), (128, 0.004)))
     rm = rm or model()
     drift: dict[str, Any] = {}
     memory: dict[str, Memory] = {}
@@ -471,6 +472,50 @@ def test_a_data_drift_report_does_not_hold_back_a_re_profile() -> None:
         "DataDrift",
         "LatencyDrift and CapacityDrift",
     ]
+
+
+STATIC_POOL = PlannedPool(**{**PLANNED.__dict__, "recalibrate_as": "int8-static-recal1"})
+
+
+def test_fidelity_drift_of_a_static_variant_also_recalibrates_it_on_recent_requests() -> None:
+    rm, actions = _run_drifting(_drifting_policy(), 12, fidelity=0.6, planned=STATIC_POOL)
+    assert len(actions) == 2 and "recalibrating m-int8" in actions[1], actions
+    assert rm.status is not None
+    replan, recal = rm.status.last_optimization
+    assert replan.variant == "m-int8" and replan.recalibration is None
+    assert recal.cause == "FidelityDrift" and recal.outcome == "pending"
+    assert (recal.variant, recal.recalibration) == ("m-int8", "int8-static-recal1")
+    assert "as int8-static-recal1" in recal.action
+    assert rm.status.drifted_variants == ["m-int8"]  # accuracy first, as before
+    # nothing more while the recalibration is pending, whatever the drift
+    again, more = _run_drifting(
+        _drifting_policy(cooldownSeconds=0), 12, rm, 0.6, planned=STATIC_POOL
+    )
+    assert not more and again.status is not None
+    assert len(again.status.last_optimization) == 2
+
+
+def test_data_drift_of_a_static_variant_recalibrates_it_and_keeps_it_until_then() -> None:
+    rm, actions = _run_drifting(
+        _drifting_policy(), 12, data_psi=0.8, slow=False, planned=STATIC_POOL
+    )
+    assert len(actions) == 1 and "DataDrift: recalibrating m-int8" in actions[0], actions
+    assert rm.status is not None
+    [entry] = rm.status.last_optimization
+    assert (entry.cause, entry.recalibration, entry.outcome) == (
+        "DataDrift",
+        "int8-static-recal1",
+        "pending",
+    )
+    assert not rm.status.drifted_variants  # served until the new one is built
+    # already calibrated on recent requests, or no recalibration possible: reported only
+    for planned in (PlannedPool(**{**STATIC_POOL.__dict__, "recalibrated": True}), PLANNED):
+        rm, actions = _run_drifting(
+            _drifting_policy(), 12, data_psi=0.8, slow=False, planned=planned
+        )
+        assert not actions and rm.status is not None
+        [entry] = rm.status.last_optimization
+        assert entry.outcome.startswith("reported") and entry.recalibration is None
 
 
 # -- canary rollouts: the tick's part -------------------------------------------------------

@@ -259,9 +259,27 @@ class Drift(ApiModel):
         "the training data (its bins are in the manifest; servers export "
         "recserve_feature_psi per window of rows) stays above this (250 = 0.25, the usual "
         "'significant shift') throughout sustainedSeconds. Reported for a human (the Drift "
-        "condition, a DriftDetected Event and a lastOptimization entry naming the column): "
-        "the plan is kept, as a re-profile or another variant does not undo a shift of the "
-        "inputs; retraining is out of recserve's scope.",
+        "condition, a DriftDetected Event and a lastOptimization entry naming the column). "
+        "A re-profile or another variant does not undo a shift of the inputs, so the plan "
+        "is kept, except that a statically quantized variant calibrated on training rows is "
+        "recalibrated on recent requests (see recalibrate); retraining is out of recserve's "
+        "scope.",
+    )
+    recalibrate: bool = Field(
+        default=True,
+        description="On fidelity or data drift of a pool serving a statically quantized "
+        "variant, calibrate that variant again on the pool's recent requests (a "
+        "`recserve recalibrate` Job, which refuses a result that ranks them further from the "
+        "FP32 reference or loses more AUC than the accuracy budget), then move the pool to "
+        "the new variant by canary. Needs recalibrationSampleRows > 0. false: never.",
+    )
+    recalibration_sample_rows: Int = Field(
+        default=2048,
+        ge=0,
+        le=65536,
+        description="Rows of answered requests each server keeps for recalibration: a "
+        "uniform sample of their feature ids and values, nothing else, on the admin port "
+        "only (0: none kept, no recalibration).",
     )
     check_interval_seconds: Int = Field(
         default=60,

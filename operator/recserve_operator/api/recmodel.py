@@ -347,10 +347,17 @@ class Optimization(ApiModel):
         description="Fidelity drift or a failed canary: the ModelVariant the action took "
         "out of the plan (driftedVariants).",
     )
+    recalibration: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Fidelity or data drift of a statically quantized variant "
+        "(drift.recalibrate): the name of the variant its recalibration on recent requests "
+        "builds; once built, it replaces the old one in the plan (driftedVariants).",
+    )
     outcome: str = Field(
         max_length=2048,
-        description="Pending while the pool is re-profiled; then the new plan against the "
-        "old one, or why it failed (the current plan is kept).",
+        description="Pending while the pool is re-profiled or the variant recalibrated; then "
+        "the new plan against the old one, or why it failed (the current plan is kept).",
     )
 
 

@@ -53,6 +53,7 @@ from recserve_operator.planner import (
     plan,
     replica_limit,
 )
+from recserve_operator.reconcilers import recalibration
 from recserve_operator.reconcilers.hardwarepool import observed_status as pool_observed
 from recserve_operator.reconcilers.rollout import PoolMove, pool_move
 from recserve_operator.reconcilers.scaling import (
@@ -299,6 +300,21 @@ def reconcile_recmodel(
         f"{len(built)} variants built, {within} within the {budget} bp budget{skipped}",
     )
 
+    # recalibrations on recent requests the tick asked for (reconcilers/recalibration.py)
+    reference = _reference(built)
+    recalibration.advance(
+        kube,
+        model,
+        policy,
+        config,
+        digest,
+        built,
+        reference.name if reference else None,
+        p.status,
+        p.events,
+        functools.partial(_job_failed, p),
+    )
+
     # 3. profile on every pool (at most config.profile_jobs_at_once Jobs at a time)
     profiles: dict[str, ProfileReport] = {}
     pending: list[str] = []
@@ -368,6 +384,7 @@ def reconcile_recmodel(
             + (waiting if queued else ""),
             warn=False,
         )
+    profiles = recalibration.with_recalibrated(profiles, built)
     fallbacks = [f"{k}: {v.fallback_reason}" for k, v in profiles.items() if v.fallback_reason]
     p.cond(
         "Profiled",
@@ -394,7 +411,7 @@ def reconcile_recmodel(
     )
     if live is not None:
         objectives = dataclasses.replace(objectives, required_rps=live)
-    drifted = set(p.model.status.drifted_variants if p.model.status else [])
+    drifted = set(p.status.get("driftedVariants") or [])  # with this pass's recalibrations
     decision, damaged = _plan_verified(p, layout, built, profiles, drifted, capacities, objectives)
     _report_damaged(p, damaged)
     _reoptimized(p, layout, decision)
@@ -411,6 +428,7 @@ def reconcile_recmodel(
 
     # 5. apply serving objects
     by_name = {b.name: b.key for b in built}
+    built_by_name = {b.name: b for b in built}
     planned = [
         PlannedPool(
             pool=pp.pool,
@@ -422,6 +440,10 @@ def reconcile_recmodel(
             batch_size=pp.batch_size,
             ceiling=replica_limit(capacities[pp.pool], objectives),
             profile_p50_s=_profile_p50(profiles.get(pp.pool), by_name.get(pp.variant)),
+            recalibrate_as=recalibration.recalibratable(
+                built_by_name[pp.variant], policy, list(built_by_name)
+            ),
+            recalibrated=built_by_name[pp.variant].manifest.recalibrated_from is not None,
         )
         for pp in decision.placements
     ]
@@ -528,6 +550,7 @@ def _pending(
         and o["outcome"] == PENDING
         and (round_ is None or o.get("profileRound") == round_)
         and (variant is None or o.get("variant") == variant)
+        and not o.get("recalibration")  # closed by reconcilers/recalibration.py
     ]
 
 
@@ -959,6 +982,9 @@ def _apply_serving(
                 else None
             ),
             fidelity_sample_bp=sample_bp,
+            request_sample_rows=(
+                policy.spec.drift.recalibration_sample_rows if policy.spec.drift.recalibrate else 0
+            ),
             canary=canary,
         )
 

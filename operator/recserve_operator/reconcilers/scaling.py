@@ -134,10 +134,10 @@ def _look_for_drift(
             new.append(finding)
     acted = [f for f in new if f.cause != "data"]
     if acted and rules.reprofile:
-        _reoptimize(model, pp.pool, pp.variant, acted, policy, now, out)
+        _reoptimize(model, pp, acted, policy, now, out)
     for finding in new:
         if finding.cause == "data":
-            _report_data_drift(model, pp.pool, finding, policy, now, out)
+            _report_data_drift(model, pp, finding, policy, now, out)
     return DriftState(state.samples, tuple(reported.items()))
 
 
@@ -155,16 +155,18 @@ CANARY_FAILED = "CanaryFailed"
 
 def _reoptimize(
     model: RecModel,
-    pool: str,
-    variant: str,
+    pp: PlannedPool,
     findings: list[Finding],
     policy: OptimizationPolicy,
     now: float,
     out: TickOutcome,
 ) -> None:
-    """Ask for a new profile of ``pool`` and a re-plan from it: one action for all the
+    """Ask for a new profile of the pool and a re-plan from it: one action for all the
     causes found together, none while one is pending for the pool or within the drift
-    cooldown of the last (the pass runs the profile Job and records the outcome)."""
+    cooldown of the last (the pass runs the profile Job and records the outcome). On
+    fidelity drift the variant leaves the plan at once, and a statically quantized one
+    is also recalibrated on recent requests (a second entry, closed when that is done)."""
+    pool, variant = pp.pool, pp.variant
     status = model.status
     history = [*(status.last_optimization if status else []), *out.optimizations]
     mine = [o for o in history if o.pool == pool and o.outcome != REPORTED]
@@ -201,24 +203,55 @@ def _reoptimize(
     )
     out.events.append(("Normal", "Reoptimizing", f"pool {pool}: {causes}: {doing}"))
     out.decisions.append(("reoptimize", kind))
+    if kind == "fidelity" and pp.recalibrate_as:
+        _recalibrate(pp, CAUSES["fidelity"], out.optimizations[-1].evidence, now, out)
+
+
+def _recalibrate(pp: PlannedPool, cause: str, evidence: str, now: float, out: TickOutcome) -> None:
+    """Ask for the served variant's recalibration on the pool's recent requests (the
+    pass runs the Job: reconcilers/recalibration.py)."""
+    assert pp.recalibrate_as is not None
+    out.optimizations.append(
+        Optimization(
+            time=stamp(now),
+            pool=pp.pool,
+            cause=cause,
+            evidence=evidence,
+            action=f"recalibrate {pp.variant} on the recent requests of pool {pp.pool} as "
+            f"{pp.recalibrate_as}, then move the pool to it by canary",
+            variant=pp.variant,
+            recalibration=pp.recalibrate_as,
+            outcome=PENDING,
+        )
+    )
+    out.events.append(
+        ("Normal", "Reoptimizing", f"pool {pp.pool}: {cause}: recalibrating {pp.variant}")
+    )
+    out.decisions.append(("recalibrate", cause))
 
 
 def _report_data_drift(
     model: RecModel,
-    pool: str,
+    pp: PlannedPool,
     finding: Finding,
     policy: OptimizationPolicy,
     now: float,
     out: TickOutcome,
 ) -> None:
     """Record data drift for a human: the inputs moved away from the training data, which
-    neither a re-profile nor another variant undoes (recalibration on recent requests is
-    not built yet). Once per cooldown per pool, also across operator restarts (the
-    status keeps the last report)."""
+    neither a re-profile nor another variant undoes. A statically quantized variant
+    still calibrated on training rows is recalibrated on recent requests (when no other
+    action is pending for the pool); otherwise the plan is kept. Once per cooldown per
+    pool, also across operator restarts (the status keeps the last report)."""
+    pool = pp.pool
     status = model.status
     history = [*(status.last_optimization if status else []), *out.optimizations]
     last = [o for o in history if o.pool == pool and o.cause == CAUSES["data"]]
     if last and now - (parse_stamp(last[-1].time) or 0.0) < policy.spec.drift.cooldown_seconds:
+        return
+    busy = any(o.pool == pool and o.outcome == PENDING for o in history)
+    if pp.recalibrate_as and not pp.recalibrated and not busy:
+        _recalibrate(pp, CAUSES["data"], finding.evidence[:2048], now, out)
         return
     out.optimizations.append(
         Optimization(
@@ -252,6 +285,10 @@ class PlannedPool:
     ceiling: int  # the lower of the policy's maxReplicas and the pool's
     # the profile of the served variant on this pool: (batch rows, p50 s of one call)
     profile_p50_s: tuple[tuple[int, float], ...] = ()
+    # what a recalibration of the served variant on recent requests would be called (None:
+    # not statically quantized, or the policy says no), and whether it is one already
+    recalibrate_as: str | None = None
+    recalibrated: bool = False
 
 
 @dataclass(frozen=True)
@@ -476,7 +513,10 @@ def decide_tick(
             **(status.profile_rounds if status else {}),
             **_rounds(out.optimizations),
         }
-        new_drifted = [o.variant for o in out.optimizations if o.variant is not None]
+        # a recalibration's variant leaves the plan only once the new one is built
+        new_drifted = [
+            o.variant for o in out.optimizations if o.variant is not None and not o.recalibration
+        ]
         drifted = [*(status.drifted_variants if status else []), *new_drifted]
         if drifted:
             out.status["driftedVariants"] = list(dict.fromkeys(drifted))
