@@ -284,12 +284,14 @@ def recalibrate_job(
     variant: str,
     reference: str,
     name: str,
-    servers: list[str],
+    pool: str,
 ) -> dict[str, Any]:
     """The Job that runs `recserve recalibrate`: ``variant`` (a statically quantized
-    variant's name) calibrated again on the request samples of ``servers`` (pod IPs of
-    the pool's ready servers, asked on their admin port) and written to the build as
-    ``name``; accuracy is measured on the build's held-out data, against the budget."""
+    variant's name) calibrated again on the request samples of ``pool``'s servers, and
+    written to the build as ``name``; accuracy is measured on the build's held-out data,
+    against the budget. The Job finds the pool's Ready servers itself when it runs (a
+    re-planned pool's new servers too: they see the same requests), as the routers'
+    ServiceAccount, which may read the namespace's pods and nothing more."""
     layout = pod_layout(model, digest, config)
     args = [
         "recserve",
@@ -298,7 +300,10 @@ def recalibrate_job(
         f"--variant={variant}",
         f"--reference={reference}",
         f"--name={name}",
-        *(f"--sample-from=http://{ip}:{ADMIN_PORT}" for ip in servers),
+        f"--servers-selector={MODEL_LABEL}={model.name},{COMPONENT_LABEL}=server,"
+        f"{POOL_LABEL}={pool}",
+        f"--namespace={model.namespace}",
+        f"--admin-port={ADMIN_PORT}",
         f"--accuracy-budget-bp={policy.spec.objectives.accuracy_budget_basis_points}",
         *eval_args(model.spec.eval_dataset),
     ]
@@ -311,8 +316,9 @@ def recalibrate_job(
         RECALIBRATE_COMPONENT,
         config.builder_image,
     )
-    container = job["spec"]["template"]["spec"]["containers"][0]
-    container["env"].append({"name": "RECSERVE_DATA_DIR", "value": DATA_CACHE})
+    pod = job["spec"]["template"]["spec"]
+    pod["serviceAccountName"] = ROUTER_ACCOUNT  # router_rbac: reads pods, nothing else
+    pod["containers"][0]["env"].append({"name": "RECSERVE_DATA_DIR", "value": DATA_CACHE})
     return job
 
 

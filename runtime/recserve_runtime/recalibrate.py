@@ -6,9 +6,11 @@ on. When live inputs move outside them (dense features scaled up, unseen ids), t
 ranges clip and its ranking departs from the FP32 reference: fidelity drift. This
 command
 
-1. asks each given server (``--sample-from``, their admin ports) for its sample of
-   answered rows (``GET /admin/request-sample``, :mod:`recserve_runtime.server.request_sample`)
-   and pools them;
+1. asks each server for its sample of answered rows (``GET /admin/request-sample`` on
+   its admin port, :mod:`recserve_runtime.server.request_sample`) and pools them: the
+   servers given (``--sample-from``) and the Ready pods that ``--servers-selector``
+   selects when the command runs (in a Job: whichever servers the pool has by then, a
+   re-planned pool's new ones included; they see the same requests);
 2. quantizes the FP32 reference again with four fifths of them as the calibration set
    (the same onnxruntime static QDQ recipe as the build);
 3. checks, on the fifth held back, that the new variant ranks closer to the reference
@@ -68,6 +70,16 @@ def fetch_samples(urls: list[str], timeout_s: float, token: str | None) -> tuple
     if not parts:
         raise Unreachable(f"no server gave a request sample: {'; '.join(failures)}")
     return SampleRows.concat(parts), failures
+
+
+def server_urls(selector: str, namespace: str, admin_port: int) -> list[str]:
+    """Admin URLs of the Ready pods ``selector`` selects in ``namespace`` (in a pod: its
+    service account's credentials; elsewhere: the kubeconfig)."""
+    from recserve_runtime.router.discovery import _kube_client, targets_from_pods
+
+    core = _kube_client(None, "CoreV1Api")
+    pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+    return [f"http://{t.host}:{t.port}" for t in targets_from_pods(pods, "admin", admin_port)]
 
 
 def agreement(served: np.ndarray, reference: np.ndarray, group: int = GROUP_ROWS) -> float:
@@ -141,6 +153,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from recserve_runtime.profiler import profile
 
     start = time.monotonic()
+    if not args.sample_from and not args.servers_selector:
+        raise BuildError("give the servers: --sample-from URL or --servers-selector LABELS")
     variants = Path(args.variants)
     done = find_variant(variants, args.name)
     if done is not None:
@@ -156,12 +170,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{old.recipe.quantization!r}): there are no activation ranges to calibrate"
         )
     token = Path(args.admin_token_file).read_text().strip() if args.admin_token_file else None
-    sample, failures = fetch_samples(args.sample_from, args.timeout_s, token)
+    urls = list(args.sample_from or [])
+    if args.servers_selector:
+        try:
+            urls += server_urls(args.servers_selector, args.namespace, args.admin_port)
+        except Exception as exc:  # the API server unreachable now: worth a retry
+            raise Unreachable(f"listing the servers ({args.servers_selector}): {exc}") from exc
+    if not urls:
+        raise Unreachable(f"no Ready server matches {args.servers_selector!r}")
+    sample, failures = fetch_samples(urls, args.timeout_s, token)
     for failure in failures:
         print(f"[recalibrate] skipped a server: {failure}", file=sys.stderr)
     if len(sample) < args.min_rows:
         raise BuildError(
-            f"only {len(sample)} recent rows from {len(args.sample_from) - len(failures)} "
+            f"only {len(sample)} recent rows from {len(urls) - len(failures)} "
             f"servers, fewer than --min-rows {args.min_rows}: too little traffic to calibrate on"
         )
     order = np.random.default_rng(args.seed).permutation(len(sample))
@@ -169,7 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check, calib = order[:held], order[held:]
     spec = reference.feature_spec
     print(
-        f"[recalibrate] {len(sample)} recent rows from {len(args.sample_from) - len(failures)} "
+        f"[recalibrate] {len(sample)} recent rows from {len(urls) - len(failures)} "
         f"servers ({sample.seen} answered): {len(calib)} calibrate, {len(check)} check",
         file=sys.stderr,
     )
@@ -278,10 +300,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--reference", default="fp32", help="the FP32 variant (default fp32)")
     p.add_argument(
         "--sample-from",
-        required=True,
         action="append",
         metavar="URL",
         help="a server's admin URL, e.g. http://10.0.0.5:8001 (repeatable)",
+    )
+    p.add_argument(
+        "--servers-selector",
+        default=None,
+        metavar="LABELS",
+        help="also the Ready pods these labels select in --namespace, on --admin-port "
+        "(found when the command runs)",
+    )
+    p.add_argument("--namespace", default="default", help="of --servers-selector")
+    p.add_argument(
+        "--admin-port", type=int, default=8001, help="the servers' admin port (default 8001)"
     )
     p.add_argument("--admin-token-file", default=None, help="the servers' admin token, if any")
     p.add_argument("--min-rows", type=int, default=256, help="fewest recent rows to calibrate on")

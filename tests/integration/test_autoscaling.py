@@ -1273,3 +1273,111 @@ def test_a_good_variant_s_canary_is_promoted_step_by_step_without_a_failed_reque
         f"{done - moved:.1f} s after; {sum(result.codes.values())} requests, {refused} 429, "
         f"none failed"
     )
+
+
+def test_a_static_int8_whose_inputs_moved_is_recalibrated_on_recent_requests_and_rolled_out(
+    autoscaling: dict[str, Any], k8s: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    """A static INT8 (activation ranges calibrated on training rows) is served first,
+    being faster. The requests' dense features sit two standard deviations off those rows:
+    its ranking departs from the FP32 reference (fidelity drift), so the pool goes to the
+    reference at once, and a recalibrate Job, which finds the pool's servers itself,
+    calibrates the INT8 again on their sample of recent requests and checks it (on rows it
+    held back, and on the held-out data). The new variant replaces the old one in the plan
+    and is rolled out by canary, whose fidelity analysis passes on the same shifted
+    traffic."""
+    from recserve_dev.testmodel import static_variant, write_eval_csv
+
+    custom, core = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s)
+    variants = tmp_path / "variants"
+    reference = Path(shutil.copytree(autoscaling["folder"], variants / autoscaling["folder"].name))
+    static = static_variant(reference, variants)
+    out = tmp_path / "profile.json"
+    subprocess.run(
+        [sys.executable, "-m", "recserve_runtime.cli", "profile", f"--variants={variants}",
+         f"--json={out}", "--seconds=0.1", "--no-serving"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    profile = _int8_at(ProfileReport.read(out), static, 2.0)
+    policy = _policy(namespace)
+    # the synthetic model's INT8 variants lose about 4% AUC against labels drawn from its
+    # own FP32 scores (test data, not an accuracy claim)
+    policy["spec"]["objectives"]["accuracyBudgetBasisPoints"] = 800
+    policy["spec"]["drift"] = {
+        "fidelitySampleBasisPoints": 5000,
+        "fidelityAgreementBasisPoints": 8500,
+        "checkIntervalSeconds": 5,
+        "sustainedSeconds": 20,
+        "cooldownSeconds": 600,
+        "latencyDriftBasisPoints": 50000,
+        "capacityDriftBasisPoints": 9000,
+        "recalibrationSampleRows": 1024,
+    }
+    policy["spec"]["rollout"] = {
+        "stepWeightsPercent": [50, 100],
+        "stepSeconds": 10,
+        "minRequests": 5,
+        "fidelitySampleBasisPoints": 10000,
+    }
+    policy = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "optimizationpolicies", policy
+    )
+    raw = _model(namespace)
+    raw["spec"]["evalDataset"] = {
+        "name": "custom",
+        "uri": str(write_eval_csv(reference, tmp_path / "train.csv", 4000, seed=1)),
+        "testUri": str(write_eval_csv(reference, tmp_path / "test.csv", 3000, seed=2)),
+    }
+    _create_built(custom, autoscaling, namespace, raw, policy, [POOL], profile, [reference, static])
+
+    def status() -> dict[str, Any]:
+        return _model_status(custom, namespace)
+
+    def serving() -> set[str]:
+        return _served(status(), "variant")
+
+    def state() -> Any:
+        st = status()
+        keys = ("placements", "driftedVariants", "lastOptimization", "rollouts", "conditions")
+        return {k: st.get(k) for k in keys}
+
+    old = f"{MODEL}-synthetic-dlrm-int8-static"
+    new = f"{old}-recal1"
+    eventually(lambda: serving() == {old}, 120, 1, "the faster static INT8 served", state)
+    router = _pod_ip(
+        core, namespace, f"recserve.io/model={MODEL},app.kubernetes.io/component=router"
+    )
+    bodies = rank_bodies(
+        load_manifest(autoscaling["folder"]), count=32, candidates=CANDIDATES, dense_shift=2.0
+    )
+    load = Load(Target(router, 8080, "/v1/rank", bodies), 10, 400)
+    started = time.monotonic()
+
+    def recalibration() -> dict[str, Any]:
+        return next((o for o in status().get("lastOptimization", []) if o.get("recalibration")), {})
+
+    eventually(lambda: recalibration().get("outcome") not in (None, "pending"), 240, 1,
+               "the recalibration done", state)  # fmt: skip
+    recalibrated_s = time.monotonic() - started
+    entry = recalibration()
+    assert entry["cause"] == "FidelityDrift" and entry["variant"] == old, entry
+    assert entry["outcome"].startswith("recalibrated synthetic-dlrm-int8-static as"), entry
+    eventually(lambda: serving() == {new} and not status().get("rollouts"), 240, 1,
+               "the recalibrated INT8 rolled out", state)  # fmt: skip
+    served_s = time.monotonic() - started
+    result = load.stop()
+    assert old in status()["driftedVariants"] and new not in status()["driftedVariants"]
+    events = [
+        e.reason
+        for e in core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={MODEL}"
+        ).items
+    ]
+    assert "Recalibrated" in events and "CanaryPromoted" in events, events
+    failed = sum(n for code, n in result.codes.items() if code not in ("200", "429"))
+    assert failed == 0, result.codes
+    print(
+        f"\nrecalibrated {recalibrated_s:.1f} s after the shifted load began ({entry['outcome']}); "
+        f"the recalibrated INT8 served after its canary {served_s:.1f} s after it; "
+        f"{sum(result.codes.values())} requests, none failed"
+    )

@@ -139,26 +139,6 @@ def _write(world: World, m: Manifest) -> str:
     return folder.name
 
 
-def _server_pod(name: str, ip: str, ready: bool = True, pool: str = "cpu-pool") -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": NS,
-            "labels": {
-                children.MODEL_LABEL: MODEL,
-                children.COMPONENT_LABEL: "server",
-                children.POOL_LABEL: pool,
-            },
-        },
-        "status": {
-            "podIP": ip,
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-        },
-    }
-
-
 def _ask(world: World) -> None:
     """The tick's decision: recalibrate the static variant served on cpu-pool."""
     entry = {
@@ -179,32 +159,31 @@ def _entry(world: World) -> dict[str, Any]:
     return dict(entry)
 
 
-def test_a_recalibration_runs_once_on_the_pool_s_ready_servers_then_replaces_the_variant(
+def test_a_recalibration_runs_once_on_the_pool_s_servers_then_replaces_the_variant(
     world: World,
 ) -> None:
     _with_static(world)
     world.reconcile()
-    for name, ip, ready in (("a", "10.0.0.2", True), ("b", "10.0.0.3", False)):
-        world.kube.add(_server_pod(name, ip, ready))
-    world.kube.add(_server_pod("c", "10.0.0.9", pool="gpu-pool"))
     _ask(world)
     world.reconcile()
     job = world.job("recalibrate")
-    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    pod = job["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
     assert args[0] == "recalibrate"
-    assert [a for a in args if a.startswith("--sample-from")] == [
-        "--sample-from=http://10.0.0.2:8001"  # the ready server of that pool only
-    ]
+    # the pool's servers, found by the Job when it runs, as an account that reads pods
+    assert (
+        f"--servers-selector=recserve.io/model={MODEL},app.kubernetes.io/component=server,"
+        "recserve.io/pool=cpu-pool"
+    ) in args
+    assert f"--namespace={NS}" in args and "--admin-port=8001" in args
+    assert pod["serviceAccountName"] == children.ROUTER_ACCOUNT
     assert f"--variant={STATIC}" in args and f"--name={NEW}" in args
     assert "--reference=fp32" in args and "--accuracy-budget-bp=100" in args
     assert "--dataset=movielens-100k" in args  # accuracy on the build's held-out data
     assert _entry(world)["outcome"] == "pending"
-    world.kube.delete("v1", "Pod", "a", NS)  # the Job exists: not asked for again
     world.reconcile()
-    assert (
-        len([j for j in world.kube.of_kind("Job", NS) if "recalibrate" in j["metadata"]["name"]])
-        == 1
-    )
+    jobs = [j for j in world.kube.of_kind("Job", NS) if "recalibrate" in j["metadata"]["name"]]
+    assert len(jobs) == 1  # once
     assert _entry(world)["outcome"] == "pending"
 
     _write(world, _manifest(NEW, origin=STATIC))  # what the Job writes
@@ -225,7 +204,6 @@ def test_a_recalibration_runs_once_on_the_pool_s_ready_servers_then_replaces_the
 def test_a_failed_recalibration_job_keeps_the_plan_and_says_why(world: World) -> None:
     _with_static(world)
     world.reconcile()
-    world.kube.add(_server_pod("a", "10.0.0.2"))
     _ask(world)
     world.reconcile()
     before = world.status()["placements"]
@@ -238,16 +216,6 @@ def test_a_failed_recalibration_job_keeps_the_plan_and_says_why(world: World) ->
     assert not world.status().get("driftedVariants")
     assert world.status()["placements"] == before
     assert any(e[1] == "ReoptimizeFailed" for e in world.events)
-
-
-def test_a_recalibration_with_no_ready_server_to_sample_fails_at_once(world: World) -> None:
-    _with_static(world)
-    world.reconcile()
-    world.kube.add(_server_pod("b", "10.0.0.3", ready=False))
-    _ask(world)
-    world.reconcile()
-    assert "no ready server of pool cpu-pool" in _entry(world)["outcome"]
-    assert not [j for j in world.kube.of_kind("Job", NS) if "recalibrate" in j["metadata"]["name"]]
 
 
 def test_servers_keep_the_policy_s_request_sample(world: World) -> None:

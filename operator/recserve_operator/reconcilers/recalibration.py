@@ -4,7 +4,7 @@ The autoscaling tick decides (``reconcilers.scaling``): on fidelity or data drif
 pool serving a static INT8 variant it records a pending ``lastOptimization`` entry whose
 ``recalibration`` names the variant to build. Each reconcile pass then, per pending
 entry: runs the `recserve recalibrate` Job once (:func:`children.recalibrate_job`, fed by
-the pool's ready servers' request samples); when the new variant is in the store, closes
+the pool's servers' request samples); when the new variant is in the store, closes
 the entry and takes the old variant out of the plan (``driftedVariants``), so that the
 plan moves the pool to the new one (by canary); when the Job fails, closes the entry with
 its reason and keeps the plan.
@@ -91,28 +91,6 @@ def with_recalibrated(
     return out
 
 
-def ready_server_ips(kube: Kube, model: RecModel, pool: str) -> list[str]:
-    """Pod IPs of the pool's ready servers (stable and canary alike)."""
-    selector = (
-        f"{children.MODEL_LABEL}={model.name},{children.COMPONENT_LABEL}=server,"
-        f"{children.POOL_LABEL}={pool}"
-    )
-    ips = []
-    for pod in kube.list("v1", "Pod", str(model.namespace), selector):
-        status = pod.get("status") or {}
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
-        if (
-            ready
-            and status.get("podIP")
-            and not (pod.get("metadata") or {}).get("deletionTimestamp")
-        ):
-            ips.append(str(status["podIP"]))
-    return sorted(ips)
-
-
 def advance(
     kube: Kube,
     model: RecModel,
@@ -171,16 +149,11 @@ def _run(
     """Create (once) or watch one recalibration Job; why it cannot go on, else None."""
     if origin is None or reference is None:
         return "the variant to recalibrate or the FP32 reference is not in this build"
-    servers = ready_server_ips(kube, model, pool)
     body = children.recalibrate_job(
-        model, digest, policy, config, origin.name, reference, name, servers
+        model, digest, policy, config, origin.name, reference, name, pool
     )
     job_name = body["metadata"]["name"]
-    existing = kube.get("batch/v1", "Job", job_name, str(model.namespace))
-    if existing is None:
-        if not servers:
-            return f"no ready server of pool {pool} to take recent requests from"
-        existing = kube.create_once(body)
+    existing = kube.create_once(body)
     failed = job_failed(existing)
     if failed is not None:
         return f"recalibration Job {job_name}: {failed}"
