@@ -801,7 +801,11 @@ def test_inputs_unlike_the_training_data_are_reported_as_data_drift(
         {8001},
         {8002},
     ]
-    [operator_pods] = admin._from
+    [operator_pods, recalibrate] = admin._from
+    assert recalibrate.pod_selector.match_labels == {
+        "recserve.io/model": MODEL,
+        "app.kubernetes.io/component": "recalibrate",
+    }
     assert operator_pods.namespace_selector.match_labels == {
         "kubernetes.io/metadata.name": NS_OPERATOR
     }
