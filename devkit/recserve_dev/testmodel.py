@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,27 +317,43 @@ def rank_bodies(
     return out
 
 
-def quantize_variant(src: Path, store: Path) -> Path:
-    """A dynamic-INT8 copy of a variant (onnxruntime quantize_dynamic), same manifest shape."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+def _quantized_copy(
+    src: Path,
+    store: Path,
+    kind: str,
+    recipe: artifacts.Recipe,
+    quantize: Callable[[Path, Path, artifacts.Manifest], object],
+) -> Path:
+    """A quantized copy of a variant (``quantize(model file, out file, manifest)``),
+    content-addressed like the builder's, named with ``kind`` for "fp32"."""
     manifest = artifacts.load_manifest(src)
     store.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=store, prefix=".build-"))
     out = tmp / artifacts.MODEL_FILE
-    quantize_dynamic(str(src / manifest.artifact.file), str(out), weight_type=QuantType.QInt8)
+    quantize(src / manifest.artifact.file, out, manifest)
     digest = artifacts.sha256_file(out)
     final = store / digest[:16]
     if final.exists():
         shutil.rmtree(tmp)
         return final
     q = manifest.model_copy(deep=True)
-    q.name = manifest.name.replace("fp32", "int8") if "fp32" in manifest.name else f"{q.name}-int8"
-    q.recipe = artifacts.Recipe(precision="int8", quantization="dynamic")
+    q.name = manifest.name.replace("fp32", kind) if "fp32" in manifest.name else f"{q.name}-{kind}"
+    q.recipe = recipe
     q.artifact = artifacts.ArtifactFile(sha256=digest, size_bytes=out.stat().st_size)
     artifacts.write_manifest(tmp, q)
     tmp.rename(final)
     return final
+
+
+def quantize_variant(src: Path, store: Path) -> Path:
+    """A dynamic-INT8 copy of a variant (onnxruntime quantize_dynamic), same manifest shape."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    def quantize(model: Path, out: Path, _manifest: artifacts.Manifest) -> None:
+        quantize_dynamic(str(model), str(out), weight_type=QuantType.QInt8)
+
+    recipe = artifacts.Recipe(precision="int8", quantization="dynamic")
+    return _quantized_copy(src, store, "int8", recipe, quantize)
 
 
 def static_variant(src: Path, store: Path, rows: int = 2048, seed: int = 7) -> Path:
@@ -345,29 +362,13 @@ def static_variant(src: Path, store: Path, rows: int = 2048, seed: int = 7) -> P
     from recserve_runtime.builder.quantize import int8_static_qdq
     from recserve_runtime.data.tabular import Split
 
-    manifest = artifacts.load_manifest(src)
-    store.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=store, prefix=".build-"))
-    out = tmp / artifacts.MODEL_FILE
-    sparse, dense = random_batch(manifest, rows, seed)
-    calibration = Split(sparse, dense, np.zeros(rows, np.float32))
-    int8_static_qdq(src / manifest.artifact.file, out, manifest.feature_spec, calibration)
-    digest = artifacts.sha256_file(out)
-    final = store / digest[:16]
-    if final.exists():
-        shutil.rmtree(tmp)
-        return final
-    q = manifest.model_copy(deep=True)
-    q.name = (
-        manifest.name.replace("fp32", "int8-static")
-        if "fp32" in manifest.name
-        else f"{q.name}-int8-static"
-    )
-    q.recipe = artifacts.Recipe(precision="int8", quantization="static")
-    q.artifact = artifacts.ArtifactFile(sha256=digest, size_bytes=out.stat().st_size)
-    artifacts.write_manifest(tmp, q)
-    tmp.rename(final)
-    return final
+    def quantize(model: Path, out: Path, manifest: artifacts.Manifest) -> None:
+        sparse, dense = random_batch(manifest, rows, seed)
+        calibration = Split(sparse, dense, np.zeros(rows, np.float32))
+        int8_static_qdq(model, out, manifest.feature_spec, calibration)
+
+    recipe = artifacts.Recipe(precision="int8", quantization="static")
+    return _quantized_copy(src, store, "int8-static", recipe, quantize)
 
 
 def write_eval_csv(variant: Path, path: Path, rows: int, seed: int = 0) -> Path:
