@@ -139,12 +139,12 @@ def _write(world: World, m: Manifest) -> str:
     return folder.name
 
 
-def _ask(world: World) -> None:
+def _ask(world: World, cause: str = "FidelityDrift") -> None:
     """The tick's decision: recalibrate the static variant served on cpu-pool."""
     entry = {
         "time": "2026-12-06T21:00:00Z",
         "pool": "cpu-pool",
-        "cause": "FidelityDrift",
+        "cause": cause,
         "evidence": "agreement 80.0% of candidate pairs",
         "action": f"recalibrate {MODEL}-{STATIC} ...",
         "variant": f"{MODEL}-{STATIC}",
@@ -241,3 +241,29 @@ def test_servers_keep_the_policy_s_request_sample(world: World) -> None:
     world.edit("OptimizationPolicy", "latency-first", {"drift": {"recalibrate": False}})
     world.reconcile()
     assert sample_args() == set()
+
+
+def test_after_data_drift_the_recalibrated_variant_is_rolled_out_by_canary(world: World) -> None:
+    """The old variant was not wrong, only calibrated on older inputs: unlike a variant
+    whose fidelity fell, the pool keeps serving it while its successor is a canary."""
+    from tests.unit.test_reconcilers_recmodel import _ready, _variant_label
+
+    _with_static(world)
+    world.edit("RecModel", MODEL, {"hardwarePoolRefs": [{"name": "cpu-pool"}]})
+    world.reconcile()
+    name = f"{MODEL}-cpu-pool"
+    _ready(world, name)
+    served = _variant_label(world.kube.find("Deployment", name, NS))
+    assert served == children.dns_name(STATIC), "the static INT8 serves cpu-pool first"
+    _ask(world, cause="DataDrift")
+    world.reconcile()
+    _write(world, _manifest(NEW, origin=STATIC))
+    world.reconcile()
+    assert world.status()["driftedVariants"] == [f"{MODEL}-{STATIC}"]
+    assert _variant_label(world.kube.find("Deployment", name, NS)) == served  # kept
+    canary = world.kube.find("Deployment", f"{name}-canary", NS)
+    assert canary is not None and _variant_label(canary) == children.dns_name(NEW)
+    [rollout] = world.status()["rollouts"]
+    assert rollout["toVariant"] == NEW and rollout["phase"] == "Starting"
+    world.reconcile()  # and on the next pass too (the status now lists it as drifted)
+    assert world.kube.find("Deployment", f"{name}-canary", NS) is not None

@@ -91,6 +91,24 @@ def with_recalibrated(
     return out
 
 
+def superseded(entries: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Variants (object names) that a recalibration after data drift replaced: out of the
+    plan (driftedVariants), but not wrong, only calibrated on older inputs, so the move to
+    their successor is guarded by a canary like any other (a variant whose fidelity fell
+    is left at once instead)."""
+    return {
+        str(e["variant"])
+        for e in entries
+        if e.get("recalibration")
+        and e.get("variant")
+        and e.get("cause") == DATA_DRIFT
+        and str(e.get("outcome", "")).startswith("recalibrated")
+    }
+
+
+DATA_DRIFT = "DataDrift"  # reconcilers.scaling.CAUSES["data"]
+
+
 def advance(
     kube: Kube,
     model: RecModel,

@@ -885,7 +885,7 @@ def _moves(
     known_bad = {
         *(status.drifted_variants if status else []),
         *(status.corrupt_variants if status else []),
-    }
+    } - recalibration.superseded(p.status.get("lastOptimization", []))
     bad = frozenset(
         children.dns_name(b.name) for b in built if variant_object_name(p.name, b.name) in known_bad
     )
