@@ -24,10 +24,11 @@ from typing import Any, Protocol
 from recserve_operator import children
 from recserve_operator.api.optimizationpolicy import OptimizationPolicy
 from recserve_operator.api.recmodel import RecModel
+from recserve_operator.config import OperatorConfig
 from recserve_operator.kube import Kube
+from recserve_operator.reconcilers.scaling import CAUSES, PENDING
 from recserve_runtime.artifacts import Manifest, ProfileReport
 
-PENDING = "pending"  # the same word as reconcilers.scaling.PENDING (imported there)
 _SUFFIX = re.compile(r"-recal(\d+)$")
 
 
@@ -101,19 +102,16 @@ def superseded(entries: Sequence[Mapping[str, Any]]) -> set[str]:
         for e in entries
         if e.get("recalibration")
         and e.get("variant")
-        and e.get("cause") == DATA_DRIFT
+        and e.get("cause") == CAUSES["data"]
         and str(e.get("outcome", "")).startswith("recalibrated")
     }
-
-
-DATA_DRIFT = "DataDrift"  # reconcilers.scaling.CAUSES["data"]
 
 
 def advance(
     kube: Kube,
     model: RecModel,
     policy: OptimizationPolicy,
-    config: Any,
+    config: OperatorConfig,
     digest: str,
     built: Sequence[BuiltVariant],
     reference: str | None,
@@ -156,7 +154,7 @@ def _run(
     kube: Kube,
     model: RecModel,
     policy: OptimizationPolicy,
-    config: Any,
+    config: OperatorConfig,
     digest: str,
     origin: BuiltVariant | None,
     reference: str | None,
