@@ -10,7 +10,9 @@ command
    its admin port, :mod:`recserve_runtime.server.request_sample`) and pools them: the
    servers given (``--sample-from``) and the Ready pods that ``--servers-selector``
    selects when the command runs (in a Job: whichever servers the pool has by then, a
-   re-planned pool's new ones included; they see the same requests);
+   re-planned pool's new ones included; they see the same requests), again every 5 s
+   for up to ``--wait-s`` while they hold fewer than ``--min-rows`` rows (new servers
+   start with an empty sample);
 2. quantizes the FP32 reference again with four fifths of them as the calibration set
    (the same onnxruntime static QDQ recipe as the build);
 3. checks, on the fifth held back, that the new variant ranks closer to the reference
@@ -42,6 +44,7 @@ from recserve_runtime.artifacts import MANIFEST, Manifest, load_manifest
 from recserve_runtime.threads import SERVER_INTRA_OP_THREADS
 
 SAMPLE_PATH = "/admin/request-sample"
+POLL_S = 5.0  # between two rounds of asking the servers for their samples
 GROUP_ROWS = 64  # rows ranked together when agreement is measured (a request's candidates)
 
 
@@ -142,6 +145,59 @@ def _held_out(args: argparse.Namespace, manifest: Manifest) -> Any:
     return data.test
 
 
+def _servers(args: argparse.Namespace) -> list[str]:
+    """The admin URLs to ask now: the given ones and the Ready pods the selector selects."""
+    urls = list(args.sample_from or [])
+    if args.servers_selector:
+        try:
+            urls += server_urls(args.servers_selector, args.namespace, args.admin_port)
+        except Exception as exc:  # the API server unreachable now: worth a retry
+            raise Unreachable(f"listing the servers ({args.servers_selector}): {exc}") from exc
+    if not urls:
+        raise Unreachable(f"no Ready server matches {args.servers_selector!r}")
+    return urls
+
+
+def collect(args: argparse.Namespace, token: str | None) -> tuple[Any, int]:
+    """At least ``--min-rows`` recent rows pooled from the servers, and how many answered.
+
+    Asked again every ``POLL_S`` until ``--wait-s`` has passed: a pool's servers may have
+    just been replaced (a re-plan on fidelity drift replaces them at once, and the new
+    ones start with an empty sample that fills as requests come). Each round pools what
+    the servers hold then (a server's sample is a uniform one of all it has answered, so
+    the rounds are not added up). Raises BuildError when too few rows came by then,
+    Unreachable when no server answered at all."""
+    from recserve_runtime.builder.errors import BuildError
+
+    deadline = time.monotonic() + args.wait_s
+    while True:
+        try:
+            urls = _servers(args)
+            sample, failures = fetch_samples(urls, args.timeout_s, token)
+        except Unreachable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(POLL_S)
+            continue
+        for failure in failures:
+            print(f"[recalibrate] skipped a server: {failure}", file=sys.stderr)
+        servers = len(urls) - len(failures)
+        if len(sample) >= args.min_rows:
+            return sample, servers
+        if time.monotonic() >= deadline:
+            raise BuildError(
+                f"only {len(sample)} recent rows from {servers} servers after waiting "
+                f"{args.wait_s:.0f} s, fewer than --min-rows {args.min_rows}: too little "
+                "traffic to calibrate on"
+            )
+        print(
+            f"[recalibrate] {len(sample)} recent rows from {servers} servers, waiting for "
+            f"{args.min_rows}",
+            file=sys.stderr,
+        )
+        time.sleep(POLL_S)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole recalibration; returns its report. Raises BuildError on bad input or a
     failed check, Unreachable when no server answered."""
@@ -170,28 +226,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{old.recipe.quantization!r}): there are no activation ranges to calibrate"
         )
     token = Path(args.admin_token_file).read_text().strip() if args.admin_token_file else None
-    urls = list(args.sample_from or [])
-    if args.servers_selector:
-        try:
-            urls += server_urls(args.servers_selector, args.namespace, args.admin_port)
-        except Exception as exc:  # the API server unreachable now: worth a retry
-            raise Unreachable(f"listing the servers ({args.servers_selector}): {exc}") from exc
-    if not urls:
-        raise Unreachable(f"no Ready server matches {args.servers_selector!r}")
-    sample, failures = fetch_samples(urls, args.timeout_s, token)
-    for failure in failures:
-        print(f"[recalibrate] skipped a server: {failure}", file=sys.stderr)
-    if len(sample) < args.min_rows:
-        raise BuildError(
-            f"only {len(sample)} recent rows from {len(urls) - len(failures)} "
-            f"servers, fewer than --min-rows {args.min_rows}: too little traffic to calibrate on"
-        )
+    sample, servers = collect(args, token)
     order = np.random.default_rng(args.seed).permutation(len(sample))
     held = max(len(sample) // 5, 1)
     check, calib = order[:held], order[held:]
     spec = reference.feature_spec
     print(
-        f"[recalibrate] {len(sample)} recent rows from {len(urls) - len(failures)} "
+        f"[recalibrate] {len(sample)} recent rows from {servers} "
         f"servers ({sample.seen} answered): {len(calib)} calibrate, {len(check)} check",
         file=sys.stderr,
     )
@@ -318,6 +359,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--admin-token-file", default=None, help="the servers' admin token, if any")
     p.add_argument("--min-rows", type=int, default=256, help="fewest recent rows to calibrate on")
     p.add_argument("--timeout-s", type=float, default=10.0, help="per server (default 10)")
+    p.add_argument(
+        "--wait-s",
+        type=float,
+        default=120.0,
+        help="ask the servers again every 5 s for up to this long while they hold fewer "
+        "than --min-rows rows or none answers (default 120)",
+    )
     p.add_argument(
         "--accuracy-budget-bp",
         type=int,

@@ -100,15 +100,16 @@ def test_recalibration_refuses_what_it_cannot_do_well(
     before = sorted(p.name for p in build["variants"].iterdir())
     gone = _recalibrate(
         build["variants"], f"--variant={static}", "--name=x1",
-        f"--sample-from=http://127.0.0.1:{free_port()}", "--timeout-s=2",
+        f"--sample-from=http://127.0.0.1:{free_port()}", "--timeout-s=2", "--wait-s=0",
     )  # fmt: skip
     assert gone.returncode == 1 and "no server gave a request sample" in gone.stderr, gone.stderr
     with run_server(build["static"], tmp_path, "--request-sample-rows", "100") as srv:
         few = _recalibrate(
             build["variants"], f"--variant={static}", "--name=x2",
-            f"--sample-from={srv.admin_url}",
+            f"--sample-from={srv.admin_url}", "--wait-s=6",
         )  # fmt: skip
-    assert few.returncode == 2 and "fewer than --min-rows 256" in few.stderr, few.stderr
+    assert few.returncode == 2 and "after waiting 6 s, fewer than --min-rows 256" in few.stderr
+    assert "waiting for 256" in few.stderr, few.stderr  # asked again before giving up
     dynamic = tm.quantize_variant(build["reference"], build["variants"])
     before.append(dynamic.name)
     wrong = _recalibrate(
@@ -117,3 +118,33 @@ def test_recalibration_refuses_what_it_cannot_do_well(
     )  # fmt: skip
     assert wrong.returncode == 2 and "not statically quantized" in wrong.stderr, wrong.stderr
     assert sorted(p.name for p in build["variants"].iterdir()) == sorted(before)
+
+
+def test_recalibration_waits_for_servers_that_have_just_started(
+    build: dict[str, Path], tmp_path: Path
+) -> None:
+    """A pool's servers replaced a moment ago hold few rows yet: the command asks them
+    again every 5 s until enough requests have come, then calibrates."""
+    import time
+
+    manifest = artifacts.load_manifest(build["static"])
+    bodies = tm.rank_bodies(manifest, count=8, candidates=64, dense_shift=2.0)
+    with run_server(build["static"], tmp_path, "--request-sample-rows", "600") as srv:
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "recserve_runtime.cli", "recalibrate",
+             f"--variants={build['variants']}", "--reference=synthetic-dlrm-fp32",
+             f"--variant={manifest.name}", "--name=waited-1", f"--sample-from={srv.admin_url}",
+             "--wait-s=60", "--accuracy-budget-bp=800", f"--eval-data={build['train']}",
+             f"--eval-test-data={build['test']}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(7)  # it has asked once and found nothing
+        for body in bodies:
+            status, _, raw = http(
+                "POST", f"{srv.url}/v1/rank", body, {"content-type": "application/json"}
+            )
+            assert status == 200, raw
+        out, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, err
+    assert "0 recent rows from 1 servers, waiting for 256" in err, err
+    assert json.loads(out.strip().splitlines()[-1])["rows"] == 512
