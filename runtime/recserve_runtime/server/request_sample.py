@@ -2,20 +2,24 @@
 
 A statically quantized variant's activation ranges were calibrated on training rows;
 when live inputs move away from them, `recserve recalibrate` calibrates again on what
-the servers actually see. Each server keeps a reservoir sample (Vitter's algorithm R:
+the servers actually see. Each server keeps a reservoir sample (Li's algorithm L:
 every row answered so far is in it with the same probability) of at most ``capacity``
 model input rows: the sparse ids and dense values the model was run on, nothing else (no
 request ids, headers or scores). It is served on the admin port only
 (``GET /admin/request-sample``, an ``.npz`` of ``sparse``, ``dense`` and ``seen``).
 
 Written here rather than taken from a library: the sample is two preallocated numpy
-arrays filled by index, a few vectorized operations per answered request; a general
-streaming library would keep Python objects per row.
+arrays filled by index, and the request path pays a comparison per answered request
+once the sample is full (algorithm L); a general streaming library would keep Python
+objects per row.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import random
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -65,7 +69,10 @@ class SampleRows:
 
 
 class RequestSample:
-    """Reservoir sample of answered rows (thread-safe; O(rows) per offer)."""
+    """Reservoir sample of answered rows (thread-safe). Once full it is Li's algorithm L:
+    the number of rows to pass over before the next one replaces a slot is drawn ahead,
+    so a request that brings no replacement costs a comparison (replacements get rarer
+    as ``capacity / rows seen``), not a random draw per row on the request path."""
 
     def __init__(self, capacity: int, n_sparse: int, n_dense: int, seed: int | None = None):
         if capacity < 1:
@@ -74,8 +81,18 @@ class RequestSample:
         self._sparse = np.zeros((capacity, n_sparse), np.int64)
         self._dense = np.zeros((capacity, n_dense), np.float32)
         self._seen = 0
-        self._rng = np.random.default_rng(seed)
+        self._rng = random.Random(seed)
+        self._w = 1.0
+        self._next: float = math.inf  # the row number that next replaces a slot
         self._lock = threading.Lock()
+
+    def _u(self) -> float:
+        return self._rng.random() or sys.float_info.min  # in (0, 1): log() is defined
+
+    def _skip(self, after: int) -> None:
+        """Draw the next replacing row after row ``after`` (algorithm L)."""
+        self._w *= math.exp(math.log(self._u()) / self.capacity)
+        self._next = after + math.floor(math.log(self._u()) / math.log1p(-self._w)) + 1
 
     def offer(self, sparse: np.ndarray, dense: np.ndarray) -> None:
         """Consider the rows of one answered request."""
@@ -88,14 +105,13 @@ class RequestSample:
             if fill:
                 self._sparse[seen : seen + fill] = sparse[:fill]
                 self._dense[seen : seen + fill] = dense[:fill]
-            if fill < rows:
-                # algorithm R: row number t (0-based) replaces slot j ~ U[0, t] if j < cap
-                t = np.arange(seen + fill, seen + rows)
-                slots = (self._rng.random(len(t)) * (t + 1)).astype(np.int64)
-                keep = np.flatnonzero(slots < cap)
-                # a later row that draws the same slot wins, as in the sequential algorithm
-                self._sparse[slots[keep]] = sparse[fill:][keep]
-                self._dense[slots[keep]] = dense[fill:][keep]
+                if seen + fill == cap:
+                    self._skip(cap - 1)
+            while self._next < seen + rows:
+                row, slot = int(self._next) - seen, self._rng.randrange(cap)
+                self._sparse[slot] = sparse[row]
+                self._dense[slot] = dense[row]
+                self._skip(int(self._next))
             self._seen = seen + rows
 
     def snapshot(self) -> SampleRows:
