@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from recserve_runtime.builder.report import plot, table, variant_row, write_json
     from recserve_runtime.builder.source import check_data, load_source
     from recserve_runtime.builder.store import check_writable, check_writable_file, put_variant
-    from recserve_runtime.data import DatasetError, load_custom, load_dataset
+    from recserve_runtime.data import DatasetError, load_dataset
     from recserve_runtime.datadrift import reference_from
     from recserve_runtime.profiler import cpu_threads
     from recserve_runtime.train import set_threads, stderr_progress
@@ -92,16 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args.model_format,
             args.model_sha256,
         )
-        data = named or load_custom(
-            args.eval_data,
-            source.spec,
-            fmt=args.eval_format,
-            test_uri=args.eval_test_data,
-            time_column=args.time_column,
-            user_column=args.user_column,
-            holdout_bp=options.holdout_bp,
-            seed=args.seed,
-        )
+        data = named or load_eval_data(args, source.spec, options.holdout_bp)
         if args.max_train_rows and args.max_train_rows < len(data.train):
             data = replace(data, train=data.train.sample(args.max_train_rows, args.seed))
     except DatasetError as exc:
@@ -204,6 +195,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             plot(plot_path, variants, slo, policy.accuracy_budget_basis_points)
             print(f"plot: {plot_path}")
     return report
+
+
+def load_eval_data(args: argparse.Namespace, spec: Any, holdout_bp: int) -> Any:
+    """The eval data the flags of :func:`add_eval_arguments` name (``--eval-data`` in the
+    layout of ``spec``, a FeatureSpec, else the named ``--dataset``); raises DatasetError."""
+    from recserve_runtime.data import load_custom, load_dataset
+
+    if not args.eval_data:
+        return load_dataset(args.dataset, holdout_bp=holdout_bp)
+    return load_custom(
+        args.eval_data,
+        spec,
+        fmt=args.eval_format,
+        test_uri=args.eval_test_data,
+        time_column=args.time_column,
+        user_column=args.user_column,
+        holdout_bp=holdout_bp,
+        seed=args.seed,
+    )
 
 
 def check_eval_args(args: argparse.Namespace) -> None:

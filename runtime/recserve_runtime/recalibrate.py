@@ -78,9 +78,9 @@ def fetch_samples(urls: list[str], timeout_s: float, token: str | None) -> tuple
 def server_urls(selector: str, namespace: str, admin_port: int) -> list[str]:
     """Admin URLs of the Ready pods ``selector`` selects in ``namespace`` (in a pod: its
     service account's credentials; elsewhere: the kubeconfig)."""
-    from recserve_runtime.router.discovery import _kube_client, targets_from_pods
+    from recserve_runtime.router.discovery import kube_client, targets_from_pods
 
-    core = _kube_client(None, "CoreV1Api")
+    core = kube_client(None, "CoreV1Api")
     pods = core.list_namespaced_pod(namespace, label_selector=selector).items
     return [f"http://{t.host}:{t.port}" for t in targets_from_pods(pods, "admin", admin_port)]
 
@@ -119,26 +119,13 @@ def _held_out(args: argparse.Namespace, manifest: Manifest) -> Any:
     """The build's held-out rows (the same flags as `recserve optimize`)."""
     from recserve_runtime.builder.errors import BuildError
     from recserve_runtime.builder.source import check_data
-    from recserve_runtime.data import DatasetError, load_custom, load_dataset
-    from recserve_runtime.optimize import check_eval_args
+    from recserve_runtime.data import DatasetError
+    from recserve_runtime.optimize import check_eval_args, load_eval_data
 
     check_eval_args(args)
     spec = manifest.feature_spec
     try:
-        data = (
-            load_custom(
-                args.eval_data,
-                spec,
-                fmt=args.eval_format,
-                test_uri=args.eval_test_data,
-                time_column=args.time_column,
-                user_column=args.user_column,
-                holdout_bp=args.holdout_bp,
-                seed=args.seed,
-            )
-            if args.eval_data
-            else load_dataset(args.dataset, holdout_bp=args.holdout_bp)
-        )
+        data = load_eval_data(args, spec, args.holdout_bp)
     except DatasetError as exc:
         raise BuildError(str(exc)) from exc
     check_data(spec, data)

@@ -50,7 +50,9 @@ def endpoints_from_slices(
     return sorted(set(out))
 
 
-def _kube_client(factory: Callable[[], Any] | None, api: str) -> Any:
+def kube_client(factory: Callable[[], Any] | None, api: str) -> Any:
+    """A kubernetes client API (``api``: e.g. "CoreV1Api"): ``factory``'s if given, else
+    one with the pod's service account (in a cluster) or the kubeconfig."""
     if factory is not None:
         return factory()
     from kubernetes import client, config
@@ -114,7 +116,7 @@ class _LabelSource:
 
     def _client(self) -> Any:
         if self._api is None:
-            self._api = _kube_client(self._api_factory, self.api)
+            self._api = kube_client(self._api_factory, self.api)
         return self._api
 
     def list(self) -> Sequence[Addr | Target]:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from recserve_runtime.router.discovery import _kube_client, watch_forever
+from recserve_runtime.router.discovery import kube_client, watch_forever
 
 log = logging.getLogger("recserve.router.weights")
 
@@ -51,7 +51,7 @@ class WeightsSource:
 
     def _client(self) -> Any:
         if self._api is None:
-            self._api = _kube_client(self._api_factory, "CoreV1Api")
+            self._api = kube_client(self._api_factory, "CoreV1Api")
         return self._api
 
     def _selector(self) -> str:
