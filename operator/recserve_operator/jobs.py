@@ -42,6 +42,14 @@ def failed_condition(job: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
+def job_complete(job: Mapping[str, Any]) -> bool:
+    """The Job has a Complete=True condition (it succeeded)."""
+    return any(
+        cond.get("type") == "Complete" and cond.get("status") == "True"
+        for cond in (job.get("status") or {}).get("conditions") or []
+    )
+
+
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""

@@ -25,6 +25,7 @@ from recserve_operator import children
 from recserve_operator.api.optimizationpolicy import OptimizationPolicy
 from recserve_operator.api.recmodel import RecModel
 from recserve_operator.config import OperatorConfig
+from recserve_operator.jobs import job_complete
 from recserve_operator.kube import Kube
 from recserve_operator.reconcilers.scaling import CAUSES, PENDING
 from recserve_runtime.artifacts import Manifest, ProfileReport
@@ -173,9 +174,6 @@ def _run(
     failed = job_failed(existing)
     if failed is not None:
         return f"recalibration Job {job_name}: {failed}"
-    if any(
-        c.get("type") == "Complete" and c.get("status") == "True"
-        for c in (existing.get("status") or {}).get("conditions") or []
-    ):
+    if job_complete(existing):
         return f"recalibration Job {job_name} finished but wrote no variant {name}"
     return None

@@ -42,7 +42,7 @@ from recserve_operator.canary import router_weight
 from recserve_operator.config import OperatorConfig
 from recserve_operator.failover import Hold, nodes_fingerprint, stalled, update_holds, why_not_ready
 from recserve_operator.integrity import STORE_CHECKS
-from recserve_operator.jobs import failed_condition, job_failure
+from recserve_operator.jobs import failed_condition, job_complete, job_failure
 from recserve_operator.kube import Kube
 from recserve_operator.planner import (
     Objectives,
@@ -271,7 +271,7 @@ def reconcile_recmodel(
                 f"build Job {job['metadata']['name']}: {failed}",
                 warn=True,
             )
-        if _job_complete(job):
+        if job_complete(job):
             return p.stop(
                 "VariantsBuilt",
                 c.BUILD_FAILED,
@@ -707,14 +707,7 @@ def _profile_jobs(p: Pass) -> dict[str, dict[str, Any]]:
 
 
 def _job_finished(job: dict[str, Any]) -> bool:
-    return failed_condition(job) is not None or _job_complete(job)
-
-
-def _job_complete(job: dict[str, Any]) -> bool:
-    return any(
-        cond.get("type") == "Complete" and cond.get("status") == "True"
-        for cond in (job.get("status") or {}).get("conditions") or []
-    )
+    return failed_condition(job) is not None or job_complete(job)
 
 
 def _load_variants(layout: StoreLayout[Path], pods: StoreLayout[PurePosixPath]) -> list[Built]:
