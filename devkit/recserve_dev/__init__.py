@@ -14,4 +14,5 @@ PLUGINS: list[str] = [
     "recserve_dev.bench.serving",
     "recserve_dev.bench.autoscale",
     "recserve_dev.bench.soak",
+    "recserve_dev.bench.drift",
 ]

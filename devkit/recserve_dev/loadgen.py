@@ -55,6 +55,11 @@ class Target:
         if not self._allowed(self.host):
             raise ValueError(f"load tests only target 127.0.0.0/8, not {self.host}")
         self._checked: Sequence[str] = ()  # the last resolve() answer found loopback-only
+        self.set_bodies(self.bodies)
+
+    def set_bodies(self, bodies: Sequence[bytes]) -> None:
+        """Send these bodies from now on (a load whose inputs change mid-run)."""
+        self.bodies = bodies
         extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
         self._raw = [
             (
@@ -312,12 +317,14 @@ async def open_loop_trace(
     timeout_s: float = 5.0,
     max_connections: int = 1024,
     on_start: Callable[[float], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> TraceResult:
     """Send one request at each offset (seconds, e.g. :func:`thinned_arrivals`), open loop.
 
     Latency is measured from each request's scheduled send time, as :func:`open_loop`
     does; every request is recorded. ``on_start`` gets the ``time.monotonic()`` of offset
-    0 (to align other samplers with the trace).
+    0 (to align other samplers with the trace). ``stop``, once set, ends the trace early:
+    no more is sent, requests in flight finish, and the result holds the ones sent.
     """
     pool = _Pool(target, max_connections)
     n = len(offsets)
@@ -344,11 +351,19 @@ async def open_loop_trace(
         now = time.perf_counter() - start
         if t > now:
             await asyncio.sleep(t - now)
+        if stop is not None and stop.is_set():
+            break
         tasks.append(asyncio.create_task(one(i, start + float(t))))
     await asyncio.gather(*tasks)
     pool.close()
+    sent = len(tasks)
     return TraceResult(
-        started_at, np.asarray(offsets, dtype=float), latency, status, dict(codes), errors
+        started_at,
+        np.asarray(offsets[:sent], dtype=float),
+        latency[:sent],
+        status[:sent],
+        dict(codes),
+        errors[:sent],
     )
 
 

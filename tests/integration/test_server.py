@@ -478,3 +478,45 @@ def test_sigterm_drains_in_flight_requests_then_exits(variant: Path, tmp_path: P
         assert statuses == [200] * 6
         assert srv.proc.wait(30) == 0
         assert "drained and stopped" in srv.logs()
+
+
+def test_the_emulated_device_file_slows_the_server_while_it_runs(
+    variant: Path, tmp_path: Path
+) -> None:
+    """`--emulate-file` is a live limit: written mid-run, a batch costs what it says (the
+    drift benchmark slows a pool 2x this way), divided by its precision's speed-up; a bad
+    file keeps the last good costs."""
+    import time
+
+    device = tmp_path / "device.json"
+    with run_server(
+        variant, tmp_path, "--emulate-us-per-batch", "50000", "--emulate-file", str(device),
+        "--slo-p99-ms", "5000",
+    ) as srv:  # fmt: skip
+        body = tm.rank_bodies(artifacts.load_manifest(variant), 1, 8)[0]
+        headers = {"content-type": "application/json"}
+
+        def median_s() -> float:
+            took = []
+            for _ in range(5):
+                began = time.perf_counter()
+                assert http("POST", f"{srv.url}/v1/rank", body, headers)[0] == 200
+                took.append(time.perf_counter() - began)
+            return sorted(took)[2]
+
+        before = median_s()
+        device.write_text('{"emulate_us_per_batch": 150000}')
+        time.sleep(2.5)  # polled every second
+        slowed = median_s()
+        # the variant's precision (fp32) run 3x as fast by the device
+        device.write_text('{"emulate_us_per_batch": 150000, "speedup_by_precision": {"fp32": 3}}')
+        time.sleep(2.5)
+        faster = median_s()
+        device.write_text('{"emulate_us_per_batch": "slow"}')
+        time.sleep(2.5)
+        kept = median_s()
+        assert 0.05 <= before < 0.1, before
+        assert 0.15 <= slowed < 0.2, slowed
+        assert 0.05 <= faster < 0.1, faster
+        assert 0.05 <= kept < 0.1, kept
+        assert "emulated device file" in srv.logs() and "must be numbers" in srv.logs()

@@ -393,6 +393,10 @@ class Bench:
         if self.cluster is not None:
             self.cluster.stop()
 
+    def server_args(self) -> list[str]:
+        """Extra `recserve serve` arguments of every server: the emulated device."""
+        return [f"--emulate-us-per-row={US_PER_ROW}", f"--emulate-us-per-batch={US_PER_BATCH}"]
+
     def _install(self) -> None:
         from kubernetes import client
 
@@ -416,8 +420,11 @@ class Bench:
                 "--set", f"prometheus.scrapeIntervalSeconds={SCRAPE_INTERVAL_SECONDS}",
                 "--set", "autoscaler.tickSeconds=1",
                 "--set", f"metrics.port={free_port()}",
-                "--set", f"serverArgs[0]=--emulate-us-per-row={US_PER_ROW}",
-                "--set", f"serverArgs[1]=--emulate-us-per-batch={US_PER_BATCH}",
+                *(
+                    arg
+                    for i, server_arg in enumerate(self.server_args())
+                    for arg in ("--set-string", f"serverArgs[{i}]={server_arg}")
+                ),
                 "--set", "extraEnv[0].name=RECSERVE_RECONCILE_INTERVAL_SECONDS",
                 "--set-string", "extraEnv[0].value=2",
             ],

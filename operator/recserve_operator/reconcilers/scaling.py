@@ -169,7 +169,20 @@ def _reoptimize(
     pool, variant = pp.pool, pp.variant
     status = model.status
     history = [*(status.last_optimization if status else []), *out.optimizations]
-    mine = [o for o in history if o.pool == pool and o.outcome != REPORTED]
+    fidelity = any(f.cause == "fidelity" for f in findings)
+    # a recalibration started on data drift keeps the variant serving until its successor
+    # is ready; fidelity drift found meanwhile says the variant now ranks unlike the
+    # reference, so it is not held back by that entry: accuracy first
+    recalibrating = [
+        o
+        for o in history
+        if o.pool == pool and o.recalibration and o.cause == CAUSES["data"] and o.variant == variant
+    ]
+    mine = [
+        o
+        for o in history
+        if o.pool == pool and o.outcome != REPORTED and not (fidelity and o in recalibrating)
+    ]
     if mine and (
         mine[-1].outcome == PENDING
         or now - (parse_stamp(mine[-1].time) or 0.0) < policy.spec.drift.cooldown_seconds
@@ -203,7 +216,8 @@ def _reoptimize(
     )
     out.events.append(("Normal", "Reoptimizing", f"pool {pool}: {causes}: {doing}"))
     out.decisions.append(("reoptimize", kind))
-    if kind == "fidelity" and pp.recalibrate_as:
+    underway = [o for o in recalibrating if o.outcome == PENDING or o.outcome.startswith("recal")]
+    if kind == "fidelity" and pp.recalibrate_as and not underway:
         _recalibrate(pp, CAUSES["fidelity"], out.optimizations[-1].evidence, now, out)
 
 

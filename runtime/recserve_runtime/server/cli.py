@@ -57,6 +57,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(a device's launch and transfer cost, which larger batches amortize; default 0)",
     )
     p.add_argument(
+        "--emulate-file",
+        type=Path,
+        help='benchmark/test aid: JSON {"emulate_us_per_row": x, "emulate_us_per_batch": y, '
+        '"speedup_by_precision": {"int8": 2}}, re-read when it changes; its costs replace the '
+        "two flags above once it exists, divided by the speed-up of the variant's precision "
+        "(default 1) (an emulated device that slows down mid-run; `recserve bench drift`)",
+    )
+    p.add_argument(
         "--reference-variant",
         help="the FP32 reference variant (folder or URI): with --fidelity-sample-bp, a share "
         "of requests is also scored with it, off the request path, and the pairwise order "
@@ -143,6 +151,7 @@ def _serve(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout_s,
         emulate_us_per_row=args.emulate_us_per_row,
         emulate_us_per_batch=args.emulate_us_per_batch,
+        emulate_file=args.emulate_file,
         reference_variant=args.reference_variant,
         fidelity_sample_bp=args.fidelity_sample_bp,
         data_drift_window_rows=args.data_drift_window_rows,

@@ -13,6 +13,7 @@ import hmac
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,10 @@ class ServeConfig:
     drain_timeout_s: float = 30.0
     emulate_us_per_row: float = 0.0
     emulate_us_per_batch: float = 0.0
+    # benchmark aid: JSON {"emulate_us_per_row": x, "emulate_us_per_batch": y,
+    # "speedup_by_precision": {"int8": 2}}, re-read when it changes (the emulated device
+    # slows down or speeds up mid-run)
+    emulate_file: Path | None = None
     reference_variant: str | None = None  # FP32 reference, for fidelity sampling
     fidelity_sample_bp: int = 0
     # rows per data drift window (PSI of each input column against the manifest's
@@ -155,6 +160,7 @@ class InferenceServer:
         self.draining = False
         self.inflight = 0
         self._watch_task: asyncio.Task[None] | None = None
+        self._emulate_task: asyncio.Task[None] | None = None
         self.lag = LoopLag()
         self._lag_task: asyncio.Task[None] | None = None
         self.fidelity: FidelitySampler | None = None
@@ -182,7 +188,13 @@ class InferenceServer:
         if cfg.reference_variant and cfg.fidelity_sample_bp > 0:
             await self._start_fidelity(cfg.reference_variant, cfg.fidelity_sample_bp)
         if cfg.limits_file is not None:
-            self._watch_task = asyncio.create_task(self._watch_limits(cfg.limits_file))
+            self._watch_task = asyncio.create_task(
+                _watch_json(cfg.limits_file, self._set_limits, "limits")
+            )
+        if cfg.emulate_file is not None:
+            self._emulate_task = asyncio.create_task(
+                _watch_json(cfg.emulate_file, self._set_emulation, "emulated device")
+            )
 
     async def _start_fidelity(self, variant: str, sample_bp: int) -> None:
         """Load the FP32 reference and start sampling; a reference that does not load
@@ -272,7 +284,7 @@ class InferenceServer:
         """Stop admitting, finish queued work, stop the workers."""
         self.draining = True
         self.metrics.ready.set(0)
-        for task in (self._watch_task, self._lag_task):
+        for task in (self._watch_task, self._emulate_task, self._lag_task):
             if task is not None:
                 task.cancel()
         deadline = time.monotonic() + self.config.drain_timeout_s
@@ -288,21 +300,31 @@ class InferenceServer:
             await asyncio.to_thread(self.sketch.stop)
         log.info("drained and stopped inflight=%d", self.inflight)
 
-    async def _watch_limits(self, path: Path) -> None:
-        """Apply the limits file (JSON, same fields as PUT /admin/limits) when it changes."""
-        seen = 0.0
-        while True:
-            try:
-                mtime = path.stat().st_mtime
-                if mtime != seen:
-                    seen = mtime
-                    self._set_limits(orjson.loads(path.read_bytes()))
-                    log.info("limits reloaded from %s", path)
-            except FileNotFoundError:
-                pass
-            except (BadInput, orjson.JSONDecodeError) as exc:
-                log.error("limits file %s rejected: %s", path, exc)
-            await asyncio.sleep(1.0)
+    def _set_emulation(self, doc: Any) -> None:
+        """Apply an emulated-device file: the per-row and per-batch costs (microseconds)."""
+        if not isinstance(doc, dict):
+            raise BadInput("$", "the emulated-device file must hold a JSON object")
+        try:
+            per_row = float(doc.get("emulate_us_per_row", self.config.emulate_us_per_row))
+            per_batch = float(doc.get("emulate_us_per_batch", self.config.emulate_us_per_batch))
+        except (TypeError, ValueError) as exc:
+            raise BadInput("$", f"emulated-device costs must be numbers: {exc}") from None
+        if per_row < 0 or per_batch < 0:
+            raise BadInput("$", "emulated-device costs must be >= 0")
+        # how much faster the device runs this variant's precision (an INT8 variant on
+        # a device with fast integer kernels), so that emulated variants differ as their
+        # emulated profiles say
+        speedups = doc.get("speedup_by_precision") or {}
+        precision = self.model.manifest.recipe.precision if self.model is not None else "fp32"
+        try:
+            speedup = float(speedups.get(precision, 1.0)) if isinstance(speedups, dict) else -1.0
+        except (TypeError, ValueError):
+            speedup = -1.0
+        if speedup <= 0:
+            raise BadInput("speedup_by_precision", "must map precisions to numbers > 0")
+        if self.batcher is not None:
+            self.batcher.emulate_s_per_row = per_row / speedup / 1e6
+            self.batcher.emulate_s_per_batch = per_batch / speedup / 1e6
 
     def _set_limits(self, doc: Any) -> Limits:
         limits = limits_from_doc(self.config.limits, doc)
@@ -600,3 +622,21 @@ class InferenceServer:
 def default_workers() -> int:
     """One model thread; the event loop needs the other core on small machines."""
     return 1 if (os.cpu_count() or 1) <= 4 else 2
+
+
+async def _watch_json(path: Path, apply: Callable[[Any], Any], what: str) -> None:
+    """Apply the JSON file at ``path`` whenever it changes (polled every second); a bad
+    file is logged and the last good one stays in force."""
+    seen = 0.0
+    while True:
+        try:
+            mtime = path.stat().st_mtime
+            if mtime != seen:
+                seen = mtime
+                apply(orjson.loads(path.read_bytes()))
+                log.info("%s reloaded from %s", what, path)
+        except FileNotFoundError:
+            pass
+        except (ValueError, TypeError) as exc:  # BadInput and JSONDecodeError among them
+            log.error("%s file %s rejected: %s", what, path, exc)
+        await asyncio.sleep(1.0)

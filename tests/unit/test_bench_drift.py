@@ -1,0 +1,32 @@
+"""The pure parts of `recserve bench drift`: medians with their spread, the false-alarm
+rate (only over an hour or more), the canary's share of requests."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from recserve_dev.bench.drift import false_alarms_per_hour, median_spread, share_pct
+
+pytestmark = pytest.mark.unit
+
+
+def test_median_spread_ignores_unknown_and_infinite_values_but_lists_them() -> None:
+    assert median_spread([30.0, None, 10.0, 20.0]) == (20.0, [30.0, None, 10.0, 20.0])
+    assert median_spread([12.345, math.inf, 20.0]) == (16.17, [12.345, math.inf, 20.0])
+    assert median_spread([None, None]) == (None, [None, None])
+    assert median_spread([]) == (None, [])
+
+
+def test_false_alarms_are_a_rate_only_over_an_hour_or_more() -> None:
+    assert false_alarms_per_hour(0, 3599.9) is None  # 0 in an hour needs an hour
+    assert false_alarms_per_hour(0, 3600) == 0
+    assert false_alarms_per_hour(3, 7200) == 1.5
+    assert false_alarms_per_hour(2, 600) is None
+
+
+def test_share_pct() -> None:
+    assert share_pct(7, 100) == 7.0
+    assert share_pct(1, 3) == 33.33
+    assert share_pct(0, 0) is None
