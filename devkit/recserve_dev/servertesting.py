@@ -144,3 +144,16 @@ def run_router(
         path = "/v2/health/ready" if wait_ready else "/v2/health/live"
         wait_http(f"http://127.0.0.1:{port}{path}", 60, proc)
         yield Running(port, proc, log)
+
+
+def track_counts(router: str, metrics_port: int = 8082) -> dict[str, float]:
+    """A router's answers so far by the track (stable, canary) of the backend that gave
+    them, from its ``recserve_router_track_requests_total`` counters."""
+    with urllib.request.urlopen(f"http://{router}:{metrics_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    counts = {"stable": 0.0, "canary": 0.0}
+    for line in text.splitlines():
+        if line.startswith("recserve_router_track_requests_total{"):
+            track = line.split('track="', 1)[1].split('"', 1)[0]
+            counts[track] = counts.get(track, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts

@@ -32,6 +32,7 @@ from kubernetes import client
 
 from recserve_dev.loadgen import RunResult, Target, open_loop
 from recserve_dev.localcluster.prometheus import SCRAPE_INTERVAL_SECONDS
+from recserve_dev.servertesting import track_counts
 from recserve_dev.testmodel import emulated_profile, rank_bodies, write_variant
 from recserve_operator.api import GROUP, VERSION, OptimizationPolicy, RecModel
 from recserve_operator.children import content_hash
@@ -1106,18 +1107,6 @@ def _canary_policy(namespace: str) -> dict[str, Any]:
     return policy
 
 
-def _track_counts(router: str) -> dict[str, float]:
-    """The router's answers so far by the track of the backend that gave them."""
-    with urllib.request.urlopen(f"http://{router}:8082/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    counts = {"stable": 0.0, "canary": 0.0}
-    for line in text.splitlines():
-        if line.startswith("recserve_router_track_requests_total{"):
-            track = line.split('track="', 1)[1].split('"', 1)[0]
-            counts[track] = float(line.rsplit(" ", 1)[1])
-    return counts
-
-
 class _Rollout:
     """A model serving the FP32 reference (the INT8 4x slower in its profile), under load
     through its router; :meth:`move` makes the INT8 twice as fast, which moves the pool."""
@@ -1217,11 +1206,11 @@ def test_a_bad_variant_s_canary_is_rolled_back_after_a_small_share_of_requests(
     moved = time.monotonic()
     eventually(lambda: r.phase() == "Progressing", 120, 0.5, "the canary taking requests", r.state)
     progressing = time.monotonic()
-    before = _track_counts(r.router)
+    before = track_counts(r.router)
     eventually(lambda: r.int8 in (r.status().get("driftedVariants") or []), 180, 0.5,
                "rolled back", r.state)  # fmt: skip
     rolled_back = time.monotonic()
-    after = _track_counts(r.router)
+    after = track_counts(r.router)
     entry = next(e for e in r.status()["lastOptimization"] if e["cause"] == "CanaryFailed")
     assert entry["variant"] == r.int8 and "fidelity" in entry["evidence"], entry
     eventually(lambda: r.deployment(f"{MODEL}-{POOL}-canary") is None, 60, 1, "canary gone")
@@ -1232,7 +1221,7 @@ def test_a_bad_variant_s_canary_is_rolled_back_after_a_small_share_of_requests(
     total = canary + after["stable"] - before["stable"]
     share = 100 * canary / total
     time.sleep(5)
-    settled = _track_counts(r.router)
+    settled = track_counts(r.router)
     result = r.load.stop()
     failed = sum(n for code, n in result.codes.items() if code not in ("200", "429"))
     assert failed == 0, result.codes

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.unit
 
 def test_median_spread_ignores_unknown_and_infinite_values_but_lists_them() -> None:
     assert median_spread([30.0, None, 10.0, 20.0]) == (20.0, [30.0, None, 10.0, 20.0])
-    assert median_spread([12.345, math.inf, 20.0]) == (16.17, [12.345, math.inf, 20.0])
+    assert median_spread([12.345, math.inf, 20.0]) == (16.17, [12.35, math.inf, 20.0])
     assert median_spread([None, None]) == (None, [None, None])
     assert median_spread([]) == (None, [])
 

@@ -216,7 +216,9 @@ def _reoptimize(
     )
     out.events.append(("Normal", "Reoptimizing", f"pool {pool}: {causes}: {doing}"))
     out.decisions.append(("reoptimize", kind))
-    underway = [o for o in recalibrating if o.outcome == PENDING or o.outcome.startswith("recal")]
+    underway = [
+        o for o in recalibrating if o.outcome == PENDING or o.outcome.startswith("recalibrated ")
+    ]
     if kind == "fidelity" and pp.recalibrate_as and not underway:
         _recalibrate(pp, CAUSES["fidelity"], out.optimizations[-1].evidence, now, out)
 
