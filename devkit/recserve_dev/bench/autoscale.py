@@ -65,6 +65,7 @@ MAX_REPLICAS = 8
 MAX_BATCH_ROWS = 512
 ROLLING_S = 10.0
 SEED = 20240601
+SCALING_REASONS = frozenset({"Scaled", "BatchLimits", "SuccessfulRescale", "ScalingReplicaSet"})
 
 
 def _log(msg: str) -> None:
@@ -642,32 +643,36 @@ class Bench:
 
         return str(_until(ip, 120, "a ready router pod"))
 
-    def events(self, namespace: str, name: str, t0: float) -> list[str]:
-        """The scaling Events of the run (the operator's on the RecModel, the HPA's on
-        the Deployment), oldest first, with seconds from the trace's start."""
+    def events(
+        self,
+        namespace: str,
+        name: str,
+        t0: float,
+        involved: tuple[str, ...] | None = None,
+        reasons: frozenset[str] | None = SCALING_REASONS,
+    ) -> list[str]:
+        """Events of the run, oldest first, with seconds from ``t0`` (``time.monotonic()``):
+        by default the scaling ones (the operator's on the RecModel, the HPA's on the
+        Deployment); ``involved`` names other objects, ``reasons=None`` keeps every
+        reason."""
         from kubernetes import client
 
         core = client.CoreV1Api(self.api)
         wall0 = time.time() - (time.monotonic() - t0)
         out: list[tuple[float, str]] = []
-        for involved in (name, f"{name}-{POOL}", f"keda-hpa-{name}"):
+        for obj in involved or (name, f"{name}-{POOL}", f"keda-hpa-{name}"):
             try:
                 items = core.list_namespaced_event(
-                    namespace, field_selector=f"involvedObject.name={involved}"
+                    namespace, field_selector=f"involvedObject.name={obj}"
                 ).items
             except client.ApiException:
                 continue
             for e in items:
-                if e.reason not in (
-                    "Scaled",
-                    "BatchLimits",
-                    "SuccessfulRescale",
-                    "ScalingReplicaSet",
-                ):
+                if reasons is not None and e.reason not in reasons:
                     continue
                 when = e.last_timestamp or e.event_time or e.first_timestamp
                 at = when.timestamp() - wall0 if when else math.nan
-                out.append((at, f"{at:7.1f}s {involved} {e.reason}: {e.message}"))
+                out.append((at, f"{at:7.1f}s {obj} {e.reason}: {e.message}"))
         return [text for _, text in sorted(out)]
 
     def remove(self, system: str, name: str, namespace: str) -> None:

@@ -193,6 +193,7 @@ class DriftBench(Bench):
             shm if shm.is_dir() else Path("/var/tmp")
         ) / f"recserve-drift-{os.getpid()}.json"
         self.variants: dict[str, Path] = {}
+        self.names: dict[str, str] = {}
         self.real: Any = None
         self.layout: Any = None  # the current scenario's build in the store
 
@@ -215,7 +216,8 @@ class DriftBench(Bench):
 
     def _template(self) -> None:
         """The FP32 reference, a static INT8 of it, an INT8 of another model's weights
-        (the bad variant), their measured profile (for the shape), and eval data."""
+        (the bad variant), their measured profile (for the shape), eval data and the
+        request bodies (in place of the autoscale bench's template)."""
         from recserve_dev.testmodel import (
             TestModelSpec,
             quantize_variant,
@@ -226,17 +228,15 @@ class DriftBench(Bench):
         )
         from recserve_runtime.artifacts import ProfileReport, load_manifest
 
-        super()._template()
-        assert self.folder is not None
-        variants = self.work / "template" / "all"
-        reference = Path(shutil.copytree(self.folder, variants / self.folder.name))
+        variants = self.work / "template" / "variants"
+        reference = write_variant(variants)
         other = write_variant(self.work / "template" / "other", TestModelSpec(seed=7))
         self.variants = {
             "reference": reference,
             "static": static_variant(reference, variants),
             "bad": quantize_variant(other, variants),
         }
-        out = self.work / "template" / "all-profile.json"
+        out = self.work / "template" / "profile.json"
         subprocess.run(
             [sys.executable, "-m", "recserve_runtime.cli", "profile", f"--variants={variants}",
              f"--json={out}", "--seconds=0.1", "--no-serving"],
@@ -246,6 +246,8 @@ class DriftBench(Bench):
         self.train_csv = write_eval_csv(reference, self.work / "train.csv", 4000, seed=1)
         self.test_csv = write_eval_csv(reference, self.work / "test.csv", 3000, seed=2)
         self.manifest = load_manifest(reference)
+        # the variants' names in the RecModel's status: the model's, then the manifest's
+        self.names = {k: f"{MODEL}-{load_manifest(v).name}" for k, v in self.variants.items()}
         # many distinct users and items: 64 bodies repeat 64 users, whose dense columns
         # alone then sit far enough from the training bins for data drift (PSI 0.33 seen)
         self.steady_bodies = rank_bodies(self.manifest, count=BODIES, candidates=CANDIDATES)
@@ -254,12 +256,6 @@ class DriftBench(Bench):
         self.shifted_bodies = rank_bodies(
             self.manifest, count=BODIES, candidates=CANDIDATES, dense_shift=DENSE_SHIFT
         )
-
-    def served_name(self, key: str) -> str:
-        """The variant's name in the RecModel's status: the model's, then the manifest's."""
-        from recserve_runtime.artifacts import load_manifest
-
-        return f"{MODEL}-{load_manifest(self.variants[key]).name}"
 
     def profile_with(self, faster: dict[str, float]) -> Any:
         """The emulated profile of every variant, those in ``faster`` (folder name ->
@@ -384,22 +380,6 @@ class DriftBench(Bench):
         )
         return entries or int(drift)
 
-    def all_events(self, namespace: str, t0_wall: float) -> list[str]:
-        """Every Event of the RecModel, oldest first, seconds from the load's start."""
-        from kubernetes import client
-
-        items = (
-            client.CoreV1Api(self.api)
-            .list_namespaced_event(namespace, field_selector=f"involvedObject.name={MODEL}")
-            .items
-        )
-        out = []
-        for e in items:
-            when = e.last_timestamp or e.event_time or e.first_timestamp
-            at = when.timestamp() - t0_wall if when else math.nan
-            out.append((at, f"{at:7.1f}s {e.reason}: {e.message}"))
-        return [text for _, text in sorted(out)]
-
     # -- one scenario -----------------------------------------------------------------
     def scenario(self, name: str, run: int) -> Outcome:
         """Serve, load steadily for ``--steady-s``, change one thing, measure."""
@@ -412,7 +392,6 @@ class DriftBench(Bench):
         _until(lambda: self.served(namespace, key) == {value}, 300, f"{name}: served {value}")
         router = self.router(MODEL, namespace)
         load = LiveLoad(router, self.steady_bodies, RATE_RPS, seed=run)
-        wall0 = time.time() - load.now()
         _log(f"{name} (run {run}): served on {value}; steady load {self.args.steady_s:g} s")
         try:
             time.sleep(self.args.steady_s)
@@ -433,7 +412,7 @@ class DriftBench(Bench):
         out.codes = result.codes
         out.measures["requests"] = len(result.send_s)
         out.measures["failed"] = int(np.count_nonzero(~result.ok))
-        out.events = self.all_events(namespace, wall0)
+        out.events = self.events(namespace, MODEL, load.t0, involved=(MODEL,), reasons=None)
         self.remove("recserve", MODEL, namespace)
         _log(f"  -> {name}: {out.measures}; false alarms in steady load: {out.steady_actions}")
         return out
@@ -475,10 +454,10 @@ class DriftBench(Bench):
     # fidelity -----------------------------------------------------------------------
     def setup_fidelity(self) -> tuple[list[str], list[str], Any, tuple[str, str]]:
         profile = self.profile_with({self.variants["static"].name: INT8_SPEEDUP})
-        return [POOL], ["reference", "static"], profile, ("variant", self.served_name("static"))
+        return [POOL], ["reference", "static"], profile, ("variant", self.names["static"])
 
     def act_fidelity(self, ns: str, router: str, load: LiveLoad, out: Outcome) -> None:
-        static = self.served_name("static")
+        static = self.names["static"]
         load.set_bodies(self.shifted_bodies)
         changed = self.mark(out, load, "inputs shifted")
 
@@ -532,7 +511,7 @@ class DriftBench(Bench):
     # canary -------------------------------------------------------------------------
     def setup_canary(self) -> tuple[list[str], list[str], Any, tuple[str, str]]:
         slower = self.profile_with({self.variants["bad"].name: 0.25})  # not planned first
-        return [POOL], ["reference", "bad"], slower, ("variant", self.served_name("reference"))
+        return [POOL], ["reference", "bad"], slower, ("variant", self.names["reference"])
 
     def act_canary(self, ns: str, router: str, load: LiveLoad, out: Outcome) -> None:
         from kubernetes import client
@@ -541,7 +520,7 @@ class DriftBench(Bench):
         from recserve_operator.api import GROUP, VERSION
 
         bad_folder = self.variants["bad"].name
-        bad = self.served_name("bad")
+        bad = self.names["bad"]
         before = track_counts(router)
         # the new plan: the bad INT8 profiled as fast as the device runs it (until now its
         # profile said 4x slower, so the reference was planned), and a spec edit that makes
@@ -621,7 +600,6 @@ class DriftBench(Bench):
             _until(lambda: self.served(ns, "pool") == {POOL}, 300, "Ready on the CPU pool")
             ready = self.mark(out, load, "Ready on the CPU pool")
             time.sleep(self.args.settle_s)  # the load on the new pool, for the p99 restore
-            settled = load.now()
             uncordoned = self.mark(out, load, "GPU nodes uncordoned")
             self.cordon(nodes, False)
             _until(lambda: self.served(ns, "pool") == {GPU_POOL}, 300, "back on the GPU pool")
@@ -632,18 +610,16 @@ class DriftBench(Bench):
             failover_ready_s=round(ready - cordoned, 2),
             failover_back_s=round(back - uncordoned, 2),
         )
-        out.marks["_restore_window"] = settled  # read once the requests are in
 
     def restore(self, out: Outcome) -> float | None:
         """Cordon to the rolling p99 (failures as inf) within the SLO for good, up to the
-        end of the settle window."""
+        end of the settle window (the uncordon)."""
         start = out.marks.get("GPU nodes cordoned, pods deleted")
-        end = out.marks.get("_restore_window")
+        end = out.marks.get("GPU nodes uncordoned")
         if start is None or end is None:  # the scenario did not get that far
             return None
         grid = np.arange(1.0, math.floor(end) + 1.0)
-        order = np.argsort(out.send_s)
-        roll = rolling_p99(out.send_s[order], out.latency_s[order], grid)
+        roll = rolling_p99(out.send_s, out.latency_s, grid)  # send_s sorted: the arrivals
         return restore_time(grid, roll, self.slo_s, start, end)
 
 
@@ -678,8 +654,7 @@ def plot(outcome: Outcome, slo_s: float, path: Path) -> None:
     if len(outcome.send_s):
         end = float(outcome.send_s.max()) + 1
         grid = np.arange(1.0, math.floor(end) + 1.0)
-        order = np.argsort(outcome.send_s)
-        roll = rolling_p99(outcome.send_s[order], outcome.latency_s[order], grid)
+        roll = rolling_p99(outcome.send_s, outcome.latency_s, grid)
         axes[0].plot(grid, np.minimum(roll * 1000, 10 * slo_s * 1000), label="p99, rolling 10 s")
         ok = np.isfinite(outcome.latency_s)
         bins = np.arange(0, end + 1.0)
@@ -692,7 +667,7 @@ def plot(outcome: Outcome, slo_s: float, path: Path) -> None:
     axes[1].set_xlabel("seconds from the load's start")
     for ax in axes:
         ax.axvspan(0, outcome.steady_s, color="grey", alpha=0.15)
-        for i, (what, at) in enumerate(m for m in outcome.marks.items() if m[0][0] != "_"):
+        for i, (what, at) in enumerate(outcome.marks.items()):
             ax.axvline(at, color=f"C{i + 2}", linestyle=":", label=what)
         ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)

@@ -64,8 +64,7 @@ class Batcher:
         self.limits = limits
         self.metrics = metrics
         self.workers = workers
-        self.emulate_s_per_row = emulate_us_per_row / 1e6
-        self.emulate_s_per_batch = emulate_us_per_batch / 1e6
+        self.set_emulation(emulate_us_per_row, emulate_us_per_batch)
         self.aimd = AIMD(limits)
         self.cost = CostModel()
         self.admission = Admission(limits, self.cost)
@@ -105,6 +104,12 @@ class Batcher:
     def busy(self) -> bool:
         """Work queued or running."""
         return bool(self._queue) or self._running_rows > 0
+
+    def set_emulation(self, us_per_row: float, us_per_batch: float) -> None:
+        """The emulated device's cost per row and per batch (microseconds; 0 and 0: off).
+        Read by each batch as it runs: a change applies from the next batch."""
+        self.emulate_s_per_row = us_per_row / 1e6
+        self.emulate_s_per_batch = us_per_batch / 1e6
 
     def set_limits(self, limits: Limits) -> None:
         """Apply new limits at run time (admin endpoint)."""

@@ -159,8 +159,7 @@ class InferenceServer:
         self.not_ready_reason: str | None = "loading"
         self.draining = False
         self.inflight = 0
-        self._watch_task: asyncio.Task[None] | None = None
-        self._emulate_task: asyncio.Task[None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []  # the watched files
         self.lag = LoopLag()
         self._lag_task: asyncio.Task[None] | None = None
         self.fidelity: FidelitySampler | None = None
@@ -187,14 +186,12 @@ class InferenceServer:
         self._install(model)
         if cfg.reference_variant and cfg.fidelity_sample_bp > 0:
             await self._start_fidelity(cfg.reference_variant, cfg.fidelity_sample_bp)
-        if cfg.limits_file is not None:
-            self._watch_task = asyncio.create_task(
-                _watch_json(cfg.limits_file, self._set_limits, "limits")
-            )
-        if cfg.emulate_file is not None:
-            self._emulate_task = asyncio.create_task(
-                _watch_json(cfg.emulate_file, self._set_emulation, "emulated device")
-            )
+        for path, apply, what in (
+            (cfg.limits_file, self._set_limits, "limits"),
+            (cfg.emulate_file, self._set_emulation, "emulated device"),
+        ):
+            if path is not None:
+                self._watchers.append(asyncio.create_task(_watch_json(path, apply, what)))
 
     async def _start_fidelity(self, variant: str, sample_bp: int) -> None:
         """Load the FP32 reference and start sampling; a reference that does not load
@@ -284,7 +281,7 @@ class InferenceServer:
         """Stop admitting, finish queued work, stop the workers."""
         self.draining = True
         self.metrics.ready.set(0)
-        for task in (self._watch_task, self._emulate_task, self._lag_task):
+        for task in (*self._watchers, self._lag_task):
             if task is not None:
                 task.cancel()
         deadline = time.monotonic() + self.config.drain_timeout_s
@@ -301,30 +298,21 @@ class InferenceServer:
         log.info("drained and stopped inflight=%d", self.inflight)
 
     def _set_emulation(self, doc: Any) -> None:
-        """Apply an emulated-device file: the per-row and per-batch costs (microseconds)."""
-        if not isinstance(doc, dict):
-            raise BadInput("$", "the emulated-device file must hold a JSON object")
+        """Apply an emulated-device file: the per-row and per-batch costs (microseconds),
+        divided by the speed-up of the variant's precision (an INT8 variant on a device
+        with fast integer kernels: emulated variants then differ as their profiles say)."""
+        cfg = self.config
         try:
-            per_row = float(doc.get("emulate_us_per_row", self.config.emulate_us_per_row))
-            per_batch = float(doc.get("emulate_us_per_batch", self.config.emulate_us_per_batch))
-        except (TypeError, ValueError) as exc:
+            per_row = float(doc.get("emulate_us_per_row", cfg.emulate_us_per_row))
+            per_batch = float(doc.get("emulate_us_per_batch", cfg.emulate_us_per_batch))
+            precision = self.model.manifest.recipe.precision if self.model else "fp32"
+            speedup = float((doc.get("speedup_by_precision") or {}).get(precision, 1.0))
+        except (AttributeError, TypeError, ValueError) as exc:
             raise BadInput("$", f"emulated-device costs must be numbers: {exc}") from None
-        if per_row < 0 or per_batch < 0:
-            raise BadInput("$", "emulated-device costs must be >= 0")
-        # how much faster the device runs this variant's precision (an INT8 variant on
-        # a device with fast integer kernels), so that emulated variants differ as their
-        # emulated profiles say
-        speedups = doc.get("speedup_by_precision") or {}
-        precision = self.model.manifest.recipe.precision if self.model is not None else "fp32"
-        try:
-            speedup = float(speedups.get(precision, 1.0)) if isinstance(speedups, dict) else -1.0
-        except (TypeError, ValueError):
-            speedup = -1.0
-        if speedup <= 0:
-            raise BadInput("speedup_by_precision", "must map precisions to numbers > 0")
+        if per_row < 0 or per_batch < 0 or speedup <= 0:
+            raise BadInput("$", "costs must be >= 0 and speed-ups > 0")
         if self.batcher is not None:
-            self.batcher.emulate_s_per_row = per_row / speedup / 1e6
-            self.batcher.emulate_s_per_batch = per_batch / speedup / 1e6
+            self.batcher.set_emulation(per_row / speedup, per_batch / speedup)
 
     def _set_limits(self, doc: Any) -> Limits:
         limits = limits_from_doc(self.config.limits, doc)
