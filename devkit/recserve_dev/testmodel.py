@@ -395,6 +395,21 @@ def write_eval_csv(variant: Path, path: Path, rows: int, seed: int = 0) -> Path:
     return path
 
 
+def quick_profile(variants: Path, out: Path) -> artifacts.ProfileReport:
+    """Every variant of the folder profiled briefly on this machine (model compute only:
+    `recserve profile --seconds 0.1 --no-serving`), the report also written to ``out``:
+    the shape that :func:`emulated_profile` rewrites."""
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "recserve_runtime.cli", "profile", f"--variants={variants}",
+         f"--json={out}", "--seconds=0.1", "--no-serving"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return artifacts.ProfileReport.read(out)
+
+
 def emulated_profile(
     real: artifacts.ProfileReport,
     us_per_batch: float,

@@ -49,6 +49,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -440,18 +441,18 @@ class Bench:
         _log("chart installed (operator reads the local Prometheus); HardwarePool bench-cpu")
 
     def _template(self) -> None:
-        from recserve_dev.testmodel import emulated_profile, rank_bodies, write_variant
-        from recserve_runtime.artifacts import ProfileReport, load_manifest
+        from recserve_dev.testmodel import (
+            emulated_profile,
+            quick_profile,
+            rank_bodies,
+            write_variant,
+        )
+        from recserve_runtime.artifacts import load_manifest
 
         variants = self.work / "template" / "variants"
         self.folder = write_variant(variants)
-        out = self.work / "template" / "profile.json"
-        subprocess.run(
-            [sys.executable, "-m", "recserve_runtime.cli", "profile", f"--variants={variants}",
-             f"--json={out}", "--seconds=0.1", "--no-serving"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        self.profile = emulated_profile(ProfileReport.read(out), US_PER_BATCH, US_PER_ROW)
+        real = quick_profile(variants, self.work / "template" / "profile.json")
+        self.profile = emulated_profile(real, US_PER_BATCH, US_PER_ROW)
         self.bodies = rank_bodies(load_manifest(self.folder), count=64, candidates=CANDIDATES)
 
     # -- documents --------------------------------------------------------------------
@@ -1001,14 +1002,20 @@ def _keda_version() -> str:
     return KEDA_VERSION
 
 
+def pick(text: str, known: tuple[str, ...], what: str) -> list[str]:
+    """The comma-separated names of ``text``; SystemExit naming any not in ``known``."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what} {unknown}; choose from {', '.join(known)}")
+    return names
+
+
 def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     began = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in systems if s not in SYSTEMS]
-    if unknown:
-        raise SystemExit(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
+    systems = pick(args.systems, SYSTEMS, "systems")
     traces = make_traces(args.quick, args.base_rps)
     if args.traces:
         traces = {k: v for k, v in traces.items() if k in args.traces.split(",")}
@@ -1180,13 +1187,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # run the finally blocks: Prometheus resumed, cluster down
+    raise SystemExit(128 + signum)  # run the finally blocks: faults undone, cluster down
+
+
+def run_cluster_bench(
+    name: str, run: Callable[[argparse.Namespace, Path], dict[str, Any]], args: argparse.Namespace
+) -> int:
+    """A local-control-plane bench as a command: SIGTERM runs its cleanup, this
+    interpreter's tools come first on PATH, a temporary work folder, the report as the
+    last stdout line (strict JSON)."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
+    with tempfile.TemporaryDirectory(prefix=f"recserve-bench-{name}-") as tmp:
+        report = run(args, Path(tmp))
+    print(json.dumps(finite(report), default=str), flush=True)
+    return 0
 
 
 def _bench_autoscale(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
-    with tempfile.TemporaryDirectory(prefix="recserve-bench-autoscale-") as tmp:
-        report = bench(args, Path(tmp))
-    print(json.dumps(finite(report), default=str), flush=True)
-    return 0
+    return run_cluster_bench("autoscale", bench, args)

@@ -41,11 +41,7 @@ import json
 import math
 import os
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,8 +58,10 @@ from recserve_dev.bench.autoscale import (
     _examples,
     _until,
     finite,
+    pick,
     restore_time,
     rolling_p99,
+    run_cluster_bench,
 )
 
 SCENARIOS = ("latency", "fidelity", "canary", "failover")
@@ -221,12 +219,13 @@ class DriftBench(Bench):
         from recserve_dev.testmodel import (
             TestModelSpec,
             quantize_variant,
+            quick_profile,
             rank_bodies,
             static_variant,
             write_eval_csv,
             write_variant,
         )
-        from recserve_runtime.artifacts import ProfileReport, load_manifest
+        from recserve_runtime.artifacts import load_manifest
 
         variants = self.work / "template" / "variants"
         reference = write_variant(variants)
@@ -236,13 +235,7 @@ class DriftBench(Bench):
             "static": static_variant(reference, variants),
             "bad": quantize_variant(other, variants),
         }
-        out = self.work / "template" / "profile.json"
-        subprocess.run(
-            [sys.executable, "-m", "recserve_runtime.cli", "profile", f"--variants={variants}",
-             f"--json={out}", "--seconds=0.1", "--no-serving"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        self.real = ProfileReport.read(out)
+        self.real = quick_profile(variants, self.work / "template" / "profile.json")
         self.train_csv = write_eval_csv(reference, self.work / "train.csv", 4000, seed=1)
         self.test_csv = write_eval_csv(reference, self.work / "test.csv", 3000, seed=2)
         self.manifest = load_manifest(reference)
@@ -682,10 +675,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     began = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = [s for s in scenarios if s not in SCENARIOS]
-    if unknown:
-        raise SystemExit(f"unknown scenarios {unknown}; choose from {', '.join(SCENARIOS)}")
+    scenarios = pick(args.scenarios, SCENARIOS, "scenarios")
     b = DriftBench(args, work)
     outcomes: list[Outcome] = []
     try:
@@ -788,14 +778,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=_bench_drift, quick=True)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # run the finally blocks: nodes uncordoned, cluster down
-
-
 def _bench_drift(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
-    with tempfile.TemporaryDirectory(prefix="recserve-bench-drift-") as tmp:
-        report = bench(args, Path(tmp))
-    print(json.dumps(finite(report), default=str), flush=True)
-    return 0
+    return run_cluster_bench("drift", bench, args)
