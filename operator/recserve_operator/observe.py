@@ -32,6 +32,8 @@ MODEL = "recserve_io_model"
 POOL = "recserve_io_pool"
 BY = f"namespace, {MODEL}, {POOL}"
 STALE_AFTER_SCRAPES = 3
+TRACK = "recserve_io_track"  # the pod label recserve.io/track, as a series label
+NOT_CANARY = f'{TRACK}!="canary"'  # a pool's own Deployment's pods carry no track label
 SERVED = 'endpoint=~"infer|rank", code=~"2.."'
 REFUSED = 'endpoint=~"infer|rank", code=~"429|503"'
 Key = tuple[str, str, str]  # (namespace, model, pool)
@@ -108,10 +110,12 @@ def queries(w: Windows) -> dict[str, str]:
         "compute_mean_stable": mean("recserve_compute_duration_seconds", stable),
         "batch_rows_fast": mean("recserve_batch_size_rows", fast),
         # fidelity: share of candidate pairs the served variant orders as the FP32
-        # reference does, on the sampled requests the servers scored twice
+        # reference does, on the sampled requests the servers scored twice; the pool's
+        # own Deployment only, so a finding names the variant it serves (a canary's pods
+        # are judged by the rollout's analysis, canary_queries)
         "fidelity_stable": (
-            f"{rate('recserve_fidelity_agreeing_pairs_total', '', stable)} / "
-            f"{rate('recserve_fidelity_pairs_total', '', stable)}"
+            f"{rate('recserve_fidelity_agreeing_pairs_total', NOT_CANARY, stable)} / "
+            f"{rate('recserve_fidelity_pairs_total', NOT_CANARY, stable)}"
         ),
         # data drift: the largest PSI of each input column over the pool's servers, from
         # windows that ended recently (a gauge keeps its last window after traffic stops)
@@ -383,9 +387,6 @@ class MetricsCache:
             log.warning("canary query failed: %s: %s", type(exc).__name__, exc)
             return None
         return canary_from_results(results)
-
-
-TRACK = "recserve_io_track"  # the pod label recserve.io/track, as a series label
 
 
 def canary_queries(namespace: str, model: str, window_s: float) -> dict[str, str]:

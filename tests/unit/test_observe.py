@@ -160,3 +160,12 @@ def test_canary_figures_come_per_pool_from_the_canary_pods_only() -> None:
     assert gpu.p99_s is None and gpu.fidelity is None  # unknown, never 0
     # a pool without a request series is absent: its analysis holds
     assert canary_from_results({"requests": [], "p99": one("cpu-pool", 0.04)}) == {}
+
+
+def test_the_drift_detectors_fidelity_leaves_the_canary_pods_out() -> None:
+    """A drift finding names the variant the pool's own Deployment serves, so its
+    fidelity must not mix in the canary's pods (judged by the rollout's analysis)."""
+    from recserve_operator.observe import Windows, queries
+
+    fidelity = queries(Windows())["fidelity_stable"]
+    assert fidelity.count('recserve_io_track!="canary"') == 2, fidelity

@@ -1269,3 +1269,58 @@ def test_a_pass_over_a_stale_body_does_not_start_a_canary_again(world: World) ->
     world.reconcile()
     handlers.recmodel(body=stale)  # the operator's copy lags its own status write
     assert [e[1] for e in world.events].count("CanaryStarted") == 1
+
+
+def test_a_canary_whose_stable_side_drifted_stops_and_the_pool_moves_at_once(
+    world: World,
+) -> None:
+    """A data-drift recalibration closed, its successor is being rolled out by canary, and
+    then the old variant's own fidelity falls (seen in `recserve bench drift`: the old
+    INT8 kept most requests for 80 s more). The tick is told which variant the pool's
+    Deployment serves meanwhile; once that variant is known to rank unlike the
+    reference, the canary stops and the pool takes the new variant at once."""
+    name, old, old_object = _serving_then_replanned(world)
+    world.reconcile()
+    [rollout] = world.status()["rollouts"]
+    key = handlers._key(NS, MODEL)
+    [planned] = handlers._loop()._planned[key]
+    to_object = f"{MODEL}-{rollout['toVariant']}"
+    assert (planned.serving_variant, planned.variant) == (old_object, to_object)
+    at = "2026-12-07T10:00:00Z"
+    recalibrated = {
+        "time": at,
+        "pool": "cpu-pool",
+        "cause": "DataDrift",
+        "evidence": "PSI of genre 0.8",
+        "action": f"recalibrate {old_object} on the recent requests of pool cpu-pool",
+        "variant": old_object,
+        "recalibration": f"{old}-recal1",
+        "outcome": f"recalibrated {old} as {old}-recal1 on 800 recent rows",
+    }
+    # the old variant serves the rollout's stable side: recalibrated, not wrong, so the
+    # canary goes on
+    world.kube.set_status(
+        "RecModel", MODEL, NS, {"driftedVariants": [old_object], "lastOptimization": [recalibrated]}
+    )
+    world.reconcile()
+    assert world.kube.find("Deployment", f"{name}-canary", NS) is not None
+    assert _variant_label(world.kube.find("Deployment", name, NS)) == old
+    # then its fidelity falls: the tick's entry names it
+    fell = {
+        "time": at,
+        "pool": "cpu-pool",
+        "cause": "FidelityDrift",
+        "evidence": "the served variant orders at most 84% of candidate pairs as the reference",
+        "action": f"re-plan without variant {old_object}",
+        "variant": old_object,
+        "outcome": "pending",
+    }
+    world.kube.set_status("RecModel", MODEL, NS, {"lastOptimization": [recalibrated, fell]})
+    world.reconcile()
+    assert world.kube.find("Deployment", f"{name}-canary", NS) is None
+    assert _variant_label(world.kube.find("Deployment", name, NS)) == rollout["toVariant"]
+    assert world.status()["rollouts"] == []
+    assert _weight(world) == 0
+    assert any(reason == "CanaryStopped" for _, reason, _ in world.events)
+    [planned] = handlers._loop()._planned[key]
+    assert planned.serving_variant is None

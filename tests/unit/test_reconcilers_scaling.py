@@ -541,6 +541,37 @@ def test_fidelity_drift_during_a_data_drift_recalibration_takes_the_variant_out_
     assert not more and held.status is not None and not held.status.drifted_variants
 
 
+def test_fidelity_drift_during_a_canary_names_the_variant_the_stable_side_serves() -> None:
+    """The data-drift recalibration closed and the pool is moving to its successor by
+    canary, the old variant still on the pool's own Deployment: fidelity drift found
+    then is the old variant's (the detectors read that Deployment). It gets the
+    FidelityDrift entry, the recalibration's cooldown does not hold it back, and no
+    recalibration of the successor is asked for (in `recserve bench drift` the finding
+    was taken for the successor's and held: the old INT8 kept most requests 80 s more)."""
+    from dataclasses import replace as dc_replace
+
+    rm, _ = _run_drifting(_drifting_policy(), 12, data_psi=0.8, slow=False, planned=STATIC_POOL)
+    wire = rm.to_wire()
+    wire["status"]["lastOptimization"][0]["outcome"] = "recalibrated m-int8 as int8-static-recal1"
+    wire["status"]["driftedVariants"] = ["m-int8"]
+    rm = RecModel.model_validate(wire)
+    moving = dc_replace(
+        STATIC_POOL,
+        variant="m-int8-static-recal1",
+        serving_variant="m-int8",
+        recalibrate_as="int8-static-recal2",
+        recalibrated=True,
+    )
+    again, actions = _run_drifting(
+        _drifting_policy(), 12, rm, 0.6, data_psi=0.8, slow=False, planned=moving
+    )
+    assert len(actions) == 1 and "re-planning without m-int8" in actions[0], actions
+    assert again.status is not None
+    _, replan = again.status.last_optimization
+    assert (replan.cause, replan.variant, replan.recalibration) == ("FidelityDrift", "m-int8", None)
+    assert again.status.drifted_variants == ["m-int8"]
+
+
 # -- canary rollouts: the tick's part -------------------------------------------------------
 
 

@@ -240,7 +240,8 @@ class DriftBench(Bench):
         self.test_csv = write_eval_csv(reference, self.work / "test.csv", 3000, seed=2)
         self.manifest = load_manifest(reference)
         # the variants' names in the RecModel's status: the model's, then the manifest's
-        self.names = {k: f"{MODEL}-{load_manifest(v).name}" for k, v in self.variants.items()}
+        self.labels = {k: load_manifest(v).name for k, v in self.variants.items()}  # pods'
+        self.names = {k: f"{MODEL}-{label}" for k, label in self.labels.items()}
         # many distinct users and items: 64 bodies repeat 64 users, whose dense columns
         # alone then sit far enough from the training bins for data drift (PSI 0.33 seen)
         self.steady_bodies = rank_bodies(self.manifest, count=BODIES, candidates=CANDIDATES)
@@ -363,6 +364,42 @@ class DriftBench(Bench):
             return set()
         return {p[key] for p in status.get("placements") or []}
 
+    def first_times(
+        self, out: Outcome, load: LiveLoad, checks: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """Poll every check side by side every 0.5 s and mark each (by its name) the
+        first time it holds: waiting for them one after another marks one that held
+        earlier at the end of the wait before it. Returns each check's first truthy value
+        (AssertionError naming the rest when ``timeout`` passes first)."""
+        found: dict[str, Any] = {}
+        deadline = time.monotonic() + timeout
+        while len(found) < len(checks):
+            for what, check in checks.items():
+                if what not in found and (value := check()):
+                    found[what] = value
+                    self.mark(out, load, what)
+            if len(found) < len(checks):
+                if time.monotonic() > deadline:
+                    missing = ", ".join(w for w in checks if w not in found)
+                    raise AssertionError(f"not seen within {timeout:g} s: {missing}")
+                time.sleep(0.5)
+        return found
+
+    def ready_pods(self, namespace: str, variant: str) -> int:
+        """The model's Ready server pods of ``variant`` (its label) that are not being
+        deleted: the ones the routers send requests to."""
+        from kubernetes import client
+
+        pods = client.CoreV1Api(self.api).list_namespaced_pod(
+            namespace, label_selector=f"recserve.io/model={MODEL},recserve.io/variant={variant}"
+        )
+        return sum(
+            1
+            for p in pods.items
+            if p.metadata.deletion_timestamp is None
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        )
+
     def actions(self, namespace: str) -> int:
         """What the operator has done about drift so far: lastOptimization entries, plus
         one if the Drift condition is True without one."""
@@ -465,31 +502,47 @@ class DriftBench(Bench):
                 "FidelityDrift" in e["cause"] for e in entries
             )
 
-        _until(detected_now, 600, "fidelity drift detected")
-        detected = self.mark(out, load, "detected")
-
         def off_the_int8() -> bool:
+            # no pod of it takes requests: the plan alone may have moved on while the
+            # INT8 still serves the stable side of its successor's canary
             served = self.served(ns, "variant")
-            return bool(served) and static not in served
-
-        _until(off_the_int8, 300, "re-planned off the INT8")
-        replanned = self.mark(out, load, "re-planned")
+            return (
+                bool(served)
+                and static not in served
+                and not self.ready_pods(ns, self.labels["static"])
+            )
 
         def recalibrated() -> dict[str, Any] | None:
             entries = self.status(ns).get("lastOptimization") or []
             found = next((e for e in entries if e.get("recalibration")), None)
             return found if found and found["outcome"] != "pending" else None
 
-        done = _until(recalibrated, 600, "recalibrated")
-        recal = self.mark(out, load, "recalibrated")
-        new = f"{static}-recal1"
-        served = None
-        if done["outcome"].startswith("recalibrated"):
-            _until(
-                lambda: self.served(ns, "variant") == {new} and not self.status(ns).get("rollouts"),
-                600, "the recalibrated INT8 rolled out",
-            )  # fmt: skip
-            served = self.mark(out, load, "recalibrated served")
+        def rolled_out() -> str | None:
+            closed = recalibrated()
+            if closed is None:
+                return None
+            if not closed["outcome"].startswith("recalibrated"):
+                return "failed"  # nothing to roll out
+            new = f"{static}-recal1"
+            done = self.served(ns, "variant") == {new} and not self.status(ns).get("rollouts")
+            return "served" if done else None
+
+        # watched side by side: one that happens first is not marked when another is
+        got = self.first_times(
+            out,
+            load,
+            {
+                "detected": detected_now,
+                "off the INT8": off_the_int8,
+                "recalibrated": recalibrated,
+                "recalibrated served": rolled_out,
+            },
+            900,
+        )
+        detected, replanned = out.marks["detected"], out.marks["off the INT8"]
+        recal = out.marks["recalibrated"]
+        rolled = got["recalibrated served"] == "served"
+        served = out.marks["recalibrated served"] if rolled else None
         out.measures.update(
             fidelity_drift_detect_s=round(detected - changed, 2),
             fidelity_replan_s=round(replanned - detected, 2),

@@ -96,9 +96,10 @@ def with_recalibrated(
 def superseded(entries: Sequence[Mapping[str, Any]]) -> set[str]:
     """Variants (object names) that a recalibration after data drift replaced: out of the
     plan (driftedVariants), but not wrong, only calibrated on older inputs, so the move to
-    their successor is guarded by a canary like any other (a variant whose fidelity fell
-    is left at once instead)."""
-    return {
+    their successor is guarded by a canary like any other. A variant whose fidelity fell
+    is left at once instead, also when that is found after its recalibration (it may be
+    the stable side of its successor's canary by then)."""
+    recalibrated = {
         str(e["variant"])
         for e in entries
         if e.get("recalibration")
@@ -106,6 +107,14 @@ def superseded(entries: Sequence[Mapping[str, Any]]) -> set[str]:
         and e.get("cause") == CAUSES["data"]
         and str(e.get("outcome", "")).startswith("recalibrated")
     }
+    ranked_unlike = {
+        str(e["variant"])
+        for e in entries
+        if not e.get("recalibration")
+        and e.get("variant")
+        and CAUSES["fidelity"] in str(e.get("cause"))
+    }
+    return recalibrated - ranked_unlike
 
 
 def advance(

@@ -477,8 +477,27 @@ def reconcile_recmodel(
     else:
         p.cond("Ready", True, c.READY, "serving within the plan")
     outcome = p.finish()
-    outcome.planned = planned
+    outcome.planned = _with_serving_variants(p, planned, built)
     return outcome
+
+
+def _with_serving_variants(
+    p: Pass, planned: list[PlannedPool], built: list[Built]
+) -> list[PlannedPool]:
+    """The planned pools, each naming the variant its own Deployment still serves while
+    a canary rollout (this pass's) moves it to the planned one: fidelity drift found
+    meanwhile is that variant's."""
+    by_label = {children.dns_name(b.name): variant_object_name(p.name, b.name) for b in built}
+    from_variant = {
+        str(r["pool"]): by_label.get(str(r.get("fromVariant") or ""))
+        for r in p.status.get("rollouts") or []
+    }
+    return [
+        dataclasses.replace(pl, serving_variant=from_variant[pl.pool])
+        if from_variant.get(pl.pool) not in (None, pl.variant)
+        else pl
+        for pl in planned
+    ]
 
 
 def _plan_verified(

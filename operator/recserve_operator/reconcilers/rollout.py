@@ -91,6 +91,10 @@ def pool_move(
         events: tuple[Event, ...] = ()
         if promoting and rollout is not None and serving == want:
             events = (("Normal", "CanaryDone", f"pool {pool}: now serving {variant}"),)
+        elif rollout is not None and serving in bad:
+            # found bad while it was the stable side: the pool leaves it without the steps
+            message = f"pool {pool}: {serving} is known bad: moving to {variant} now"
+            events = (("Warning", "CanaryStopped", message),)
         return PoolMove(True, False, None, events)
     if rollout is None or rollout.to_variant != variant:
         rollout = CanaryRollout(

@@ -165,11 +165,14 @@ def _reoptimize(
     causes found together, none while one is pending for the pool or within the drift
     cooldown of the last (the pass runs the profile Job and records the outcome). On
     fidelity drift the variant leaves the plan at once, and a statically quantized one
-    is also recalibrated on recent requests (a second entry, closed when that is done)."""
-    pool, variant = pp.pool, pp.variant
+    is also recalibrated on recent requests (a second entry, closed when that is done).
+    Fidelity drift during a canary is the stable side's: that variant leaves at once, and
+    the pool moves to the canary's variant without waiting for the rollout's steps."""
+    pool = pp.pool
+    fidelity = any(f.cause == "fidelity" for f in findings)
+    variant = (pp.serving_variant if fidelity else None) or pp.variant
     status = model.status
     history = [*(status.last_optimization if status else []), *out.optimizations]
-    fidelity = any(f.cause == "fidelity" for f in findings)
     # a recalibration started on data drift keeps the variant serving until its successor
     # is ready; fidelity drift found meanwhile says the variant now ranks unlike the
     # reference, so it is not held back by that entry: accuracy first
@@ -189,7 +192,7 @@ def _reoptimize(
     ):
         return
     causes = " and ".join(CAUSES[f.cause] for f in findings)
-    if any(f.cause == "fidelity" for f in findings):
+    if fidelity:
         # accuracy first: the variant is taken out of the plan, which re-plans the pool
         # (another variant within the budget); a re-profile would not change its ranking
         action = (
@@ -219,7 +222,8 @@ def _reoptimize(
     underway = [
         o for o in recalibrating if o.outcome == PENDING or o.outcome.startswith("recalibrated ")
     ]
-    if kind == "fidelity" and pp.recalibrate_as and not underway:
+    # recalibrate_as is the planned variant's: none while the pool is moving off another
+    if kind == "fidelity" and pp.recalibrate_as and variant == pp.variant and not underway:
         _recalibrate(pp, CAUSES["fidelity"], out.optimizations[-1].evidence, now, out)
 
 
@@ -305,6 +309,10 @@ class PlannedPool:
     # not statically quantized, or the policy says no), and whether it is one already
     recalibrate_as: str | None = None
     recalibrated: bool = False
+    # the variant (object name) the pool's own Deployment still serves while a canary
+    # moves the pool to ``variant``; None when it serves ``variant``. The drift
+    # detectors' fidelity is that Deployment's (the canary is judged by its analysis).
+    serving_variant: str | None = None
 
 
 @dataclass(frozen=True)
