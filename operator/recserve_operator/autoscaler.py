@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass, replace
 
 from recserve_operator.observe import Observation, PoolMetrics, Unknown
+from recserve_operator.planner import spared
 
 UTILIZATION = 0.7  # as planned (planner.UTILIZATION)
 PANIC_FACTOR = 2.0
@@ -61,6 +62,7 @@ class Bounds:
     max_replicas: int  # the lower of the policy's and the pool's
     scale_up_cooldown_s: float
     scale_down_cooldown_s: float
+    spare_replicas: int = 0  # beyond the load's need at full capacity (planner.spared)
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,15 @@ class ReplicaDecision:
         return self.wanted is None
 
 
-def needed(demand_rps: float, capacity_rps: float) -> int:
-    """Replicas that serve ``demand_rps`` at ``UTILIZATION`` of ``capacity_rps`` each."""
+def needed(demand_rps: float, capacity_rps: float, spare: int = 0) -> int:
+    """Replicas that serve ``demand_rps`` at ``UTILIZATION`` of ``capacity_rps`` each,
+    and at full capacity with ``spare`` of them gone."""
     if demand_rps <= 0:
         return 0
-    return math.ceil(demand_rps / (capacity_rps * UTILIZATION) - 1e-9)
+    return max(
+        math.ceil(demand_rps / (capacity_rps * UTILIZATION) - 1e-9),
+        spared(demand_rps, capacity_rps, spare),
+    )
 
 
 def live_capacity(m: PoolMetrics, profiled_rps: float, slo_s: float) -> float:
@@ -138,11 +144,11 @@ def decide_replicas(
         )
     memory = replace(memory, watching_since=memory.watching_since or now)
     capacity = live_capacity(observed, profiled_rps, slo_s)
-    stable = needed(observed.demand_stable, capacity)
+    stable = needed(observed.demand_stable, capacity, bounds.spare_replicas)
     # the fast window counts once it is clearly over what the replicas are planned for
     # (noise of a steady load is not a burst)
     burst = observed.demand_fast > current * capacity * UTILIZATION * (1 + UP_TOLERANCE)
-    fast = needed(observed.demand_fast, capacity) if burst else 0
+    fast = needed(observed.demand_fast, capacity, bounds.spare_replicas) if burst else 0
     wanted = max(fast, stable)
     window = bounds.scale_down_cooldown_s
     recent = tuple((t, n) for t, n in memory.recommendations if now - t < window)

@@ -191,6 +191,7 @@ class Objectives:
     max_replicas: int
     min_batch_size: int
     max_batch_size: int
+    spare_replicas: int = 0
 
     @classmethod
     def of(cls, policy: OptimizationPolicySpec, traffic: Traffic) -> Objectives:
@@ -208,6 +209,7 @@ class Objectives:
             max_replicas=scaling.max_replicas,
             min_batch_size=scaling.min_batch_size,
             max_batch_size=scaling.max_batch_size,
+            spare_replicas=scaling.spare_replicas,
         )
 
 
@@ -348,6 +350,14 @@ def pool_choice(
     return max(options, key=lambda o: (o[0].rps_per_replica, -o[0].accuracy_drop_bp, -o[1]))[0]
 
 
+def spared(load_rps: float, capacity_rps: float, spare: int) -> int:
+    """Replicas that carry ``load_rps`` at full ``capacity_rps`` each with ``spare`` of
+    them gone (0 without spares or load: the utilization target alone decides)."""
+    if spare <= 0 or load_rps <= 0 or capacity_rps <= 0:
+        return 0
+    return math.ceil(load_rps / capacity_rps - 1e-9) + spare
+
+
 def replica_limit(pool: PoolCapacity, objectives: Objectives) -> int:
     """The most replicas a pool may run: its own ceiling, its free accelerators and the
     policy's maxReplicas."""
@@ -431,7 +441,12 @@ def _plan(
         if capacity >= objectives.required_rps and placements:
             break
         missing = max(objectives.required_rps - capacity, 0.0)
-        replicas = max(math.ceil(missing / option.rps_per_replica), objectives.min_replicas, 1)
+        replicas = max(
+            math.ceil(missing / option.rps_per_replica),
+            spared(missing, option.capacity_rps, objectives.spare_replicas),
+            objectives.min_replicas,
+            1,
+        )
         replicas = min(replicas, replica_limit(pool, objectives))
         placements.append(
             PoolPlan(

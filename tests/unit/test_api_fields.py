@@ -100,6 +100,9 @@ EFFECT_TESTS: dict[str, str] = {
     "OptimizationPolicy.spec.autoscaling.minReplicas": (
         f"{SCALING}::test_min_replicas_is_kept_with_no_load"
     ),
+    "OptimizationPolicy.spec.autoscaling.spareReplicas": (
+        f"{SCALING}::test_spare_replicas_are_kept_beyond_what_the_load_needs_at_full_capacity"
+    ),
     "OptimizationPolicy.spec.autoscaling.maxReplicas": (
         f"{SCALING}::test_max_replicas_and_the_pool_ceiling_bound_the_decision"
     ),

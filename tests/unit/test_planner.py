@@ -398,3 +398,26 @@ def test_pool_supported_precisions_pick_the_variant_served_there() -> None:
     int8, fp32 = (pool_choice(variants(), pool, typed()) for pool in (usual, fp32_only))
     assert int8 is not None and fp32 is not None
     assert (int8.variant, fp32.variant) == ("int8", "fp32")
+
+
+def test_spare_replicas_in_the_policy_keep_the_load_carried_with_that_many_gone() -> None:
+    slow = [replace(v, profiles={"cpu-pool": points(100)}) for v in variants()]
+
+    def placed(rps: int, spare: int) -> Any:
+        scaling = {"spareReplicas": spare, "maxReplicas": 50}
+        policy = OptimizationPolicySpec.model_validate({"autoscaling": scaling})
+        load = Traffic.model_validate({"expectedRequestsPerSecond": rps, "peakFactorPercent": 100})
+        [pp] = plan(slow, [CPU], Objectives.of(policy, load)).placements
+        return pp
+
+    small = placed(200, 0)
+    # at 70% each, one replica fewer than planned is over full capacity: no spare
+    assert (small.replicas - 1) * small.capacity_rps < 200
+    spared = placed(200, 1)
+    assert spared.replicas == small.replicas + 1
+    assert (spared.replicas - 1) * spared.capacity_rps >= 200  # one may fail
+    assert placed(200, 2).replicas == small.replicas + 2
+    # many replicas at 70% already carry the load with one gone: nothing added
+    many = placed(2000, 0)
+    assert (many.replicas - 1) * many.capacity_rps >= 2000
+    assert placed(2000, 1).replicas == many.replicas

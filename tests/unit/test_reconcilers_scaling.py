@@ -122,6 +122,16 @@ def test_min_replicas_is_kept_with_no_load() -> None:
     assert out.scale == {"m-cpu-pool": 3}
 
 
+def test_spare_replicas_are_kept_beyond_what_the_load_needs_at_full_capacity() -> None:
+    """130 req/s on replicas of 100: two at 70% carry it, but not with one gone; a spare
+    makes it three. 350 req/s: the five that 70% asks for carry it with one gone."""
+    assert tick(policy(), snapshot(130.0), replicas=2).scale == {}
+    assert tick(policy(spareReplicas=1), snapshot(130.0), replicas=2).scale == {"m-cpu-pool": 3}
+    assert tick(policy(spareReplicas=2), snapshot(130.0), replicas=2).scale == {"m-cpu-pool": 4}
+    for spare in (0, 1):
+        assert tick(policy(spareReplicas=spare), snapshot(350.0), replicas=5).scale == {}
+
+
 def test_cooldowns_are_the_policy_s() -> None:
     memory = {"cpu-pool": Memory(last_up=NOW - 10)}
     assert tick(policy(scaleUpCooldownSeconds=30), snapshot(250.0), 3, memory).scale == {}

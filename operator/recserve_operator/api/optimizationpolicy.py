@@ -140,6 +140,16 @@ class Autoscaling(ApiModel):
         "per batch within these limits either way.",
     )
     min_replicas: Int = Field(default=1, ge=1, le=10000, description="Fewest replicas per pool.")
+    spare_replicas: Int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Replicas each serving pool keeps beyond what its load needs at full "
+        "capacity, so that this many can fail at once (a crash, an eviction) and the rest "
+        "still carry the load without refusing it: at least ceil(load / one replica's "
+        "capacity) + spareReplicas, in the plan and when autoscaling. The plan's 70% "
+        "utilization already covers that where a pool runs many replicas; 0: no spare.",
+    )
     max_replicas: Int = Field(
         default=8, ge=1, le=10000, description="Most replicas per pool (also capped by the pool)."
     )

@@ -444,6 +444,7 @@ def decide_tick(
             min(scaling.max_replicas, pp.ceiling),
             scaling.scale_up_cooldown_seconds,
             scaling.scale_down_cooldown_seconds,
+            scaling.spare_replicas,
         )
         if scaling.replicas == ReplicaScaling.AUTO:
             decision = decide_replicas(
