@@ -770,6 +770,23 @@ def set_router_replicas(bench: Any, replicas: int) -> None:
     _log(f"router.replicas={replicas}: the operator restarted with it")
 
 
+def set_spare_replicas(bench: Any, namespace: str, spare: int) -> None:
+    """The bench policy's ``autoscaling.spareReplicas`` (before the model is planned)."""
+    from kubernetes import client
+
+    from recserve_operator.api import GROUP, VERSION
+
+    client.CustomObjectsApi(bench.api).patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "optimizationpolicies",
+        "bench",
+        {"spec": {"autoscaling": {"spareReplicas": spare}}},
+    )
+    _log(f"spareReplicas={spare}")
+
+
 def _bench_args(args: argparse.Namespace) -> argparse.Namespace:
     """What ``autoscale.Bench`` reads from its arguments."""
     return argparse.Namespace(
@@ -800,6 +817,8 @@ def soak(args: argparse.Namespace, work: Path, out: Path) -> dict[str, Any]:
             if args.router_replicas is not None:
                 set_router_replicas(bench, args.router_replicas)
             bench.namespace(MODEL, "static")
+            if args.spare_replicas:
+                set_spare_replicas(bench, MODEL, args.spare_replicas)
             trace = Trace(MODEL, "steady", duration, float(args.expected_rps))
             obj = bench.deploy("static", trace, MODEL)
             placements = obj["status"]["placements"]
@@ -808,7 +827,7 @@ def soak(args: argparse.Namespace, work: Path, out: Path) -> dict[str, Any]:
             capacity = planned_capacity(placements)
             if capacity <= 0:
                 raise RuntimeError(f"the plan has no capacity: {placements}")
-            rate = args.load_fraction * capacity
+            rate = args.rate_rps or args.load_fraction * capacity
             ip = bench.router(MODEL, MODEL)
             routers = _until_routers(bench, MODEL)
         assert bench.cluster is not None
@@ -834,10 +853,11 @@ def soak(args: argparse.Namespace, work: Path, out: Path) -> dict[str, Any]:
             "{} {} x {} rps".format(p["pool"], p["plannedReplicas"], p["capacityRequestsPerSecond"])
             for p in placements
         )
+        how = "set to" if args.rate_rps else f"{args.load_fraction:g} x ="
         _log(
-            f"model {MODEL}: {plan} planned = {capacity:g} rps; load {args.load_fraction:g} x = "
-            f"{rate:.1f} rps, {len(offsets)} requests over {duration:.0f}s (warm-up "
-            f"{warmup:.0f}s); {routers} router pod(s)"
+            f"model {MODEL}: {plan} planned = {capacity:g} rps; load {how} {rate:.1f} rps, "
+            f"{len(offsets)} requests over {duration:.0f}s (warm-up {warmup:.0f}s); "
+            f"{routers} router pod(s)"
         )
         missing = "" if kinds == sorted(FAULT_KINDS) else f"  (only {kinds}: change --seed)"
         _log(
@@ -889,7 +909,8 @@ def soak(args: argparse.Namespace, work: Path, out: Path) -> dict[str, Any]:
         "slo_p99_ms": args.slo_ms,
         "timeout_s": args.timeout_s,
         "window_grace_s": args.window_grace_s,
-        "load_fraction": args.load_fraction,
+        "load_fraction": None if args.rate_rps else args.load_fraction,
+        "spare_replicas": args.spare_replicas,
         "planned": [
             {
                 k: p.get(k)
@@ -964,7 +985,12 @@ def human(report: dict[str, Any]) -> str:
     r, lost, t = report, report["lost_beyond_retry_budget"], report["targets"]
     lines = [
         f"recserve bench soak: {r['minutes']:g} min, {r['rate_rps']} rps "
-        f"({r['load_fraction']:g} x planned {r['planned_capacity_rps']:g} rps), "
+        + (
+            f"({r['load_fraction']:g} x planned {r['planned_capacity_rps']:g} rps), "
+            if r["load_fraction"] is not None
+            else f"(set; planned {r['planned_capacity_rps']:g} rps), "
+        )
+        + f"spare replicas {r['spare_replicas']}, "
         f"{r['router_pods']} router pod(s), warm-up {r['warmup_s']:g}s, SLO p99 "
         f"{r['slo_p99_ms']:g} ms (EMULATED device)",
         f"requests {r['requests']}: ok {r['ok']}, failed {r['failed']} {r['failed_by_cause']}"
@@ -1013,6 +1039,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--load-fraction", type=float, default=0.7, help="of the planned capacity (default 0.7)"
+    )
+    p.add_argument(
+        "--rate-rps",
+        type=float,
+        default=None,
+        help="requests per second to send instead of --load-fraction of the plan (to load "
+        "a plan with spare replicas as the one without them)",
+    )
+    p.add_argument(
+        "--spare-replicas",
+        type=int,
+        default=0,
+        help="the policy's autoscaling.spareReplicas (default 0): replicas planned so that "
+        "this many can crash and the rest carry the load",
     )
     p.add_argument(
         "--expected-rps",
