@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -762,6 +763,118 @@ def test_latency_drift_re_profiles_the_pool_and_re_plans(
     )
 
 
+@pytest.mark.fault(
+    "the re-profile Job on drift fails (its pod killed twice: backoffLimit 1)",
+    expect="one action for two causes; the current plan kept, the entry and Profiled say why",
+)
+def test_two_drifts_give_one_re_profile_whose_failure_keeps_the_plan(
+    autoscaling: dict[str, Any],
+    k8s: client.ApiClient,
+    namespace: str,
+    measured: Callable[[str], None],
+) -> None:
+    """The profile says the device is 4x faster than it is, and one replica (the most
+    the policy allows) gets more than it serves: latency drift (slower batches) and
+    capacity drift (saturated, serving under the profile) are both found, and give one
+    re-profile between them. Its Job's pods are killed until the Job fails: the entry
+    closes as failed, the current plan keeps serving, the Profiled condition says why,
+    and nothing retries within the cooldown."""
+    custom, batch = client.CustomObjectsApi(k8s), client.BatchV1Api(k8s)
+    core = client.CoreV1Api(k8s)
+    policy = _policy(namespace)
+    policy["spec"]["autoscaling"]["maxReplicas"] = 1
+    policy["spec"]["drift"] = {
+        "checkIntervalSeconds": 5,
+        "sustainedSeconds": 20,
+        "cooldownSeconds": 600,
+        "latencyDriftBasisPoints": 5000,
+        "capacityDriftBasisPoints": 3000,
+    }
+    policy = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "optimizationpolicies", policy
+    )
+    fast = emulated_profile(
+        ProfileReport.model_validate(autoscaling["profile"].model_dump()),
+        US_PER_BATCH / 4,
+        US_PER_ROW / 4,
+    )
+    _create_built(custom, autoscaling, namespace, _model(namespace), policy, [POOL], fast)
+
+    def status() -> dict[str, Any]:
+        return _model_status(custom, namespace)
+
+    def state() -> Any:
+        st = status()
+        return {k: st.get(k) for k in ("lastOptimization", "placements", "conditions")}
+
+    def reasons() -> list[str]:
+        found = core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={MODEL}"
+        ).items
+        return [f"{e.reason}: {e.message}" for e in found]
+
+    eventually(lambda: _is_ready(status()), 120, 1, "the model Ready", state)
+    served = _served(status(), "variant")
+    router = _pod_ip(
+        core, namespace, f"recserve.io/model={MODEL},app.kubernetes.io/component=router"
+    )
+    bodies = rank_bodies(load_manifest(autoscaling["folder"]), count=32, candidates=CANDIDATES)
+    load = Load(Target(router, 8080, "/v1/rank", bodies), 100, 300)  # one replica serves ~76
+    started = time.monotonic()
+    try:
+
+        def both_found() -> bool:
+            found = " ".join(reasons())
+            return "latency drift" in found and "capacity drift" in found
+
+        eventually(both_found, 150, 1, "latency and capacity drift", lambda: reasons())
+        found_s = time.monotonic() - started
+        [entry] = status()["lastOptimization"]  # one action for both
+        assert entry["outcome"] == "pending" and "re-profile pool" in entry["action"], entry
+        selector = f"recserve.io/model={MODEL},app.kubernetes.io/component=profile"
+
+        def running_pid() -> int | None:
+            for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
+                for cs in pod.status.container_statuses or []:
+                    cid = cs.container_id or ""
+                    if cs.state.running and cid.startswith("local://"):
+                        return int(cid.removeprefix("local://"))
+            return None
+
+        killed: set[int] = set()
+        for _ in range(2):  # backoffLimit 1: the second failure fails the Job
+            pid = eventually(
+                lambda: (p if (p := running_pid()) not in killed else None),
+                120, 0.2, "a re-profile pod running",
+            )  # fmt: skip
+            os.killpg(pid, signal.SIGKILL)
+            killed.add(pid)
+        eventually(
+            lambda: status()["lastOptimization"][0]["outcome"] != "pending",
+            120, 1, "the re-profile's failure recorded", state,
+        )  # fmt: skip
+        failed_s = time.monotonic() - started
+        [entry] = status()["lastOptimization"]
+        assert entry["outcome"].startswith("failed: profile Job"), entry
+        assert "kept the current plan" in entry["outcome"], entry
+        profiled = next(c for c in status()["conditions"] if c["type"] == "Profiled")
+        assert "re-profile of cpu-pool (round 1) failed" in profiled["message"], profiled
+        assert any(r.startswith("ReoptimizeFailed") for r in reasons()), reasons()
+        # the plan keeps serving, and nothing is retried within the cooldown
+        time.sleep(15)
+        assert _served(status(), "variant") == served, state()
+        assert len(status()["lastOptimization"]) == 1, state()
+        names = [j.metadata.name for j in batch.list_namespaced_job(namespace).items]
+        rounds = [n.rsplit("-", 1)[-1] for n in names if re.search(r"-r\d+$", n)]
+        assert rounds == ["r1"], names  # one re-profile Job, not run again
+    finally:
+        load.stop()
+    measured(
+        f"both drifts found {found_s:.1f} s after the overload began, one re-profile; its "
+        f"Job failed and the plan was kept ({failed_s:.1f} s)"
+    )
+
+
 def test_inputs_unlike_the_training_data_are_reported_as_data_drift(
     autoscaling: dict[str, Any], k8s: client.ApiClient, namespace: str
 ) -> None:
@@ -1265,6 +1378,58 @@ def test_a_good_variant_s_canary_is_promoted_step_by_step_without_a_failed_reque
         f"\ngood canary: promoted {promoted - moved:.1f} s after the plan moved, rollout over "
         f"{done - moved:.1f} s after; {sum(result.codes.values())} requests, {refused} 429, "
         f"none failed"
+    )
+
+
+@pytest.mark.fault(
+    "Prometheus stopped (SIGSTOP) during a canary step",
+    expect="the step holds (no advance, no failure counted); the rollout ends once it answers",
+)
+def test_a_canary_holds_while_prometheus_is_away_and_goes_on_after(
+    autoscaling: dict[str, Any],
+    k8s: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    local_cluster: Any,
+    measured: Callable[[str], None],
+) -> None:
+    """A good INT8's canary is taking requests when Prometheus stops answering for
+    three steps' time: its analysis has no figures, which holds the step (neither passed
+    nor failed; Flagger would count failures and roll back), the share stays where it
+    was, and the rollout is promoted once Prometheus answers again."""
+    r = _Rollout(autoscaling, k8s, namespace, tmp_path, None)
+    r.move()
+    eventually(lambda: r.phase() == "Progressing", 120, 0.5, "the canary taking requests", r.state)
+    [before] = r.status()["rollouts"]
+    prometheus_pid = local_cluster.state.pids["prometheus"]
+    os.kill(prometheus_pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        held: list[dict[str, Any]] = []
+        while time.monotonic() - stopped < 35:  # stepSeconds 10
+            [now] = r.status()["rollouts"]
+            assert now["phase"] == "Progressing", r.state()
+            assert now["step"] == before["step"], (before, now)
+            assert now["weightPercent"] == before["weightPercent"], (before, now)
+            assert now.get("failures", 0) == before.get("failures", 0), (before, now)
+            held.append(now)
+            time.sleep(1)
+        assert any("holding" in h.get("message", "") for h in held), held[-1]
+    finally:
+        os.kill(prometheus_pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    eventually(lambda: not r.status().get("rollouts"), 180, 1, "rollout over", r.state)
+    done = time.monotonic()
+    assert r.stable_variant() == "synthetic-dlrm-int8"
+    result = r.load.stop()
+    failed = sum(n for code, n in result.codes.items() if code not in ("200", "429"))
+    assert failed == 0, result.codes
+    reasons = r.events()
+    assert "CanaryRolledBack" not in reasons and "CanaryAnalysisFailed" not in reasons, reasons
+    measured(
+        f"Prometheus away {resumed - stopped:.0f} s: the canary held at "
+        f"{before['weightPercent']}% without a failed analysis; promoted and done "
+        f"{done - resumed:.1f} s after it answered"
     )
 
 

@@ -1,13 +1,20 @@
 """The pure parts of `recserve bench drift`: medians with their spread, the false-alarm
-rate (only over an hour or more), the canary's share of requests."""
+rate (only over an hour or more), the canary's share of requests, the side-by-side
+watch of a scenario's marks."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 
-from recserve_dev.bench.drift import false_alarms_per_hour, median_spread, share_pct
+from recserve_dev.bench.drift import (
+    false_alarms_per_hour,
+    first_times,
+    median_spread,
+    share_pct,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -30,3 +37,25 @@ def test_share_pct() -> None:
     assert share_pct(7, 100) == 7.0
     assert share_pct(1, 3) == 33.33
     assert share_pct(0, 0) is None
+
+
+def test_first_times_marks_each_check_when_it_first_holds_not_in_listed_order() -> None:
+    """The fidelity scenario's marks: a later-listed check that holds first (the
+    recalibration closing before fidelity drift is found) is marked first; waiting for
+    the checks one after another marked both at once."""
+    polls = {"slow": 0, "fast": 0}
+
+    def after(name: str, n: int) -> Callable[[], int | None]:
+        def check() -> int | None:
+            polls[name] += 1
+            return polls[name] if polls[name] >= n else None
+
+        return check
+
+    marked: list[str] = []
+    got = first_times({"slow": after("slow", 4), "fast": after("fast", 2)}, 5, marked.append, 0)
+    assert marked == ["fast", "slow"]
+    assert got == {"slow": 4, "fast": 2}
+    assert polls == {"slow": 4, "fast": 2}  # a check that held is not asked again
+    with pytest.raises(AssertionError, match="not seen within 0 s: never"):
+        first_times({"never": lambda: None, "now": lambda: 1}, 0, marked.append, 0)

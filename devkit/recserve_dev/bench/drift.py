@@ -44,6 +44,7 @@ import shutil
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,31 @@ def false_alarms_per_hour(actions: int, observed_s: float) -> float | None:
 def share_pct(part: float, whole: float) -> float | None:
     """``part`` as a percentage of ``whole`` (None when nothing was counted)."""
     return round(100 * part / whole, 2) if whole > 0 else None
+
+
+def first_times(
+    checks: dict[str, Callable[[], Any]],
+    timeout: float,
+    mark: Callable[[str], Any],
+    every: float = 0.5,
+) -> dict[str, Any]:
+    """Poll every check side by side (every ``every`` s) and ``mark`` each by its name
+    the first time it holds: waiting for them one after another would mark one that held
+    earlier only at the end of the wait before it. Returns each check's first truthy
+    value (AssertionError naming the rest when ``timeout`` passes first)."""
+    found: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        for what, check in checks.items():
+            if what not in found and (value := check()):
+                found[what] = value
+                mark(what)
+        if len(found) == len(checks):
+            return found
+        if time.monotonic() > deadline:
+            missing = ", ".join(w for w in checks if w not in found)
+            raise AssertionError(f"not seen within {timeout:g} s: {missing}")
+        time.sleep(every)
 
 
 # -- the load -------------------------------------------------------------------------
@@ -364,27 +390,6 @@ class DriftBench(Bench):
             return set()
         return {p[key] for p in status.get("placements") or []}
 
-    def first_times(
-        self, out: Outcome, load: LiveLoad, checks: dict[str, Any], timeout: float
-    ) -> dict[str, Any]:
-        """Poll every check side by side every 0.5 s and mark each (by its name) the
-        first time it holds: waiting for them one after another marks one that held
-        earlier at the end of the wait before it. Returns each check's first truthy value
-        (AssertionError naming the rest when ``timeout`` passes first)."""
-        found: dict[str, Any] = {}
-        deadline = time.monotonic() + timeout
-        while len(found) < len(checks):
-            for what, check in checks.items():
-                if what not in found and (value := check()):
-                    found[what] = value
-                    self.mark(out, load, what)
-            if len(found) < len(checks):
-                if time.monotonic() > deadline:
-                    missing = ", ".join(w for w in checks if w not in found)
-                    raise AssertionError(f"not seen within {timeout:g} s: {missing}")
-                time.sleep(0.5)
-        return found
-
     def ready_pods(self, namespace: str, variant: str) -> int:
         """The model's Ready server pods of ``variant`` (its label) that are not being
         deleted: the ones the routers send requests to."""
@@ -528,9 +533,7 @@ class DriftBench(Bench):
             return "served" if done else None
 
         # watched side by side: one that happens first is not marked when another is
-        got = self.first_times(
-            out,
-            load,
+        got = first_times(
             {
                 "detected": detected_now,
                 "off the INT8": off_the_int8,
@@ -538,6 +541,7 @@ class DriftBench(Bench):
                 "recalibrated served": rolled_out,
             },
             900,
+            lambda what: self.mark(out, load, what),
         )
         detected, replanned = out.marks["detected"], out.marks["off the INT8"]
         recal = out.marks["recalibrated"]
