@@ -1341,6 +1341,7 @@ def test_a_bad_variant_s_canary_is_rolled_back_after_a_small_share_of_requests(
     assert settled["canary"] == after["canary"]  # none after the rollback
     reasons = r.events()
     assert reasons.count("CanaryRolledBack") == 1 and "CanaryPromoted" not in reasons, reasons
+    assert reasons.count("CanaryStarted") == 1, reasons  # the rollback is not rolled out again
     assert share <= 20, (share, before, after)
     measured(
         f"bad canary: Progressing {progressing - moved:.1f} s after the plan moved; rolled "
