@@ -30,6 +30,7 @@ log = logging.getLogger("recserve.observe")
 
 MODEL = "recserve_io_model"
 POOL = "recserve_io_pool"
+VARIANT = "recserve_io_variant"  # the pod label recserve.io/variant, as a series label
 BY = f"namespace, {MODEL}, {POOL}"
 STALE_AFTER_SCRAPES = 3
 TRACK = "recserve_io_track"  # the pod label recserve.io/track, as a series label
@@ -110,12 +111,14 @@ def queries(w: Windows) -> dict[str, str]:
         "compute_mean_stable": mean("recserve_compute_duration_seconds", stable),
         "batch_rows_fast": mean("recserve_batch_size_rows", fast),
         # fidelity: share of candidate pairs the served variant orders as the FP32
-        # reference does, on the sampled requests the servers scored twice; the pool's
-        # own Deployment only, so a finding names the variant it serves (a canary's pods
-        # are judged by the rollout's analysis, canary_queries)
-        "fidelity_stable": (
-            f"{rate('recserve_fidelity_agreeing_pairs_total', NOT_CANARY, stable)} / "
-            f"{rate('recserve_fidelity_pairs_total', NOT_CANARY, stable)}"
+        # reference does, on the sampled requests the servers scored twice; per variant
+        # and from the pool's own Deployment only, so a finding names the variant it
+        # serves, also while a rollout or a promotion changes it (a canary's pods are
+        # judged by the rollout's analysis, canary_queries)
+        "fidelity_by_variant": (
+            f"sum by ({BY}, {VARIANT}) (rate(recserve_fidelity_agreeing_pairs_total"
+            f"{{{NOT_CANARY}}}[{stable}])) / sum by ({BY}, {VARIANT}) "
+            f"(rate(recserve_fidelity_pairs_total{{{NOT_CANARY}}}[{stable}]))"
         ),
         # data drift: the largest PSI of each input column over the pool's servers, from
         # windows that ended recently (a gauge keeps its last window after traffic stops)
@@ -165,12 +168,17 @@ class PoolMetrics:
     batch_rows_stable: float | None = None
     compute_mean_stable: float | None = None
     served_per_pod_max_fast: float | None = None
-    # pairwise order agreement with the FP32 reference (None: no sampled request scored)
-    fidelity_stable: float | None = None
+    # pairwise order agreement with the FP32 reference per variant (pod label) served by
+    # the pool's own Deployment; a variant without a sampled request scored is absent
+    fidelity_by_variant: tuple[tuple[str, float], ...] = ()
     # the largest PSI of an input column against the training data, and that column
     # (None: no recent data drift window)
     data_psi: float | None = None
     data_psi_feature: str | None = None
+
+    def fidelity_of(self, variant: str) -> float | None:
+        """The agreement of ``variant`` (its pod label), None where none was scored."""
+        return dict(self.fidelity_by_variant).get(variant)
 
     @property
     def demand_fast(self) -> float:
@@ -234,6 +242,16 @@ def snapshot_from_results(
             (str(s["metric"].get("namespace")), str(s["metric"].get(MODEL))): _number(s) or 0.0
             for s in results.get(name, [])
         }
+    fidelity: dict[Key, dict[str, float]] = {}
+    for sample in results.get("fidelity_by_variant", []):
+        labels = sample.get("metric") or {}
+        key = (labels.get("namespace"), labels.get(MODEL), labels.get(POOL))
+        value = _number(sample)
+        if None in key or value is None or not labels.get(VARIANT):
+            continue
+        fidelity.setdefault((str(key[0]), str(key[1]), str(key[2])), {})[str(labels[VARIANT])] = (
+            value
+        )
     worst_psi: dict[Key, tuple[float, str]] = {}
     for sample in results.get("data_psi_by_feature", []):
         labels = sample.get("metric") or {}
@@ -245,7 +263,7 @@ def snapshot_from_results(
         if pool_key not in worst_psi or value > worst_psi[pool_key][0]:
             worst_psi[pool_key] = (value, str(labels.get("feature", "?")))
     for name, samples in results.items():
-        if name in per_model or name == "data_psi_by_feature":
+        if name in per_model or name in ("data_psi_by_feature", "fidelity_by_variant"):
             continue
         values: dict[Key, float | None] = {}
         for sample in samples:
@@ -284,7 +302,7 @@ def snapshot_from_results(
             batch_rows_stable=get("batch_rows_stable"),
             compute_mean_stable=get("compute_mean_stable"),
             served_per_pod_max_fast=get("served_per_pod_max_fast"),
-            fidelity_stable=get("fidelity_stable"),
+            fidelity_by_variant=tuple(sorted(fidelity.get(key, {}).items())),
             data_psi=worst_psi[key][0] if key in worst_psi else None,
             data_psi_feature=worst_psi[key][1] if key in worst_psi else None,
         )

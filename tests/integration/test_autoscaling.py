@@ -822,14 +822,11 @@ def test_two_drifts_give_one_re_profile_whose_failure_keeps_the_plan(
     load = Load(Target(router, 8080, "/v1/rank", bodies), 100, 300)  # one replica serves ~76
     started = time.monotonic()
     try:
-
-        def both_found() -> bool:
-            found = " ".join(reasons())
-            return "latency drift" in found and "capacity drift" in found
-
-        eventually(both_found, 150, 1, "latency and capacity drift", lambda: reasons())
+        # the re-profile Job starts at the first finding: its pods are killed at once
+        # (the real profiler is done in about 30 s), the other drift may come meanwhile
+        eventually(lambda: status().get("lastOptimization"), 150, 0.5, "a re-profile", state)
         found_s = time.monotonic() - started
-        [entry] = status()["lastOptimization"]  # one action for both
+        [entry] = status()["lastOptimization"]
         assert entry["outcome"] == "pending" and "re-profile pool" in entry["action"], entry
         selector = f"recserve.io/model={MODEL},app.kubernetes.io/component=profile"
 
@@ -860,8 +857,16 @@ def test_two_drifts_give_one_re_profile_whose_failure_keeps_the_plan(
         profiled = next(c for c in status()["conditions"] if c["type"] == "Profiled")
         assert "re-profile of cpu-pool (round 1) failed" in profiled["message"], profiled
         assert any(r.startswith("ReoptimizeFailed") for r in reasons()), reasons()
+
+        def both_found() -> bool:
+            found = " ".join(reasons())
+            return "latency drift" in found and "capacity drift" in found
+
+        # both causes found (together, or the second within the first's action): one
+        # action between them
+        eventually(both_found, 90, 1, "latency and capacity drift", lambda: reasons())
         # the plan keeps serving, and nothing is retried within the cooldown
-        time.sleep(15)
+        time.sleep(10)
         assert _served(status(), "variant") == served, state()
         assert len(status()["lastOptimization"]) == 1, state()
         names = [j.metadata.name for j in batch.list_namespaced_job(namespace).items]
@@ -870,8 +875,8 @@ def test_two_drifts_give_one_re_profile_whose_failure_keeps_the_plan(
     finally:
         load.stop()
     measured(
-        f"both drifts found {found_s:.1f} s after the overload began, one re-profile; its "
-        f"Job failed and the plan was kept ({failed_s:.1f} s)"
+        f"drift found {found_s:.1f} s after the overload began (latency and capacity: one "
+        f"re-profile); its Job failed and the plan was kept {failed_s:.1f} s after"
     )
 
 

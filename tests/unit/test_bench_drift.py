@@ -59,3 +59,19 @@ def test_first_times_marks_each_check_when_it_first_holds_not_in_listed_order() 
     assert polls == {"slow": 4, "fast": 2}  # a check that held is not asked again
     with pytest.raises(AssertionError, match="not seen within 0 s: never"):
         first_times({"never": lambda: None, "now": lambda: 1}, 0, marked.append, 0)
+    # an error (the API once away) is asked again, and said if it lasts
+    calls = iter([ConnectionError("refused"), None, 7])
+
+    def flaky() -> int | None:
+        got = next(calls)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    assert first_times({"flaky": flaky}, 5, marked.append, 0) == {"flaky": 7}
+
+    def broken() -> None:
+        raise ConnectionError("refused")
+
+    with pytest.raises(AssertionError, match=r"broken \(last error ConnectionError: refused\)"):
+        first_times({"broken": broken}, 0, marked.append, 0)

@@ -162,10 +162,22 @@ def test_canary_figures_come_per_pool_from_the_canary_pods_only() -> None:
     assert canary_from_results({"requests": [], "p99": one("cpu-pool", 0.04)}) == {}
 
 
-def test_the_drift_detectors_fidelity_leaves_the_canary_pods_out() -> None:
+def test_the_drift_detectors_fidelity_is_per_variant_without_the_canary_pods() -> None:
     """A drift finding names the variant the pool's own Deployment serves, so its
-    fidelity must not mix in the canary's pods (judged by the rollout's analysis)."""
-    from recserve_operator.observe import Windows, queries
-
-    fidelity = queries(Windows())["fidelity_stable"]
+    fidelity is per variant (old and new pods overlap in the window after a move) and
+    leaves the canary's pods out (judged by the rollout's analysis)."""
+    fidelity = queries(Windows())["fidelity_by_variant"]
     assert fidelity.count('recserve_io_track!="canary"') == 2, fidelity
+    assert fidelity.count("recserve_io_variant") == 2, fidelity
+    results = {
+        "scrape_age": [sample("1")],
+        "fidelity_by_variant": [
+            sample("0.84", recserve_io_variant="int8"),
+            sample("0.9", recserve_io_variant="int8-recal1"),
+            sample("NaN", recserve_io_variant="fp32"),
+        ],
+    }
+    m = snapshot_from_results(results, W, 0.0).of("ns", "m", "cpu")
+    assert isinstance(m, PoolMetrics)
+    assert (m.fidelity_of("int8"), m.fidelity_of("int8-recal1")) == (0.84, 0.9)
+    assert m.fidelity_of("fp32") is None  # nothing scored: absent, never 0

@@ -1271,14 +1271,14 @@ def test_a_pass_over_a_stale_body_does_not_start_a_canary_again(world: World) ->
     assert [e[1] for e in world.events].count("CanaryStarted") == 1
 
 
-def test_a_canary_whose_stable_side_drifted_stops_and_the_pool_moves_at_once(
+def test_a_canary_whose_stable_side_drifted_is_promoted_at_once(
     world: World,
 ) -> None:
     """A data-drift recalibration closed, its successor is being rolled out by canary, and
     then the old variant's own fidelity falls (seen in `recserve bench drift`: the old
     INT8 kept most requests for 80 s more). The tick is told which variant the pool's
     Deployment serves meanwhile; once that variant is known to rank unlike the
-    reference, the canary stops and the pool takes the new variant at once."""
+    reference, the new variant is promoted without the remaining steps."""
     name, old, old_object = _serving_then_replanned(world)
     world.reconcile()
     [rollout] = world.status()["rollouts"]
@@ -1286,6 +1286,7 @@ def test_a_canary_whose_stable_side_drifted_stops_and_the_pool_moves_at_once(
     [planned] = handlers._loop()._planned[key]
     to_object = f"{MODEL}-{rollout['toVariant']}"
     assert (planned.serving_variant, planned.variant) == (old_object, to_object)
+    assert planned.serving_label == old  # the fidelity the tick reads is the old one's
     at = "2026-12-07T10:00:00Z"
     recalibrated = {
         "time": at,
@@ -1317,10 +1318,19 @@ def test_a_canary_whose_stable_side_drifted_stops_and_the_pool_moves_at_once(
     }
     world.kube.set_status("RecModel", MODEL, NS, {"lastOptimization": [recalibrated, fell]})
     world.reconcile()
-    assert world.kube.find("Deployment", f"{name}-canary", NS) is None
+    # promoted without the remaining steps: the pool's Deployment moves to the new
+    # variant, whose canary takes every request until it has
     assert _variant_label(world.kube.find("Deployment", name, NS)) == rollout["toVariant"]
+    assert world.kube.find("Deployment", f"{name}-canary", NS) is not None
+    [early] = world.status()["rollouts"]
+    assert (early["phase"], early["weightPercent"]) == ("Promoting", 100), early
+    assert _weight(world) == 100
+    assert any(reason == "CanaryPromotedEarly" for _, reason, _ in world.events)
+    [planned] = handlers._loop()._planned[key]
+    assert (planned.serving_variant, planned.serving_label) == (None, rollout["toVariant"])
+    _ready(world, name)
+    world.reconcile()
+    assert world.kube.find("Deployment", f"{name}-canary", NS) is None
     assert world.status()["rollouts"] == []
     assert _weight(world) == 0
-    assert any(reason == "CanaryStopped" for _, reason, _ in world.events)
-    [planned] = handlers._loop()._planned[key]
-    assert planned.serving_variant is None
+    assert any(reason == "CanaryDone" for _, reason, _ in world.events)

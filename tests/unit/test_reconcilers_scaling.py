@@ -61,6 +61,7 @@ PLANNED = PlannedPool(
     capacity_rps=100.0,
     batch_size=128,
     ceiling=6,
+    serving_label="int8",
 )
 
 
@@ -320,6 +321,7 @@ def _run_drifting(
     slow: bool = True,
     fast_ticks: frozenset[int] = frozenset(),
     planned: PlannedPool = PLANNED,
+    fidelity_of: str = "int8",
 ) -> Any:
     """Ticks 10 s apart on a pool twice as slow as its profile and saturated (both
     latency and capacity drift; ``slow=False``, and at ``fast_ticks``: as fast as
@@ -344,7 +346,7 @@ def _run_drifting(
             p99_fast=0.2 if slow_now else 0.01,
             compute_mean_stable=0.004 if slow_now else 0.002,
             batch_rows_stable=64.0,
-            fidelity_stable=fidelity,
+            fidelity_by_variant=() if fidelity is None else ((fidelity_of, fidelity),),
             data_psi=data_psi,
             data_psi_feature=None if data_psi is None else "genre",
         )
@@ -572,6 +574,13 @@ def test_fidelity_drift_during_a_canary_names_the_variant_the_stable_side_serves
         recalibrate_as="int8-static-recal2",
         recalibrated=True,
     )
+    # the successor's own agreement (its canary pods, or after promotion) is not read
+    # as the old variant's
+    quiet, none = _run_drifting(
+        _drifting_policy(), 12, rm, 0.6, data_psi=0.8, slow=False, planned=moving,
+        fidelity_of="int8-static-recal1",
+    )  # fmt: skip
+    assert not none and quiet.status is not None and len(quiet.status.last_optimization) == 1
     again, actions = _run_drifting(
         _drifting_policy(), 12, rm, 0.6, data_psi=0.8, slow=False, planned=moving
     )

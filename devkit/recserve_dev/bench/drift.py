@@ -129,18 +129,31 @@ def first_times(
     """Poll every check side by side (every ``every`` s) and ``mark`` each by its name
     the first time it holds: waiting for them one after another would mark one that held
     earlier only at the end of the wait before it. Returns each check's first truthy
-    value (AssertionError naming the rest when ``timeout`` passes first)."""
+    value (AssertionError naming the rest, and the last error of each, when ``timeout``
+    passes first). A check that raises (an API call that failed once) is asked again."""
     found: dict[str, Any] = {}
+    errors: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     while True:
         for what, check in checks.items():
-            if what not in found and (value := check()):
+            if what in found:
+                continue
+            try:
+                value = check()
+            except Exception as exc:  # a passing error (the API once away): asked again
+                errors[what] = f"{type(exc).__name__}: {exc}"
+                continue
+            if value:
                 found[what] = value
                 mark(what)
         if len(found) == len(checks):
             return found
         if time.monotonic() > deadline:
-            missing = ", ".join(w for w in checks if w not in found)
+            missing = ", ".join(
+                w + (f" (last error {errors[w]})" if w in errors else "")
+                for w in checks
+                if w not in found
+            )
             raise AssertionError(f"not seen within {timeout:g} s: {missing}")
         time.sleep(every)
 
@@ -391,12 +404,15 @@ class DriftBench(Bench):
         return {p[key] for p in status.get("placements") or []}
 
     def ready_pods(self, namespace: str, variant: str) -> int:
-        """The model's Ready server pods of ``variant`` (its label) that are not being
-        deleted: the ones the routers send requests to."""
+        """The model's Ready server pods of ``variant`` (its name in the store) that are
+        not being deleted: the ones the routers send requests to."""
         from kubernetes import client
 
+        from recserve_operator.children import dns_name
+
+        label = dns_name(variant)  # what the operator writes on the pods
         pods = client.CoreV1Api(self.api).list_namespaced_pod(
-            namespace, label_selector=f"recserve.io/model={MODEL},recserve.io/variant={variant}"
+            namespace, label_selector=f"recserve.io/model={MODEL},recserve.io/variant={label}"
         )
         return sum(
             1
@@ -527,7 +543,7 @@ class DriftBench(Bench):
             if closed is None:
                 return None
             if not closed["outcome"].startswith("recalibrated"):
-                return "failed"  # nothing to roll out
+                return "failed"  # nothing to roll out (its mark is not shown)
             new = f"{static}-recal1"
             done = self.served(ns, "variant") == {new} and not self.status(ns).get("rollouts")
             return "served" if done else None
@@ -547,9 +563,12 @@ class DriftBench(Bench):
         recal = out.marks["recalibrated"]
         rolled = got["recalibrated served"] == "served"
         served = out.marks["recalibrated served"] if rolled else None
+        if not rolled:
+            del out.marks["recalibrated served"]
         out.measures.update(
             fidelity_drift_detect_s=round(detected - changed, 2),
-            fidelity_replan_s=round(replanned - detected, 2),
+            # 0 where the INT8 was out of service before its drift was found
+            fidelity_replan_s=round(max(replanned - detected, 0.0), 2),
             recalibrated_s=round(recal - changed, 2),
             recalibrated_served_s=None if served is None else round(served - changed, 2),
             actions=[

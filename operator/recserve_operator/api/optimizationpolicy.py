@@ -147,8 +147,9 @@ class Autoscaling(ApiModel):
         description="Replicas each serving pool keeps beyond what its load needs at full "
         "capacity, so that this many can fail at once (a crash, an eviction) and the rest "
         "still carry the load without refusing it: at least ceil(load / one replica's "
-        "capacity) + spareReplicas, in the plan and when autoscaling. The plan's 70% "
-        "utilization already covers that where a pool runs many replicas; 0: no spare.",
+        "capacity) + spareReplicas, in the plan and when autoscaling, within maxReplicas "
+        "and the pool's ceiling (which win). The plan's 70% utilization already covers "
+        "that where a pool runs many replicas; 0: no spare.",
     )
     max_replicas: Int = Field(
         default=8, ge=1, le=10000, description="Most replicas per pool (also capped by the pool)."

@@ -36,7 +36,7 @@ from recserve_operator.api.modelvariant import (
     Recipe,
 )
 from recserve_operator.api.optimizationpolicy import OptimizationPolicy, ReplicaScaling
-from recserve_operator.api.recmodel import PoolPlacement, RecModel
+from recserve_operator.api.recmodel import CanaryPhase, PoolPlacement, RecModel
 from recserve_operator.api.validation import ManifestError, field_errors, parse_object
 from recserve_operator.canary import router_weight
 from recserve_operator.config import OperatorConfig
@@ -444,6 +444,7 @@ def reconcile_recmodel(
                 built_by_name[pp.variant], policy, list(built_by_name)
             ),
             recalibrated=built_by_name[pp.variant].manifest.recalibrated_from is not None,
+            serving_label=children.dns_name(pp.variant),
         )
         for pp in decision.placements
     ]
@@ -484,17 +485,20 @@ def reconcile_recmodel(
 def _with_serving_variants(
     p: Pass, planned: list[PlannedPool], built: list[Built]
 ) -> list[PlannedPool]:
-    """The planned pools, each naming the variant its own Deployment still serves while
-    a canary rollout (this pass's) moves it to the planned one: fidelity drift found
-    meanwhile is that variant's."""
+    """The planned pools, each naming the variant its own Deployment serves: the planned
+    one, or, while this pass's canary rollout moves the pool to it and has not been
+    promoted, the one it moves from (fidelity drift found meanwhile is that one's)."""
     by_label = {children.dns_name(b.name): variant_object_name(p.name, b.name) for b in built}
-    from_variant = {
-        str(r["pool"]): by_label.get(str(r.get("fromVariant") or ""))
+    moving = {
+        str(r["pool"]): str(r.get("fromVariant") or "")
         for r in p.status.get("rollouts") or []
+        if r.get("phase") in (CanaryPhase.STARTING.value, CanaryPhase.PROGRESSING.value)
     }
     return [
-        dataclasses.replace(pl, serving_variant=from_variant[pl.pool])
-        if from_variant.get(pl.pool) not in (None, pl.variant)
+        dataclasses.replace(
+            pl, serving_label=moving[pl.pool], serving_variant=by_label.get(moving[pl.pool])
+        )
+        if moving.get(pl.pool) and moving[pl.pool] != pl.serving_label
         else pl
         for pl in planned
     ]
@@ -1009,8 +1013,11 @@ def _apply_serving(
     p.status["rollouts"] = [r.model_dump(by_alias=True, mode="json") for r in kept]
     # the routers' canary share: the tick moves it step by step; the pass only sets it
     # to 0 where no canary takes requests (a new rollout begins at 0, an ended one ends
-    # there) and leaves a live share to the tick, whose word is newer
-    weights = [children.router_weights(p.model, 0)] if router_weight(kept) == 0 else []
+    # there) or to 100 where every rollout is being promoted (a canary whose stable side
+    # was found bad is promoted by the pass), and leaves a live share to the tick,
+    # whose word is newer
+    share = router_weight(kept)
+    weights = [children.router_weights(p.model, share)] if share in (0, 100) else []
 
     def stable_replicas(pp: PoolPlan) -> int:
         stable = deployments.get(children.dns_name(p.name, pp.pool)) or {}

@@ -71,6 +71,7 @@ def pool_move(
     (ready replicas) of another variant that is not known to be bad. A new Deployment,
     one with no ready replica, or one serving a bad variant takes the planned variant at
     once (the canary guards against the new variant; leaving a bad one must not wait).
+    A rollout whose stable side becomes known bad is promoted at once.
     """
     want = children.dns_name(variant)
     serving = template_variant(stable)
@@ -88,13 +89,34 @@ def pool_move(
         promoting = rollout is not None and rollout.phase == CanaryPhase.PROMOTING
         if promoting and serving == want and stable is not None and not rolled_out(stable):
             return PoolMove(True, True, rollout)  # the canary serves until the pool has moved
+        if (
+            rollout is not None
+            and not promoting
+            and rollout.to_variant == variant
+            and serving in bad
+            and serving != want
+        ):
+            # its stable side was found bad meanwhile: the new variant is promoted without
+            # the remaining steps, its canary taking every request until the pool's
+            # Deployment has moved to it (deleting the canary would leave them all to the
+            # bad one while the new pods start)
+            message = (
+                f"{serving}, the variant the pool served, is known bad: promoting {variant} "
+                "without the remaining steps"
+            )
+            early = rollout.model_copy(
+                update={
+                    "phase": CanaryPhase.PROMOTING,
+                    "weight_percent": 100,
+                    "step_started": now,
+                    "message": message,
+                }
+            )
+            event = ("Warning", "CanaryPromotedEarly", f"pool {pool}: {message}")
+            return PoolMove(True, True, early, (event,))
         events: tuple[Event, ...] = ()
         if promoting and rollout is not None and serving == want:
             events = (("Normal", "CanaryDone", f"pool {pool}: now serving {variant}"),)
-        elif rollout is not None and serving in bad:
-            # found bad while it was the stable side: the pool leaves it without the steps
-            message = f"pool {pool}: {serving} is known bad: moving to {variant} now"
-            events = (("Warning", "CanaryStopped", message),)
         return PoolMove(True, False, None, events)
     if rollout is None or rollout.to_variant != variant:
         rollout = CanaryRollout(

@@ -60,10 +60,15 @@ NO_DRIFT = "NoDrift"
 
 
 def _sample_drift(
-    state: DriftState, metrics: PoolMetrics | Unknown, policy: OptimizationPolicy, now: float
+    state: DriftState,
+    metrics: PoolMetrics | Unknown,
+    serving_label: str,
+    policy: OptimizationPolicy,
+    now: float,
 ) -> DriftState:
     """Add this tick's sample when the check interval has passed (unknown metrics are a
-    sample too: they break a detector's window)."""
+    sample too: they break a detector's window). The fidelity sampled is that of the
+    variant the pool's own Deployment serves (``serving_label``, its pod label)."""
     rules = policy.spec.drift
     if state.samples and now - state.samples[-1].at < rules.check_interval_seconds:
         return state
@@ -79,7 +84,7 @@ def _sample_drift(
             metrics.batch_rows_stable,
             per_replica,
             saturated,
-            metrics.fidelity_stable,
+            metrics.fidelity_of(serving_label),
             metrics.data_psi,
             metrics.data_psi_feature,
         )
@@ -313,6 +318,9 @@ class PlannedPool:
     # moves the pool to ``variant``; None when it serves ``variant``. The drift
     # detectors' fidelity is that Deployment's (the canary is judged by its analysis).
     serving_variant: str | None = None
+    # the pod label (recserve.io/variant) of the variant the pool's own Deployment
+    # serves: the fidelity the drift detectors read is that variant's
+    serving_label: str = ""
 
 
 @dataclass(frozen=True)
@@ -485,7 +493,8 @@ def decide_tick(
             if seen.limits is not None and limits.max_batch_rows != seen.limits.max_batch_rows:
                 out.events.append(("Normal", "BatchLimits", f"pool {pp.pool}: {batch_reason}"))
                 out.decisions.append(("batch", _kind(batch_reason)))
-        state = _sample_drift((drift or {}).get(pp.pool) or DriftState(), metrics, policy, now)
+        state = (drift or {}).get(pp.pool) or DriftState()
+        state = _sample_drift(state, metrics, pp.serving_label, policy, now)
         state = _look_for_drift(model, pp, state, policy, now, out)
         out.drift[pp.pool] = state
         if isinstance(metrics, Unknown):
