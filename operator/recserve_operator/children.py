@@ -400,6 +400,7 @@ def server_deployment(
     reference_dir: str | None = None,
     fidelity_sample_bp: int = 0,
     request_sample_rows: int = 0,
+    request_sample_seconds: int = 0,
     canary: bool = False,
 ) -> dict[str, Any]:
     """One Deployment of `recserve serve` per (model, pool), and a second one while a
@@ -415,7 +416,8 @@ def server_deployment(
     ``reference_dir``: the FP32 reference variant, when the served one is compressed:
     the servers score ``fidelity_sample_bp`` of their requests with it too (fidelity
     drift). ``request_sample_rows``: how many answered rows each server keeps for
-    recalibration (:func:`recalibrate_job`).
+    recalibration (:func:`recalibrate_job`), from the last one to two windows of
+    ``request_sample_seconds``.
     """
     pool_name = pool.name
     name = dns_name(model.name, pool_name)
@@ -440,7 +442,14 @@ def server_deployment(
             if reference_dir and fidelity_sample_bp > 0
             else []
         ),
-        *([f"--request-sample-rows={request_sample_rows}"] if request_sample_rows > 0 else []),
+        *(
+            [
+                f"--request-sample-rows={request_sample_rows}",
+                f"--request-sample-seconds={request_sample_seconds}",
+            ]
+            if request_sample_rows > 0
+            else []
+        ),
         *config.server_args,
     ]
     container = {

@@ -227,14 +227,16 @@ def test_servers_keep_the_policy_s_request_sample(world: World) -> None:
             for d in world.kube.of_kind("Deployment", NS)
             if d["metadata"]["labels"][children.COMPONENT_LABEL] == "server"
             for a in d["spec"]["template"]["spec"]["containers"][0]["args"]
-            if a.startswith("--request-sample-rows")
+            if a.startswith("--request-sample-")
         }
 
     world.reconcile()
-    assert sample_args() == {"--request-sample-rows=2048"}  # the default
-    world.edit("OptimizationPolicy", "latency-first", {"drift": {"recalibrationSampleRows": 512}})
+    # the default; the rows of the last one to two sustainedSeconds (default 120)
+    assert sample_args() == {"--request-sample-rows=2048", "--request-sample-seconds=120"}
+    drift = {"recalibrationSampleRows": 512, "sustainedSeconds": 30, "checkIntervalSeconds": 10}
+    world.edit("OptimizationPolicy", "latency-first", {"drift": drift})
     world.reconcile()
-    assert sample_args() == {"--request-sample-rows=512"}
+    assert sample_args() == {"--request-sample-rows=512", "--request-sample-seconds=30"}
     world.edit("OptimizationPolicy", "latency-first", {"drift": {"recalibrationSampleRows": 0}})
     world.reconcile()
     assert sample_args() == set()

@@ -290,7 +290,8 @@ class Drift(ApiModel):
         le=65536,
         description="Rows of answered requests each server keeps for recalibration: a "
         "uniform sample of their feature ids and values, nothing else, on the admin port "
-        "only (0: none kept, no recalibration).",
+        "only, of the rows answered in the last one to two sustainedSeconds (at least "
+        "checkIntervalSeconds) (0: none kept, no recalibration).",
     )
     check_interval_seconds: Int = Field(
         default=60,

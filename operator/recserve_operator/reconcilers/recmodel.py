@@ -1001,6 +1001,11 @@ def _apply_serving(
             request_sample_rows=(
                 policy.spec.drift.recalibration_sample_rows if policy.spec.drift.recalibrate else 0
             ),
+            # drift is acted on only once sustained this long: the rows since are what a
+            # recalibration needs, not the server's whole life (mostly older inputs)
+            request_sample_seconds=max(
+                policy.spec.drift.sustained_seconds, policy.spec.drift.check_interval_seconds
+            ),
             canary=canary,
         )
 

@@ -94,6 +94,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "/admin/request-sample; default 0 = none kept",
     )
     p.add_argument(
+        "--request-sample-seconds",
+        type=float,
+        default=0.0,
+        help="the request sample covers the rows of the last one to two windows of this "
+        "many seconds, not every row answered (the operator sets the drift policy's "
+        "sustainedSeconds); default 0 = every row since the server started",
+    )
+    p.add_argument(
         "--admin-port",
         type=int,
         default=0,
@@ -133,6 +141,11 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"error: --request-sample-rows must be 0 or more, got {args.request_sample_rows}"
         )
+    if args.request_sample_seconds < 0:
+        raise SystemExit(
+            "error: --request-sample-seconds must be 0 or more, got "
+            f"{args.request_sample_seconds:g}"
+        )
     limits = Limits(
         slo_p99_s=args.slo_p99_ms / 1000.0,
         max_batch_rows=args.max_batch_rows,
@@ -156,6 +169,7 @@ def _serve(args: argparse.Namespace) -> int:
         fidelity_sample_bp=args.fidelity_sample_bp,
         data_drift_window_rows=args.data_drift_window_rows,
         request_sample_rows=args.request_sample_rows,
+        request_sample_seconds=args.request_sample_seconds,
         admin_token=_read_token(args.admin_token_file),
     )
     server = InferenceServer(config)

@@ -111,6 +111,8 @@ class ServeConfig:
     data_drift_window_rows: int = 2000
     # rows of answered requests kept for recalibration (GET /admin/request-sample); 0: none
     request_sample_rows: int = 0
+    # the sample covers the last one to two windows of this many seconds; 0: every row
+    request_sample_seconds: float = 0.0
     admin_token: str | None = None  # Bearer token the admin API requires, if any
 
 
@@ -251,7 +253,10 @@ class InferenceServer:
         self.metrics.load_seconds.set(model.load_seconds)
         if cfg.request_sample_rows > 0:
             self.request_sample = RequestSample(
-                cfg.request_sample_rows, model.n_sparse, model.n_dense
+                cfg.request_sample_rows,
+                model.n_sparse,
+                model.n_dense,
+                window_s=cfg.request_sample_seconds,
             )
         if m.data_reference is not None and cfg.data_drift_window_rows > 0:
             self.sketch = DriftSketch(
