@@ -774,15 +774,17 @@ def test_two_drifts_give_one_re_profile_whose_failure_keeps_the_plan(
     measured: Callable[[str], None],
 ) -> None:
     """The profile says the device is 4x faster than it is, and one replica (the most
-    the policy allows) gets more than it serves: latency drift (slower batches) and
-    capacity drift (saturated, serving under the profile) are both found, and give one
-    re-profile between them. Its Job's pods are killed until the Job fails: the entry
+    the policy allows, batch tuning off) gets more than it serves: latency drift (slower
+    batches) and capacity drift (saturated, serving under the profile) are both found,
+    and give one re-profile between them. Its Job's pods are killed until the Job fails: the entry
     closes as failed, the current plan keeps serving, the Profiled condition says why,
     and nothing retries within the cooldown."""
     custom, batch = client.CustomObjectsApi(k8s), client.BatchV1Api(k8s)
     core = client.CoreV1Api(k8s)
     policy = _policy(namespace)
-    policy["spec"]["autoscaling"]["maxReplicas"] = 1
+    # one replica at the plan's batch ceiling stays saturated (batch tuning would raise
+    # the ceiling until it serves the load: seen, no capacity drift then)
+    policy["spec"]["autoscaling"].update(maxReplicas=1, batchTuning=False)
     policy["spec"]["drift"] = {
         "checkIntervalSeconds": 5,
         "sustainedSeconds": 20,
