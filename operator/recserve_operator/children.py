@@ -290,8 +290,10 @@ def recalibrate_job(
     reference: str,
     name: str,
     pool: str,
+    attempt: int = 1,
 ) -> dict[str, Any]:
-    """The Job that runs `recserve recalibrate`: ``variant`` (a statically quantized
+    """The Job that runs `recserve recalibrate` (``attempt`` > 1: a new Job for another
+    try at the same ``name`` after an earlier one failed): ``variant`` (a statically quantized
     variant's name) calibrated again on the request samples of ``pool``'s servers, and
     written to the build as ``name``; accuracy is measured on the build's held-out data,
     against the budget. The Job finds the pool's Ready servers itself when it runs (a
@@ -313,7 +315,7 @@ def recalibrate_job(
         *eval_args(model.spec.eval_dataset),
     ]
     job = _job(
-        dns_name(model.name, "recalibrate", name, digest[:8]),
+        dns_name(model.name, "recalibrate", name, digest[:8], f"a{attempt}" if attempt > 1 else ""),
         model,
         args,
         {},

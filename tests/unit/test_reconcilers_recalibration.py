@@ -218,6 +218,37 @@ def test_a_failed_recalibration_job_keeps_the_plan_and_says_why(world: World) ->
     assert any(e[1] == "ReoptimizeFailed" for e in world.events)
 
 
+def test_another_try_after_a_failed_recalibration_gets_a_job_of_its_own(world: World) -> None:
+    """Data drift's recalibration failed; fidelity drift then asks again (the pool's new
+    servers hold newer rows). The failed Job stays, and must not answer for the new
+    try (seen in `recserve bench drift`: the second try was closed as failed at once,
+    with the first one's reason)."""
+    _with_static(world)
+    world.reconcile()
+    _ask(world, cause="DataDrift")
+    world.reconcile()
+    first = world.job("recalibrate")
+    world.finish_job(first, "Failed", "BackoffLimitExceeded")
+    world.reconcile()
+    [failed] = world.status()["lastOptimization"]
+    assert failed["outcome"].startswith("failed")
+    again = {**failed, "cause": "FidelityDrift", "outcome": "pending"}
+    world.kube.set_status("RecModel", MODEL, NS, {"lastOptimization": [failed, again]})
+    world.reconcile()
+    jobs = sorted(
+        j["metadata"]["name"]
+        for j in world.kube.of_kind("Job", NS)
+        if j["metadata"]["labels"]["app.kubernetes.io/component"] == "recalibrate"
+    )
+    assert jobs == sorted([first["metadata"]["name"], f"{first['metadata']['name']}-a2"]), jobs
+    assert world.status()["lastOptimization"][1]["outcome"] == "pending"  # running, not failed
+    world.reconcile()  # and only one Job per try
+    assert (
+        len([j for j in world.kube.of_kind("Job", NS) if "recalibrate" in j["metadata"]["name"]])
+        == 2
+    )
+
+
 def test_servers_keep_the_policy_s_request_sample(world: World) -> None:
     world.built_and_profiled()
 

@@ -133,8 +133,11 @@ def advance(
     outcomes and ``driftedVariants`` into ``status``, Events into ``events``."""
     by_name = {b.name: b for b in built}
     by_object = {children.dns_name(model.name, b.name): b for b in built}
+    failed: dict[str, int] = {}  # earlier tries at a name that failed: a new Job each
     for entry in status.get("lastOptimization", []):
         name = entry.get("recalibration")
+        if name and str(entry.get("outcome", "")).startswith("failed"):
+            failed[name] = failed.get(name, 0) + 1
         if not name or entry.get("outcome") != PENDING:
             continue
         pool = entry["pool"]
@@ -154,7 +157,10 @@ def advance(
                 status["driftedVariants"] = [*drifted, entry["variant"]]
             events.append(("Normal", "Recalibrated", f"pool {pool}: {entry['outcome']}"))
             continue
-        why = _run(kube, model, policy, config, digest, origin, reference, name, pool, job_failed)
+        attempt = failed.get(name, 0) + 1
+        why = _run(
+            kube, model, policy, config, digest, origin, reference, name, pool, job_failed, attempt
+        )
         if why is not None:
             entry["outcome"] = f"failed: {why}; kept the current plan"[:2048]
             events.append(("Warning", "ReoptimizeFailed", f"pool {pool}: {entry['outcome']}"))
@@ -171,12 +177,15 @@ def _run(
     name: str,
     pool: str,
     job_failed: Callable[[dict[str, Any]], str | None],
+    attempt: int,
 ) -> str | None:
-    """Create (once) or watch one recalibration Job; why it cannot go on, else None."""
+    """Create (once) or watch one recalibration Job; why it cannot go on, else None.
+    ``attempt``: how many tries at ``name`` this one is (a failed try's Job stays, and
+    must not answer for the next: seen in `recserve bench drift`)."""
     if origin is None or reference is None:
         return "the variant to recalibrate or the FP32 reference is not in this build"
     body = children.recalibrate_job(
-        model, digest, policy, config, origin.name, reference, name, pool
+        model, digest, policy, config, origin.name, reference, name, pool, attempt
     )
     job_name = body["metadata"]["name"]
     existing = kube.create_once(body)
