@@ -11,7 +11,7 @@ ids, headers or scores). It is served on the admin port only
 *Lately*: with ``window_s`` the sample is uniform over the rows of the current window
 and the one before it (one to two windows back), not over the server's whole life. A
 uniform sample of a long-running server is mostly rows from before the inputs moved:
-`recserve bench drift` after 15 minutes of steady load had about 6% of its rows from after the
+`recserve bench drift` after 15 minutes of steady load had about 3% of its rows from after the
 shift, and the recalibration on it ranked worse than the old variant (0.899 -> 0.872).
 The operator sets the window to the drift policy's ``sustainedSeconds``: drift is acted
 on only after that long, so the rows are mostly from after the inputs moved.
