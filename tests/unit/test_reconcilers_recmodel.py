@@ -1121,6 +1121,16 @@ def _ready(world: World, name: str) -> None:
     world.kube.set_status("Deployment", name, NS, status)
 
 
+def _promotion_completes(world: World, name: str) -> None:
+    """The pool's Deployment has moved: the canary is removed, the share back to 0."""
+    _ready(world, name)
+    world.reconcile()
+    assert world.kube.find("Deployment", f"{name}-canary", NS) is None
+    assert world.status()["rollouts"] == []
+    assert _weight(world) == 0
+    assert any(reason == "CanaryDone" for _, reason, _ in world.events)
+
+
 def _weight(world: World) -> int:
     cm = world.kube.find("ConfigMap", f"{MODEL}-router-weights", NS)
     assert cm is not None
@@ -1168,12 +1178,7 @@ def test_a_serving_pool_moves_to_another_variant_by_canary_then_promotion(world:
     assert _variant_label(world.kube.find("Deployment", name, NS)) == new
     assert world.kube.find("Deployment", f"{name}-canary", NS) is not None
     assert world.status()["rollouts"][0]["phase"] == "Promoting"
-    _ready(world, name)
-    world.reconcile()
-    assert world.kube.find("Deployment", f"{name}-canary", NS) is None
-    assert world.status()["rollouts"] == []
-    assert _weight(world) == 0
-    assert any(reason == "CanaryDone" for _, reason, _ in world.events)
+    _promotion_completes(world, name)
 
 
 def test_a_rolled_back_canary_is_removed_and_the_old_variant_keeps_serving(world: World) -> None:
@@ -1328,9 +1333,4 @@ def test_a_canary_whose_stable_side_drifted_is_promoted_at_once(
     assert any(reason == "CanaryPromotedEarly" for _, reason, _ in world.events)
     [planned] = handlers._loop()._planned[key]
     assert (planned.serving_variant, planned.serving_label) == (None, rollout["toVariant"])
-    _ready(world, name)
-    world.reconcile()
-    assert world.kube.find("Deployment", f"{name}-canary", NS) is None
-    assert world.status()["rollouts"] == []
-    assert _weight(world) == 0
-    assert any(reason == "CanaryDone" for _, reason, _ in world.events)
+    _promotion_completes(world, name)
