@@ -55,7 +55,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 CANDIDATES = 64
 BATCH = 256
 TOLERANCE = 0.15
-ROUNDS = 3
+# the median of 5: with 3, one CI run's rounds read +2.8%, +31.1% and +16.9% (the
+# serving calibration's per-request overhead read 464, 151 and 194 us on this shared
+# machine) and failed, while the next two runs read -6.4% and +10.8%
+ROUNDS = 5
 WINDOW_S = 1.5
 WINDOWS = 3
 CONNECTIONS = 16  # enough that batches fill up to the planned ceiling
