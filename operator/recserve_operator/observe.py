@@ -226,6 +226,12 @@ def _number(sample: dict[str, Any]) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else value
 
 
+def _pool_key(labels: dict[str, Any]) -> Key | None:
+    """A series' (namespace, model, pool), None when a label is missing."""
+    key = (labels.get("namespace"), labels.get(MODEL), labels.get(POOL))
+    return None if None in key else (str(key[0]), str(key[1]), str(key[2]))
+
+
 def snapshot_from_results(
     results: dict[str, list[dict[str, Any]]], w: Windows, taken_at: float
 ) -> Snapshot:
@@ -245,21 +251,16 @@ def snapshot_from_results(
     fidelity: dict[Key, dict[str, float]] = {}
     for sample in results.get("fidelity_by_variant", []):
         labels = sample.get("metric") or {}
-        key = (labels.get("namespace"), labels.get(MODEL), labels.get(POOL))
-        value = _number(sample)
-        if None in key or value is None or not labels.get(VARIANT):
+        pool_key, value = _pool_key(labels), _number(sample)
+        if pool_key is None or value is None or not labels.get(VARIANT):
             continue
-        fidelity.setdefault((str(key[0]), str(key[1]), str(key[2])), {})[str(labels[VARIANT])] = (
-            value
-        )
+        fidelity.setdefault(pool_key, {})[str(labels[VARIANT])] = value
     worst_psi: dict[Key, tuple[float, str]] = {}
     for sample in results.get("data_psi_by_feature", []):
         labels = sample.get("metric") or {}
-        key = (labels.get("namespace"), labels.get(MODEL), labels.get(POOL))
-        value = _number(sample)
-        if None in key or value is None:
+        pool_key, value = _pool_key(labels), _number(sample)
+        if pool_key is None or value is None:
             continue
-        pool_key = (str(key[0]), str(key[1]), str(key[2]))
         if pool_key not in worst_psi or value > worst_psi[pool_key][0]:
             worst_psi[pool_key] = (value, str(labels.get("feature", "?")))
     for name, samples in results.items():
@@ -267,11 +268,9 @@ def snapshot_from_results(
             continue
         values: dict[Key, float | None] = {}
         for sample in samples:
-            labels = sample.get("metric") or {}
-            key = (labels.get("namespace"), labels.get(MODEL), labels.get(POOL))
-            if None in key:
-                continue
-            values[(str(key[0]), str(key[1]), str(key[2]))] = _number(sample)
+            pool_key = _pool_key(sample.get("metric") or {})
+            if pool_key is not None:
+                values[pool_key] = _number(sample)
         by_name[name] = values
     pools: dict[Key, PoolMetrics] = {}
     for key, age in by_name.get("scrape_age", {}).items():
