@@ -166,22 +166,34 @@ class _Pool:
         self.waiters: asyncio.Queue[_Conn] = asyncio.Queue()
         self.opened = 0
 
-    async def get(self) -> _Conn:
-        hosts = self.target.current_hosts()
+    async def get(self, avoid: str = "") -> _Conn:
+        """A connection: an idle one to a listed host (not ``avoid``, while another is
+        listed), else a new one to the next such host, else the next one returned."""
+        listed = self.target.current_hosts()
+        hosts = [h for h in listed if h != avoid] or listed
+        kept: list[_Conn] = []
+        conn: _Conn | None = None
         while self.idle:
-            conn = self.idle.pop()
-            if conn.host in hosts and time.monotonic() - conn.idle_since < MAX_IDLE_S:
-                return conn
-            self.drop(conn)
+            c = self.idle.pop()
+            if c.host not in listed or time.monotonic() - c.idle_since >= MAX_IDLE_S:
+                self.drop(c)
+            elif c.host in hosts:
+                conn = c
+                break
+            else:  # listed, only avoided by this request
+                kept.append(c)
+        self.idle.extend(kept)
+        if conn is not None:
+            return conn
         if self.total < self.max:
             self.total += 1
             host = hosts[self.opened % len(hosts)]
             self.opened += 1
             try:
                 r, w = await asyncio.open_connection(host, self.target.port)
-            except OSError:
+            except OSError as exc:
                 self.total -= 1
-                raise
+                raise _ConnectFailed(host) from exc
             return _Conn(r, w, host)
         return await self.waiters.get()
 
@@ -202,20 +214,73 @@ class _Pool:
         self.idle.clear()
 
 
-async def _send(pool: _Pool, target: Target, i: int, timeout_s: float) -> int | str:
-    """Request ``i`` over a pooled connection: its HTTP status, or the name of the error
-    that ended it (timeout, reset, bad answer; the connection is then dropped)."""
+class _ConnectFailed(OSError):
+    """Opening a connection to ``host`` failed (the cause is the socket error)."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(host)
+        self.host = host
+
+
+# Errors after which a request may be sent again: the connection was refused (nothing
+# was sent) or lost before the whole answer came (the peer died; safe to repeat for a
+# read-only request such as ranking). A timeout is not one: the request may still be
+# running, and retrying it would add load exactly when the server is slow.
+RETRYABLE_ERRORS = frozenset(
+    {
+        "ConnectionRefusedError",
+        "ConnectionResetError",
+        "BrokenPipeError",
+        "IncompleteReadError",
+        "ConnectionAbortedError",
+    }
+)
+
+
+async def _send(
+    pool: _Pool, target: Target, i: int, timeout_s: float, avoid: str = ""
+) -> tuple[int | str, str]:
+    """Request ``i`` over a pooled connection (preferring hosts other than ``avoid``):
+    its HTTP status, or the name of the error that ended it (timeout, refused, reset,
+    bad answer; the connection is then dropped), and the host it went to."""
     conn: _Conn | None = None
+    host = ""
     try:
         async with asyncio.timeout(timeout_s):
-            conn = await pool.get()
+            conn = await pool.get(avoid)
+            host = conn.host
             status = await conn.request(target.raw(i))
         pool.put(conn)
-        return status
+        return status, host
+    except _ConnectFailed as exc:
+        cause = exc.__cause__
+        return type(cause if cause is not None else exc).__name__, exc.host
     except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
         if conn is not None:
             pool.drop(conn)
-        return type(exc).__name__
+        return type(exc).__name__, host
+
+
+async def _send_with_retries(
+    pool: _Pool, target: Target, i: int, deadline: float, retries: int
+) -> tuple[int | str, str]:
+    """:func:`_send`, then up to ``retries`` more tries while the error is one of
+    :data:`RETRYABLE_ERRORS` and time is left before ``deadline`` (``perf_counter``),
+    each to another host than the last where one is listed: what a client that retries
+    an idempotent request on a connection error does. The outcome of the last try and
+    the first try's error ("" when it succeeded)."""
+    first = ""
+    avoid = ""
+    for attempt in range(retries + 1):
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return "TimeoutError", first
+        outcome, avoid = await _send(pool, target, i, left, avoid)
+        if attempt == 0 and not isinstance(outcome, int):
+            first = outcome
+        if isinstance(outcome, int) or outcome not in RETRYABLE_ERRORS:
+            return outcome, first
+    return outcome, first
 
 
 async def open_loop(
@@ -239,7 +304,7 @@ async def open_loop(
 
     async def one(i: int, scheduled: float) -> None:
         nonlocal failed
-        outcome = await _send(pool, target, i, timeout_s)
+        outcome, _ = await _send(pool, target, i, timeout_s)
         codes[str(outcome)] += 1
         if outcome == 200:
             latencies.append(time.perf_counter() - scheduled)
@@ -303,6 +368,9 @@ class TraceResult:
     # per request: the name of the error that ended it (TimeoutError, ConnectionRefusedError,
     # IncompleteReadError, ...) where status is 0; "" where there was an HTTP answer
     errors: list[str] = field(default_factory=list)
+    # per request: the error of its first try where that failed ("" where it did not);
+    # with retries, a request whose first try failed may still have succeeded
+    first_errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> np.ndarray:
@@ -318,6 +386,7 @@ async def open_loop_trace(
     max_connections: int = 1024,
     on_start: Callable[[float], None] | None = None,
     stop: threading.Event | None = None,
+    retries: int = 0,
 ) -> TraceResult:
     """Send one request at each offset (seconds, e.g. :func:`thinned_arrivals`), open loop.
 
@@ -325,16 +394,22 @@ async def open_loop_trace(
     does; every request is recorded. ``on_start`` gets the ``time.monotonic()`` of offset
     0 (to align other samplers with the trace). ``stop``, once set, ends the trace early:
     no more is sent, requests in flight finish, and the result holds the ones sent.
+    ``retries`` (default 0): a request whose connection was refused or lost is sent again
+    up to this many times, to another host where ``target`` lists several, within the
+    same ``timeout_s`` (:func:`_send_with_retries`); the result's ``first_errors`` says
+    which requests needed it.
     """
     pool = _Pool(target, max_connections)
     n = len(offsets)
     latency = np.full(n, math.inf)
     status = np.zeros(n, dtype=np.int32)
     errors = [""] * n
+    first_errors = [""] * n
     codes: Counter[str] = Counter()
 
     async def one(i: int, scheduled: float) -> None:
-        outcome = await _send(pool, target, i, timeout_s)
+        deadline = time.perf_counter() + timeout_s
+        outcome, first_errors[i] = await _send_with_retries(pool, target, i, deadline, retries)
         codes[str(outcome)] += 1
         if isinstance(outcome, int):
             status[i] = outcome
@@ -364,6 +439,7 @@ async def open_loop_trace(
         status[:sent],
         dict(codes),
         errors[:sent],
+        first_errors[:sent],
     )
 
 

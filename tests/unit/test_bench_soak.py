@@ -277,6 +277,38 @@ def test_summary_attributes_losses_to_fault_kinds_and_judges_the_targets() -> No
     assert s["targets"]["zero_lost_including_router_faults"] is False
 
 
+def test_summary_counts_the_requests_the_clients_retry_saved_per_fault() -> None:
+    """A request whose first try was refused or lost and whose retry succeeded is ok
+    (not lost) and counted as saved, in its fault's window."""
+    send = np.arange(0, 200, 0.1)
+    lat = np.full(len(send), 0.05)
+    status = np.full(len(send), 200)
+    errors = [""] * len(send)
+    first = [""] * len(send)
+    faults = [_fault("router", 100, 104)]
+    for t, e in ((100.0, "ConnectionRefusedError"), (100.5, "IncompleteReadError")):
+        first[round(t * 10)] = e  # retried, then ok
+    status[1010], errors[1010], first[1010] = 0, "ConnectionRefusedError", "ConnectionRefusedError"
+    s = summarize(
+        send, lat, status, errors, faults, [], duration_s=200, warmup_s=60, slo_s=0.5,
+        grace_s=5.0, first_errors=first,
+    )  # fmt: skip
+    assert s["lost_beyond_retry_budget"]["router"] == 1
+    assert s["client_retried"] == {
+        "requests": 3,
+        "first_try_by_cause": {"connection_lost": 1, "connection_refused": 2},
+        "saved": 2,
+        "by_kind": {"server": 0, "router": 2, "operator": 0, "outside": 0},
+    }
+    assert s["faults"][0]["saved_by_client_retry"] == 2
+    # no client retries (an empty list): nothing counted as saved
+    s0 = summarize(
+        send, lat, status, errors, faults, [], duration_s=200, warmup_s=60, slo_s=0.5,
+        grace_s=5.0,
+    )  # fmt: skip
+    assert s0["client_retried"]["requests"] == 0 and s0["faults"][0]["saved_by_client_retry"] == 0
+
+
 def test_summary_p99_target_fails_on_a_slow_minute_outside_the_windows() -> None:
     send = np.arange(0, 240, 0.1)
     lat = np.where((send >= 180) & (send < 200), 0.9, 0.05)  # 20 s slow in minute 3

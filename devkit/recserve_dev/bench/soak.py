@@ -31,7 +31,9 @@ process starts a new series, with its own warm-up).
 
 The client follows the router as a Service would: a watcher lists the model's Ready
 router pods every 0.5 s and new connections go to one of them (there is no kube-proxy on
-the local control plane; clients reach pods by IP).
+the local control plane; clients reach pods by IP). It retries as docs/serving.md
+advises clients: a request whose connection was refused or lost is sent once more to
+another router pod (``--client-retries``, default 1; 0 never retries).
 
 Progress goes to stderr; the last stdout line is one JSON object; details (per-minute
 and per-process series, the faults) go to ``--out``. See docs/bench-soak.md.
@@ -76,18 +78,21 @@ SEED = 20240601
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 # What "lost beyond the documented retry budget" means for each fault kind. The budget
-# is the router's (docs/serving.md, `recserve route`): a request that fails on a backend
-# (connection error, 5xx other than 504) or is refused with 429 is retried once on
-# another backend. A request the client sees fail has used that budget (or had none).
+# (docs/serving.md, "Retries") has two parts: the router's (`recserve route`: a request
+# that fails on a backend with a connection error or a 5xx other than 504, or is
+# refused with 429, is retried once on another backend) and the client's (a request
+# whose connection to a router was refused or lost is sent once more to another router
+# pod: `--client-retries`, default 1; 0 is a client that never retries). A request the
+# client sees fail has used that budget (or had none).
 RETRY_BUDGET = {
     "server": "the router retries a request that failed on the killed server (connection "
     "error, 5xx, 429) once on another backend, and ejects a refusing backend: every "
     "request the client sees fail is lost beyond the budget (both tries failed)",
-    "router": "no retry covers the router itself (the client does not retry): requests "
-    "in flight at the killed router are lost (connection lost), and new connections to it "
-    "are refused until its pod is seen not Ready (other router pods then take them) or, "
-    "with one router pod, until it listens again; all are counted, by fault, as lost "
-    "beyond the budget",
+    "router": "the client sends a request whose connection to the killed router was "
+    "refused (never sent) or lost (in flight; ranking is read-only) once more to another "
+    "router pod (--client-retries); what still fails is lost beyond the budget. With "
+    "--client-retries 0, or one router pod, every request in flight at the killed router "
+    "or sent to it before its pod is seen not Ready is lost",
     "operator": "the operator is not on the request path: any failure while it is down "
     "is lost beyond the budget",
     "outside": "no fault: any failure is lost beyond the budget",
@@ -362,11 +367,15 @@ def summarize(
     warmup_s: float,
     slo_s: float,
     grace_s: float,
+    first_errors: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Everything the report says, from the per-request arrays (send offset, latency
-    from the scheduled send, HTTP status, error name), the faults and the process
-    samples."""
+    from the scheduled send, HTTP status, error name, the first try's error where the
+    client retried), the faults and the process samples."""
     ok = status == 200
+    retried = np.array([bool(e) for e in first_errors], dtype=bool)
+    if len(retried) != len(status):
+        retried = np.zeros(len(status), dtype=bool)
     windows = fault_windows([(f.at_s, f.ready_s) for f in faults], grace_s, duration_s)
     idx = window_of(send_s, latency_s, windows)
     kinds = np.array([f.kind for f in faults] + ["outside"])  # idx -1 picks "outside"
@@ -387,6 +396,7 @@ def summarize(
                 "sent": int(np.count_nonzero(m)),
                 "failed": int(np.count_nonzero(m & failed)),
                 "failed_by_cause": causes(status, errors, m),
+                "saved_by_client_retry": int(np.count_nonzero(m & retried & ok)),
                 "p99_all_ms": _ms(p99_all(np.where(ok, latency_s, np.inf)[m])),
             }
         )
@@ -414,6 +424,20 @@ def summarize(
         "failed_during_warmup": lost_warmup,
         "sent_inside_windows": int(np.count_nonzero(idx >= 0)),
         "lost_beyond_retry_budget": {**lost, "total": sum(lost.values())},
+        "client_retried": {
+            "requests": int(np.count_nonzero(retried)),
+            "first_try_by_cause": dict(
+                sorted(
+                    Counter(
+                        failure_cause(0, first_errors[i]) for i in np.nonzero(retried)[0].tolist()
+                    ).items()
+                )
+            ),
+            "saved": int(np.count_nonzero(retried & ok)),
+            "by_kind": {
+                k: int(np.count_nonzero(retried & ok & (kind_of == k))) for k in RETRY_BUDGET
+            },
+        },
         "faults_by_kind": dict(Counter(f.kind for f in faults)),
         "faults": per_fault,
         "p99_ms_all": _ms(p99_all(np.where(ok, latency_s, np.inf))),
@@ -872,7 +896,13 @@ def soak(args: argparse.Namespace, work: Path, out: Path) -> dict[str, Any]:
             injector.start()
 
         result = asyncio.run(
-            open_loop_trace(target, offsets, timeout_s=args.timeout_s, on_start=on_start)
+            open_loop_trace(
+                target,
+                offsets,
+                timeout_s=args.timeout_s,
+                on_start=on_start,
+                retries=args.client_retries,
+            )
         )
         _log(f"load done: {int(np.count_nonzero(result.ok))}/{len(offsets)} ok")
     finally:
@@ -899,6 +929,7 @@ def soak(args: argparse.Namespace, work: Path, out: Path) -> dict[str, Any]:
         warmup_s=warmup,
         slo_s=args.slo_ms / 1000,
         grace_s=args.window_grace_s,
+        first_errors=result.first_errors,
     )
     report: dict[str, Any] = {
         "bench": "soak",
@@ -911,6 +942,7 @@ def soak(args: argparse.Namespace, work: Path, out: Path) -> dict[str, Any]:
         "window_grace_s": args.window_grace_s,
         "load_fraction": None if args.rate_rps else args.load_fraction,
         "spare_replicas": args.spare_replicas,
+        "client_retries": args.client_retries,
         "planned": [
             {
                 k: p.get(k)
@@ -938,7 +970,16 @@ def soak(args: argparse.Namespace, work: Path, out: Path) -> dict[str, Any]:
         "faults": [
             {
                 k: f[k]
-                for k in ("kind", "pod", "at_s", "down_s", "sent", "failed", "failed_by_cause")
+                for k in (
+                    "kind",
+                    "pod",
+                    "at_s",
+                    "down_s",
+                    "sent",
+                    "failed",
+                    "failed_by_cause",
+                    "saved_by_client_retry",
+                )
             }
             for f in summary["faults"]
         ],
@@ -975,6 +1016,7 @@ def soak(args: argparse.Namespace, work: Path, out: Path) -> dict[str, Any]:
         latency_s=result.latency_s,
         status=result.status,
         errors=np.array(result.errors, dtype=str),
+        first_errors=np.array(result.first_errors, dtype=str),
     )
     return report
 
@@ -990,7 +1032,7 @@ def human(report: dict[str, Any]) -> str:
             if r["load_fraction"] is not None
             else f"(set; planned {r['planned_capacity_rps']:g} rps), "
         )
-        + f"spare replicas {r['spare_replicas']}, "
+        + f"spare replicas {r['spare_replicas']}, client retries {r['client_retries']}, "
         f"{r['router_pods']} router pod(s), warm-up {r['warmup_s']:g}s, SLO p99 "
         f"{r['slo_p99_ms']:g} ms (EMULATED device)",
         f"requests {r['requests']}: ok {r['ok']}, failed {r['failed']} {r['failed_by_cause']}"
@@ -999,11 +1041,14 @@ def human(report: dict[str, Any]) -> str:
         f"faults {r['faults_by_kind']}; lost beyond the retry budget: server "
         f"{lost['server']}, router {lost['router']}, operator {lost['operator']}, outside "
         f"windows {lost['outside']}",
+        f"client retries: {r['client_retried']['requests']} requests retried "
+        f"{r['client_retried']['first_try_by_cause']}, {r['client_retried']['saved']} saved",
     ]
     for f in r["faults"]:
         lines.append(
             f"  {f['at_s']:7.1f}s {f['kind']:8s} {f['pod']}: Ready again after {f['down_s']} s;"
-            f" {f['failed']}/{f['sent']} failed {f['failed_by_cause']}"
+            f" {f['failed']}/{f['sent']} failed {f['failed_by_cause']}, "
+            f"{f['saved_by_client_retry']} saved by the client's retry"
         )
     lines += [
         f"p99 outside fault windows {r['p99_ms_outside_windows']} ms (worst minute "
@@ -1066,6 +1111,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         default=None,
         help="router pods per RecModel (the chart's router.replicas; default: the chart's)",
+    )
+    p.add_argument(
+        "--client-retries",
+        type=int,
+        default=1,
+        help="times the client sends a request again after its connection to a router was "
+        "refused or lost, to another router pod (default 1, as docs/serving.md advises "
+        "clients; 0: a client that never retries)",
     )
     p.add_argument("--seed", type=int, default=SEED, help="faults, pods picked, arrivals")
     p.add_argument("--slo-ms", type=float, default=500.0, help="p99 target (default 500)")
