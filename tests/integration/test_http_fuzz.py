@@ -9,14 +9,18 @@ higher for a longer run.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import math
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -100,8 +104,34 @@ METHODS = st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPT
 TOKEN = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz-0123456789"), min_size=1, max_size=20)
 HEADER_VALUE = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
 HEADERS = st.dictionaries(
-    TOKEN | st.sampled_from(["content-type", "inference-header-content-length", "accept"]),
-    HEADER_VALUE | st.integers(-10, 10**6).map(str),
+    TOKEN
+    | st.sampled_from(
+        [
+            "content-type",
+            "inference-header-content-length",
+            "accept",
+            "content-encoding",
+            "transfer-encoding",
+            "expect",
+            "connection",
+        ]
+    ),
+    HEADER_VALUE
+    | st.integers(-10, 10**6).map(str)
+    # encodings the servers do not decode, and ones that change how the body is framed
+    | st.sampled_from(
+        [
+            "gzip",
+            "br",
+            "chunked",
+            "gzip, chunked",
+            "100-continue",
+            "close",
+            "upgrade",
+            "application/json; charset=utf-16",
+            "application/octet-stream",
+        ]
+    ),
     max_size=5,
 )
 BODIES = (
@@ -132,10 +162,23 @@ def request(target: Running, method: str, path: str, headers: dict[str, str], bo
         conn.close()
 
 
-def still_serving(target: Running, valid_rank: bytes) -> None:
+JSON_HEADERS = {"content-type": "application/json"}
+# Per target (server, router): the latency of each valid request sent between fuzz
+# examples, and the process's RSS (kB) at the first and the latest of them.
+DURING_FUZZ: dict[str, list[float]] = {}
+RSS_DURING_FUZZ: dict[str, list[int]] = {}
+
+
+def still_serving(target: Running, valid_rank: bytes, which: str = "") -> None:
     assert target.proc.poll() is None, f"process exited: {target.logs()[-2000:]}"
-    status = request(target, "POST", "/v1/rank", {"content-type": "application/json"}, valid_rank)
+    t0 = time.perf_counter()
+    status = request(target, "POST", "/v1/rank", JSON_HEADERS, valid_rank)
     assert status == 200, status
+    if which:
+        DURING_FUZZ.setdefault(which, []).append(time.perf_counter() - t0)
+        rss = RSS_DURING_FUZZ.setdefault(which, [])
+        rss[1:] = [rss_kb(target.proc.pid)]
+        rss[:1] = rss[:1] or rss[1:]
 
 
 def _check(status: int) -> None:
@@ -154,7 +197,7 @@ def test_fuzz_requests(
 ) -> None:
     target, valid_rank = request_target(which)
     _check(request(target, method, path, headers, body))
-    still_serving(target, valid_rank)
+    still_serving(target, valid_rank, which)
 
 
 @pytest.mark.parametrize("which", ["server", "router"])
@@ -174,7 +217,43 @@ def test_fuzz_raw_bytes_on_the_socket(request_target: Any, which: str, raw: byte
             answer = b""
     if answer.startswith(b"HTTP/1.1 "):
         _check(int(answer[9:12]))
-    still_serving(target, valid_rank)
+    still_serving(target, valid_rank, which)
+
+
+@pytest.mark.parametrize("which", ["server", "router"])
+@pytest.mark.fault(
+    "the fuzz above: its valid requests' latency and the process's memory",
+    expect="valid requests between fuzz examples as fast as on an idle process (p99 within "
+    "3x, or 50 ms); RSS growth over the fuzz <= 10%",
+)
+def test_valid_requests_kept_their_latency_and_memory_through_the_fuzz(
+    request_target: Any, which: str, measured: Callable[[str], None]
+) -> None:
+    """Runs after the fuzz tests of this module (file order): compares the valid requests
+    sent between fuzz examples with as many sent now, one after the other, to the same
+    process, and the RSS at the first example with the RSS after the last."""
+    during = DURING_FUZZ.get(which, [])
+    if len(during) < 20:
+        pytest.skip("the fuzz tests did not run first (run the whole module)")
+    target, valid_rank = request_target(which)
+    idle = []
+    for _ in range(len(during)):
+        t0 = time.perf_counter()
+        status = request(
+            target, "POST", "/v1/rank", {"content-type": "application/json"}, valid_rank
+        )
+        assert status == 200
+        idle.append(time.perf_counter() - t0)
+    p99_fuzz, p99_idle = (float(np.percentile(x, 99)) * 1000 for x in (during, idle))
+    first, last = RSS_DURING_FUZZ[which]
+    growth = (last - first) / first * 100
+    measured(
+        f"{which}: {len(during)} valid requests between fuzz examples, p99 {p99_fuzz:.1f} ms "
+        f"(idle after: {p99_idle:.1f} ms); RSS {first / 1024:.0f} -> {last / 1024:.0f} MB "
+        f"({growth:+.1f}%)"
+    )
+    assert p99_fuzz <= max(3 * p99_idle, p99_idle + 50), (p99_fuzz, p99_idle)
+    assert growth <= 10, (first, last)
 
 
 @pytest.fixture
@@ -245,3 +324,121 @@ def test_oversized_headers_are_refused_with_431(request_target: Any, which: str)
         assert status in (b"HTTP/1.1 431 Request Header Fields Too Large", b""), (name, status)
     still_serving(target, valid_rank)
     assert (rss_kb(target.proc.pid) - before) / 1024 < 32, "a head over the limit was buffered"
+
+
+READ_TIMEOUT_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def slow_targets(
+    variant: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Running]]:
+    """A server and a router in front of it, both with a 2 s ``--read-timeout-s``."""
+    flag = ("--read-timeout-s", str(READ_TIMEOUT_S))
+    with run_server(variant, tmp_path_factory.mktemp("slow-logs"), *flag) as server:
+        backends = [f"127.0.0.1:{server.port}"]
+        with run_router(backends, tmp_path_factory.mktemp("slow-logs"), *flag) as router:
+            yield {"server": server, "router": router}
+
+
+async def _slow_clients(port: int, each: int) -> dict[str, list[tuple[bytes, float]]]:
+    """``each`` connections of three kinds: silent (connect, send nothing), a head
+    trickled a byte every 0.2 s, a body trickled likewise after a whole head. For each:
+    the first bytes of what the server answered (b"" when it closed without an answer)
+    and the seconds from the connection until then (inf when it was still open after
+    10 s)."""
+    import asyncio
+    import time
+
+    head = b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    kinds = {
+        "silent": (b"", b""),
+        "slow head": (b"", head + b"X-Slow: " + b"a" * 200),
+        "slow body": (head + b"Content-Length: 500\r\n\r\n", b"[" * 500),
+    }
+
+    async def one(first: bytes, trickle: bytes) -> tuple[bytes, float]:
+        t0 = time.perf_counter()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+        async def drip() -> None:
+            writer.write(first)
+            for i in range(len(trickle)):
+                await asyncio.sleep(0.2)
+                writer.write(trickle[i : i + 1])
+                await writer.drain()
+
+        dripping = asyncio.create_task(drip())
+        try:
+            answer = await asyncio.wait_for(reader.read(64), 10)
+            return answer, time.perf_counter() - t0
+        except TimeoutError:
+            return b"open", math.inf
+        except ConnectionError:
+            return b"", time.perf_counter() - t0
+        finally:
+            dripping.cancel()
+            with contextlib.suppress(BaseException):
+                await dripping
+            writer.close()
+
+    async def all_of() -> dict[str, list[tuple[bytes, float]]]:
+        out = {}
+        for kind, (first, trickle) in kinds.items():
+            out[kind] = [one(first, trickle) for _ in range(each)]
+        results = await asyncio.gather(*(c for cs in out.values() for c in cs))
+        it = iter(results)
+        return {kind: [next(it) for _ in cs] for kind, cs in out.items()}
+
+    return await all_of()
+
+
+@pytest.mark.parametrize("which", ["server", "router"])
+@pytest.mark.fault(
+    "slow clients: connections that send nothing, heads and bodies trickled a byte every "
+    "0.2 s (slowloris), 3 x 30 at once",
+    expect="each cut off at --read-timeout-s (408, or closed when nothing came); valid "
+    "requests served meanwhile; RSS and open fds back to where they were",
+)
+def test_slow_clients_are_cut_off_at_the_read_timeout(
+    slow_targets: dict[str, Running],
+    valid_rank: bytes,
+    which: str,
+    measured: Callable[[str], None],
+) -> None:
+    import asyncio
+    import threading
+
+    target = slow_targets[which]
+    still_serving(target, valid_rank)
+    before_fds = len(os.listdir(f"/proc/{target.proc.pid}/fd"))
+    before_rss = rss_kb(target.proc.pid)
+    served: list[int] = []
+    done = threading.Event()
+
+    def keep_asking() -> None:  # valid requests while the slow clients hold connections
+        while not done.is_set():
+            served.append(request(target, "POST", "/v1/rank", JSON_HEADERS, valid_rank))
+
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        results = asyncio.run(_slow_clients(target.port, 30))
+    finally:
+        done.set()
+        asker.join()
+    for kind, outcomes in results.items():
+        answers = {a.split(b"\r\n", 1)[0] for a, _ in outcomes}
+        want = {b""} if kind == "silent" else {b"HTTP/1.1 408 Request Timeout"}
+        assert answers == want, (kind, answers)
+        slowest = max(t for _, t in outcomes)
+        # cut at the deadline: not before it, and not long after (a loaded 2-core machine)
+        assert min(t for _, t in outcomes) >= READ_TIMEOUT_S - 0.1, kind
+        assert slowest <= READ_TIMEOUT_S + 3, (kind, slowest)
+        measured(f"{which}, {kind}: cut off after {slowest:.2f} s at most (30 connections)")
+    assert served and set(served) == {200}, set(served)
+    measured(f"{which}: {len(served)} valid requests served, all 200, while 90 were held")
+    still_serving(target, valid_rank)
+    fds = len(os.listdir(f"/proc/{target.proc.pid}/fd"))
+    assert fds <= before_fds + 5, (before_fds, fds)  # the 90 connections are gone
+    assert (rss_kb(target.proc.pid) - before_rss) / 1024 < 32

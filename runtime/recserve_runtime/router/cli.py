@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from recserve_runtime.httplimits import READ_TIMEOUT_S
 from recserve_runtime.router.balancer import POLICIES
 
 
@@ -35,6 +36,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "benchmark's baselines, with the same retries",
     )  # fmt: skip
     p.add_argument("--timeout-s", type=float, default=5.0, help="per backend request")
+    p.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=READ_TIMEOUT_S,
+        help=f"a client's request must arrive whole within this many seconds, else 408 "
+        f"(default {READ_TIMEOUT_S:g})",
+    )
     p.add_argument("--health-interval-s", type=float, default=1.0)
     p.add_argument(
         "--refresh-interval-s",
@@ -112,5 +120,5 @@ def _route(args: argparse.Namespace) -> int:
         inner = frozenset({"/metrics", "/router/backends"})
         rest, only = split_off(router.handle, inner, "--metrics-port")
         app = ASGIApp(rest, router.startup, router.shutdown, metrics=(args.metrics_port, only))
-    run_uvicorn(app, args.host, args.port, 10)
+    run_uvicorn(app, args.host, args.port, 10, read_timeout_s=args.read_timeout_s)
     return 0

@@ -3,6 +3,7 @@ see docs/serving.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -11,6 +12,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from recserve_runtime.httplimits import MAX_BODY_BYTES, MAX_HEAD_BYTES, READ_TIMEOUT_S
 from recserve_runtime.server.service import InferenceServer, Response
 
 log = logging.getLogger("recserve.server")
@@ -19,9 +21,6 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[str, str, dict[str, str], bytes], Awaitable[Response]]
-# The largest request body read: a full 4096-row batch is about 2 MB as JSON; anything
-# far larger is refused (413) before it is buffered, not after it filled the memory.
-MAX_BODY_BYTES = 16 << 20
 
 
 def split_off(handle: Handler, paths: frozenset[str], flag: str) -> tuple[Handler, Handler]:
@@ -143,36 +142,74 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-# Request line and headers of one request, at most (nginx answers 400 past 32 KiB, Go's
-# net/http 431 past 1 MiB). httptools has no limit of its own: a client could make the
-# parser buffer a header of any size (a 1 MB header was answered 200 before this).
-MAX_HEAD_BYTES = 64 * 1024
+def _plain(status: str, text: str) -> bytes:
+    body = text.encode()
+    return (
+        b"HTTP/1.1 " + status.encode() + b"\r\n"
+        b"content-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n"
+        b"connection: close\r\n\r\n" + body
+    )
 
 
-def bounded_head_protocol() -> type:
+def bounded_head_protocol(read_timeout_s: float = READ_TIMEOUT_S) -> type:
     """uvicorn's httptools protocol, answering 431 and closing when a request's line and
-    headers pass ``MAX_HEAD_BYTES``: measured when they are complete, and cut off as
-    bytes arrive while they are not (so the parser's own buffer, which one endless header
-    would fill, never holds more than that plus one read)."""
+    headers pass ``MAX_HEAD_BYTES`` (measured when they are complete, and cut off as
+    bytes arrive while they are not, so the parser's own buffer, which one endless header
+    would fill, never holds more than that plus one read), and answering 408 and closing
+    when a request has not fully arrived ``read_timeout_s`` after the connection was
+    made or its first byte came (a connection that sent nothing is closed)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    too_large = f"request line and headers over {MAX_HEAD_BYTES} bytes".encode()
-    answer = (
-        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-        b"content-type: text/plain; charset=utf-8\r\n"
-        b"content-length: " + str(len(too_large)).encode() + b"\r\n"
-        b"connection: close\r\n\r\n" + too_large
+    answer = _plain(
+        "431 Request Header Fields Too Large",
+        f"request line and headers over {MAX_HEAD_BYTES} bytes",
     )
+    too_slow = _plain("408 Request Timeout", f"request not received within {read_timeout_s:g} s")
 
     class BoundedHead(HttpToolsProtocol):
         _chunk = 0  # bytes of the read being parsed
         _received = 0  # bytes that arrived while the head was incomplete, this one too
         _in_head = True
         _over = False
+        _deadline: asyncio.TimerHandle | None = None
+        _begun = False  # a request's first byte came and its last has not
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(read_timeout_s, self._timed_out)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _timed_out(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            if self._begun:  # part of a request came: say why it is cut off
+                self.transport.write(too_slow)
+            self.transport.close()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._received, self._in_head, self._over = self._chunk, True, False
+            self._begun = True
+            self._arm()
+
+        def on_message_complete(self) -> None:
+            self._begun = False
+            self._disarm()  # the request is in; how long the answer takes is the app's
+            super().on_message_complete()
 
         def on_headers_complete(self) -> None:
             self._in_head = False
@@ -211,10 +248,12 @@ def run_uvicorn(
     port: int,
     graceful_timeout_s: float = 30.0,
     admin_host: str | None = None,
+    read_timeout_s: float = READ_TIMEOUT_S,
 ) -> None:
     """Serve ``app`` with uvicorn (httptools parser, uvloop when installed); blocks.
     With an admin handler, the app's admin port is listened on too (at ``admin_host``,
-    default ``host``).
+    default ``host``). A request must arrive within ``read_timeout_s``
+    (:func:`bounded_head_protocol`).
 
     On SIGTERM/SIGINT uvicorn stops accepting, waits for in-flight requests (which
     drains the batch queue), then runs the lifespan shutdown hook.
@@ -248,7 +287,7 @@ def run_uvicorn(
         host=host,
         port=port,
         loop=loop,
-        http=bounded_head_protocol(),
+        http=bounded_head_protocol(read_timeout_s),
         lifespan="on",
         access_log=False,
         log_level="warning",

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from recserve_runtime.artifacts import P99_TARGET_MS_DEFAULT
+from recserve_runtime.httplimits import READ_TIMEOUT_S
 from recserve_runtime.threads import SERVER_INTRA_OP_THREADS
 
 
@@ -42,6 +43,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-queue-delay-ms", type=float, default=0.0)
     p.add_argument("--limits-file", type=Path, help="JSON limits, re-read when it changes")
     p.add_argument("--drain-timeout-s", type=float, default=30.0)
+    p.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=READ_TIMEOUT_S,
+        help=f"a request must arrive whole within this many seconds of its connection (or "
+        f"of its first byte on a kept-alive one), else 408 and the connection is closed "
+        f"(default {READ_TIMEOUT_S:g}; slow clients cannot hold connections)",
+    )
     p.add_argument(
         "--emulate-us-per-row",
         type=float,
@@ -178,7 +187,9 @@ def _serve(args: argparse.Namespace) -> int:
         args.hardware,
     )  # fmt: skip
     app = make_app(server, args.admin_port or None, args.metrics_port or None)
-    run_uvicorn(app, args.host, args.port, args.drain_timeout_s, args.admin_host)
+    run_uvicorn(
+        app, args.host, args.port, args.drain_timeout_s, args.admin_host, args.read_timeout_s
+    )
     return 0
 
 
