@@ -1445,7 +1445,7 @@ def test_a_static_int8_whose_inputs_moved_is_recalibrated_on_recent_requests_and
     autoscaling: dict[str, Any], k8s: client.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
     """A static INT8 (activation ranges calibrated on training rows) is served first,
-    being faster. The requests' dense features sit two standard deviations off those rows:
+    being faster. The requests' dense features sit three standard deviations off those rows:
     its ranking departs from the FP32 reference (fidelity drift), so the pool goes to the
     reference at once, and a recalibrate Job, which finds the pool's servers itself,
     calibrates the INT8 again on their sample of recent requests and checks it (on rows it
@@ -1467,11 +1467,15 @@ def test_a_static_int8_whose_inputs_moved_is_recalibrated_on_recent_requests_and
     profile = _int8_at(ProfileReport.read(out), static, 2.0)
     policy = _policy(namespace)
     # the synthetic model's INT8 variants lose about 4% AUC against labels drawn from its
-    # own FP32 scores (test data, not an accuracy claim)
-    policy["spec"]["objectives"]["accuracyBudgetBasisPoints"] = 800
+    # own FP32 scores, and one recalibrated on rows 3 SD off loses 5-10% on the unshifted
+    # held-out rows, by the sample it drew (test data, not an accuracy claim: the budget's
+    # refusal is test_recalibrate.py's)
+    policy["spec"]["objectives"]["accuracyBudgetBasisPoints"] = 1500
     policy["spec"]["drift"] = {
         "fidelitySampleBasisPoints": 5000,
-        "fidelityAgreementBasisPoints": 8500,
+        # 3 SD off: the static INT8 agrees about 0.81-0.83 with FP32 there, recalibrated about
+        # 0.89 (2 SD gave 0.92 vs 0.92 with the dependencies of 2026-12-07: no drift)
+        "fidelityAgreementBasisPoints": 8600,
         "checkIntervalSeconds": 5,
         "sustainedSeconds": 20,
         "cooldownSeconds": 600,
@@ -1514,7 +1518,7 @@ def test_a_static_int8_whose_inputs_moved_is_recalibrated_on_recent_requests_and
         core, namespace, f"recserve.io/model={MODEL},app.kubernetes.io/component=router"
     )
     bodies = rank_bodies(
-        load_manifest(autoscaling["folder"]), count=32, candidates=CANDIDATES, dense_shift=2.0
+        load_manifest(autoscaling["folder"]), count=32, candidates=CANDIDATES, dense_shift=3.0
     )
     load = Load(Target(router, 8080, "/v1/rank", bodies), 10, 400)
     started = time.monotonic()
