@@ -176,9 +176,8 @@ def still_serving(target: Running, valid_rank: bytes, which: str = "") -> None:
     assert status == 200, status
     if which:
         DURING_FUZZ.setdefault(which, []).append(time.perf_counter() - t0)
-        rss = RSS_DURING_FUZZ.setdefault(which, [])
-        rss[1:] = [rss_kb(target.proc.pid)]
-        rss[:1] = rss[:1] or rss[1:]
+        rss = rss_kb(target.proc.pid)
+        RSS_DURING_FUZZ.setdefault(which, [rss, rss])[1] = rss  # [first, latest]
 
 
 def _check(status: int) -> None:
@@ -382,15 +381,10 @@ async def _slow_clients(port: int, each: int) -> dict[str, list[tuple[bytes, flo
                 await dripping
             writer.close()
 
-    async def all_of() -> dict[str, list[tuple[bytes, float]]]:
-        out = {}
-        for kind, (first, trickle) in kinds.items():
-            out[kind] = [one(first, trickle) for _ in range(each)]
-        results = await asyncio.gather(*(c for cs in out.values() for c in cs))
-        it = iter(results)
-        return {kind: [next(it) for _ in cs] for kind, cs in out.items()}
-
-    return await all_of()
+    results = await asyncio.gather(
+        *(one(first, trickle) for first, trickle in kinds.values() for _ in range(each))
+    )
+    return {kind: results[k * each : (k + 1) * each] for k, kind in enumerate(kinds)}
 
 
 @pytest.mark.parametrize("which", ["server", "router"])

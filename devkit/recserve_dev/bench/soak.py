@@ -373,9 +373,9 @@ def summarize(
     from the scheduled send, HTTP status, error name, the first try's error where the
     client retried), the faults and the process samples."""
     ok = status == 200
-    retried = np.array([bool(e) for e in first_errors], dtype=bool)
-    if len(retried) != len(status):
-        retried = np.zeros(len(status), dtype=bool)
+    # no first errors given: a client that never retried
+    retried = np.array([bool(e) for e in first_errors] or [False] * len(status))
+    saved = retried & ok  # ok only thanks to the client's retry
     windows = fault_windows([(f.at_s, f.ready_s) for f in faults], grace_s, duration_s)
     idx = window_of(send_s, latency_s, windows)
     kinds = np.array([f.kind for f in faults] + ["outside"])  # idx -1 picks "outside"
@@ -396,7 +396,7 @@ def summarize(
                 "sent": int(np.count_nonzero(m)),
                 "failed": int(np.count_nonzero(m & failed)),
                 "failed_by_cause": causes(status, errors, m),
-                "saved_by_client_retry": int(np.count_nonzero(m & retried & ok)),
+                "saved_by_client_retry": int(np.count_nonzero(m & saved)),
                 "p99_all_ms": _ms(p99_all(np.where(ok, latency_s, np.inf)[m])),
             }
         )
@@ -426,17 +426,10 @@ def summarize(
         "lost_beyond_retry_budget": {**lost, "total": sum(lost.values())},
         "client_retried": {
             "requests": int(np.count_nonzero(retried)),
-            "first_try_by_cause": dict(
-                sorted(
-                    Counter(
-                        failure_cause(0, first_errors[i]) for i in np.nonzero(retried)[0].tolist()
-                    ).items()
-                )
-            ),
-            "saved": int(np.count_nonzero(retried & ok)),
-            "by_kind": {
-                k: int(np.count_nonzero(retried & ok & (kind_of == k))) for k in RETRY_BUDGET
-            },
+            # every first try of a retried request failed: status 0, by its error
+            "first_try_by_cause": causes(np.zeros(len(status)), first_errors, retried),
+            "saved": int(np.count_nonzero(saved)),
+            "by_kind": {k: int(np.count_nonzero(saved & (kind_of == k))) for k in RETRY_BUDGET},
         },
         "faults_by_kind": dict(Counter(f.kind for f in faults)),
         "faults": per_fault,
