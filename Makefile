@@ -15,7 +15,7 @@ PYTEST_ARGS ?= --durations=20  # the slowest tests, to keep CI within its time
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install crds crds-check lint typecheck test test-kind test-unit test-integration reliability reliability-table bench demo tools images kind-up kind-down kind-node-image sbom cluster-up cluster-down clean
+.PHONY: help install lock lock-check crds crds-check lint typecheck test test-kind test-unit test-integration reliability reliability-table bench demo tools images kind-up kind-down kind-node-image sbom cluster-up cluster-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,12 +26,27 @@ $(PYTHON):
 # uv (from PyPI, into the venv itself) resolves and links from its cache: a new venv with
 # torch is seconds once the cache is warm.
 $(UV): | $(PYTHON)
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check 'uv>=0.4'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check 'uv==0.13.9'
+
+# Every install takes its versions from the lock (constraints.txt): the versions CI
+# tested, so a fresh machine months later gets the same torch, onnxruntime and numpy, not
+# whatever PyPI has that day. `make lock` moves them forward, on purpose, in one commit.
+LOCK := constraints.txt
+LOCK_COMPILE = $(UV) pip compile --quiet --universal --python-version 3.11 --all-extras \
+	--custom-compile-command 'make lock' pyproject.toml
 
 # The dev kit (devkit/: local control plane, demo, test models, benchmarks) is its own
 # distribution, recserve-dev; it is never in the product's images.
-install: $(UV)  ## create/refresh $(VENV) with recserve and its dev kit (editable), dev and build extras (torch: several GB, once)
-	$(UV) pip install --quiet --python $(PYTHON) -e '.[dev,build]' -e ./devkit
+install: $(UV)  ## create/refresh $(VENV) with recserve and its dev kit (editable), dev and build extras, at the lock's versions (torch: several GB, once)
+	$(UV) pip install --quiet --python $(PYTHON) -c $(LOCK) -e '.[dev,build]' -e ./devkit
+
+lock: $(UV)  ## re-resolve constraints.txt to the newest versions pyproject.toml allows (PACKAGE=name: move that one only); then make test
+	$(LOCK_COMPILE) $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade) -o $(LOCK)
+
+lock-check: $(UV)  ## fail if constraints.txt is stale: pyproject.toml's requirements changed since make lock
+	@tmp=$$(mktemp -d) && cp $(LOCK) $$tmp/lock.txt && $(LOCK_COMPILE) -o $$tmp/lock.txt \
+	  && if diff -u $(LOCK) $$tmp/lock.txt; then rm -rf $$tmp; \
+	  else rm -rf $$tmp; echo "$(LOCK) does not match pyproject.toml (above: what a resolve would change): run make lock, then make test" >&2; exit 1; fi
 
 crds:  ## regenerate crds/, the chart's CRDs and docs/api-reference.md from the API types
 	$(PYTHON) -m recserve_runtime.cli crds
@@ -59,7 +74,7 @@ endef
 RELIABILITY_JSON ?= build/reliability-run.json
 export RECSERVE_RELIABILITY_JSON := $(abspath $(RELIABILITY_JSON))
 
-test: install tools lint crds-check  ## the whole test suite (what CI runs)
+test: install tools lint crds-check lock-check  ## the whole test suite (what CI runs)
 	@mkdir -p $(dir $(RELIABILITY_JSON))
 	$(call run_pytest,-m "not bench and not gpu and not kind")
 
@@ -81,7 +96,7 @@ test-integration: install tools  ## integration tests on a fresh local control p
 	$(call run_pytest,-m integration)
 
 bench: install tools  ## benchmarks (print ratios against in-run baselines)
-	$(UV) pip install --quiet --python $(PYTHON) -e '.[dev,build,bench]' -e ./devkit
+	$(UV) pip install --quiet --python $(PYTHON) -c $(LOCK) -e '.[dev,build,bench]' -e ./devkit
 	$(call run_pytest,-m bench -s)
 
 # KIND=1: on the kind cluster of `make kind-up` instead of the local control plane.

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs recserve into the image's virtualenv /opt/recserve (docker/Dockerfile).
-#   install.sh deps EXTRAS   the dependencies of recserve[EXTRAS], from pyproject.toml alone
+#   install.sh deps EXTRAS   the dependencies of recserve[EXTRAS], from pyproject.toml alone,
+#                            at the versions of the lock (constraints.txt: what CI tested)
 #   install.sh sources       recserve itself, from the copied sources, without dependencies
 # Environment: TORCH_INDEX_URL (torch's index when EXTRAS has build; empty: PyPI's),
 # ONNXRUNTIME (the onnxruntime distribution: onnxruntime-gpu for a GPU server),
@@ -17,14 +18,17 @@ case $1 in
     mkdir -p operator/recserve_operator runtime/recserve_runtime
     touch operator/recserve_operator/__init__.py runtime/recserve_runtime/__init__.py README.md
     case ",$2," in
-      *,build,*) $pip install torch ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} ;;
+      # The lock's torch version; from PyTorch's CPU index that is its +cpu build, which
+      # the lock's torch==X.Y.Z accepts (a local version label does not count there).
+      *,build,*) $pip install "$(grep '^torch==' constraints.txt | cut -d' ' -f1)" \
+                   ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} ;;
     esac
-    $pip install ".[$2]"
+    $pip install -c constraints.txt ".[$2]"
     if [ "${ONNXRUNTIME:-onnxruntime}" != onnxruntime ] && $pip show onnxruntime >/dev/null 2>&1; then
       $pip uninstall -y onnxruntime && $pip install "$ONNXRUNTIME"
     fi
     $pip uninstall -y recserve
-    rm -rf operator runtime build ./*.egg-info README.md ;;
+    rm -rf operator runtime build ./*.egg-info README.md constraints.txt ;;
   sources)
     $pip install --no-cache-dir --no-deps .
     rm -rf build ./*.egg-info
