@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from recserve_operator.api.common import GROUP
+from recserve_operator.diffbase import LeanDiffBaseStorage
 
 FINALIZER = f"{GROUP}/finalizer"
 PROGRESS_ANNOTATION_PREFIX = GROUP
@@ -55,20 +56,20 @@ def configure(settings: Any) -> None:
     settings.watching.connect_timeout = _int_env("RECSERVE_WATCH_CONNECT_TIMEOUT_SECONDS", 30)
     # Back off between retries of failed handlers instead of retrying in a hot loop.
     settings.watching.reconnect_backoff = 1.0
-    settings.batching.error_delays = (1, 2, 5, 10, 30, 60, 120, 300)
+    settings.queueing.error_delays = (1, 2, 5, 10, 30, 60, 120, 300)
     # API errors (429, 5xx, resets): kopf retries with these delays and honours Retry-After.
     settings.networking.error_backoffs = (1, 2, 5, 10, 20, 30)
     # On SIGTERM, give running handlers this long, then stop (the chart's grace is 30 s).
-    settings.batching.exit_timeout = _int_env("RECSERVE_EXIT_TIMEOUT_SECONDS", 20)
+    settings.queueing.exit_timeout = _int_env("RECSERVE_EXIT_TIMEOUT_SECONDS", 20)
     settings.networking.request_timeout = _int_env("RECSERVE_REQUEST_TIMEOUT_SECONDS", 60)
     # Progress of multi-step handlers lives in annotations on the object itself (survives
     # an operator restart without extra status fields that users might edit).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=PROGRESS_ANNOTATION_PREFIX
     )
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PROGRESS_ANNOTATION_PREFIX
-    )
+    # kopf's annotation storage, with a build that copies only what the essence keeps
+    # (diffbase.py: a tenth of the operator's CPU time in a burst of 200 models).
+    settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=PROGRESS_ANNOTATION_PREFIX)
     settings.persistence.finalizer = FINALIZER
     # One replica by default (chart: strategy Recreate); with more, a Lease elects the one
     # that acts (recserve_operator/leader.py), so kopf's peering stays off.

@@ -46,7 +46,7 @@ NODES = int(os.environ.get("RECSERVE_SCALE_NODES", "1000"))
 OPERATOR_KINDS = {
     ("apps", "deployments"), ("", "services"), ("", "serviceaccounts"), ("batch", "jobs"),
     ("rbac.authorization.k8s.io", "roles"), ("rbac.authorization.k8s.io", "rolebindings"),
-    ("networking.k8s.io", "networkpolicies"),
+    ("networking.k8s.io", "networkpolicies"), ("", "configmaps"),
 }  # fmt: skip
 _SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 
