@@ -194,7 +194,7 @@ def test_apply_writes_scale_limits_and_status_once() -> None:
     stored = kube.add({**rm.to_wire(), "apiVersion": "recserve.io/v1alpha1", "kind": "RecModel"})
     kube.add(SERVED_DEPLOYMENT)
     observed = observe_pools(kube, rm, [PLANNED])
-    assert observed["cpu-pool"] == Observed(2, 2, None)
+    assert observed["cpu-pool"] == Observed(2, 2, None, limits_seen=False)
     out = decide_tick(rm, policy(), [PLANNED], observed, snapshot(400.0), {}, NOW)
     apply_tick(kube, RecModel.model_validate(stored), out)
     assert kube.verbs("scale") == ["m-cpu-pool"]
@@ -211,6 +211,22 @@ def test_apply_writes_scale_limits_and_status_once() -> None:
         decide_tick(again, policy(), [PLANNED], observed, snapshot(400.0), out.memory, NOW),
     )
     assert kube.verbs("patch_status") == ["m"]
+
+
+def test_a_limits_config_map_the_watch_has_not_seen_is_left_to_the_pass() -> None:
+    """The pass creates a pool's limits ConfigMap with the plan's limits. A tick that comes
+    before the watch shows it does not write those limits again; one that decides other
+    limits writes them; one whose ConfigMap is there but does not parse rewrites it."""
+    unseen = {"cpu-pool": Observed(2, 2, None, limits_seen=False)}
+    light = snapshot(100.0)
+    quiet = decide_tick(model(), policy(batchTuning=False), [PLANNED], unseen, light, {}, NOW)
+    assert quiet.limits == {}
+    loaded = snapshot(180.0, p99=0.02, ready=2)
+    tuned = decide_tick(model(), policy(maxBatchSize=1024), [PLANNED], unseen, loaded, {}, NOW)
+    assert tuned.limits["m-cpu-pool-limits"].max_batch_rows == 256
+    broken = {"cpu-pool": Observed(2, 2, None)}  # seen, but it does not parse
+    again = decide_tick(model(), policy(batchTuning=False), [PLANNED], broken, light, {}, NOW)
+    assert again.limits["m-cpu-pool-limits"].max_batch_rows == 128
 
 
 def test_a_limits_config_map_that_does_not_parse_is_rewritten() -> None:

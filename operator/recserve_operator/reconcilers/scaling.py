@@ -329,7 +329,8 @@ class Observed:
 
     replicas: int | None  # spec.replicas (None: no Deployment yet)
     ready: int
-    limits: BatchLimits | None
+    limits: BatchLimits | None  # None: no limits ConfigMap seen, or one that does not parse
+    limits_seen: bool = True  # False: the operator's watch has no limits ConfigMap yet
 
 
 @dataclass(frozen=True)
@@ -488,7 +489,11 @@ def decide_tick(
                 rng.planned_limits(),
                 "batch tuning off: the plan's batch ceiling",
             )
-        if limits != seen.limits:
+        # A ConfigMap not seen yet is the pass's own, created with the plan's limits a
+        # moment ago (the watch lags the write): writing the same limits again was one
+        # more apply per new model. One that was deleted, the next pass creates again.
+        pass_creates_it = not seen.limits_seen and limits == rng.planned_limits()
+        if limits != seen.limits and not pass_creates_it:
             out.limits[pp.limits_config_map] = limits
             if seen.limits is not None and limits.max_batch_rows != seen.limits.max_batch_rows:
                 out.events.append(("Normal", "BatchLimits", f"pool {pp.pool}: {batch_reason}"))
@@ -589,7 +594,8 @@ def observe_pools(kube: Kube, model: RecModel, planned: list[PlannedPool]) -> di
         dep = deployments.get(pp.deployment)
         replicas = None if dep is None else int((dep.get("spec") or {}).get("replicas") or 0)
         ready = 0 if dep is None else int((dep.get("status") or {}).get("readyReplicas") or 0)
-        out[pp.pool] = Observed(replicas, ready, limits_of(config_maps.get(pp.limits_config_map)))
+        config_map = config_maps.get(pp.limits_config_map)
+        out[pp.pool] = Observed(replicas, ready, limits_of(config_map), config_map is not None)
     return out
 
 
