@@ -480,19 +480,16 @@ def decide_tick(
                 ("replicas_up" if replicas > seen.replicas else "replicas_down", _kind(reason))
             )
         rng = batch_range(model, policy, pp)
-        current_limits = seen.limits or rng.planned_limits()
+        planned_limits = rng.planned_limits()
         if scaling.batch_tuning:
-            batch = decide_batch(current_limits, metrics, capacity, seen.ready, rng)
+            batch = decide_batch(seen.limits or planned_limits, metrics, capacity, seen.ready, rng)
             limits, batch_reason = batch.limits, batch.reason
         else:
-            limits, batch_reason = (
-                rng.planned_limits(),
-                "batch tuning off: the plan's batch ceiling",
-            )
+            limits, batch_reason = planned_limits, "batch tuning off: the plan's batch ceiling"
         # A ConfigMap not seen yet is the pass's own, created with the plan's limits a
         # moment ago (the watch lags the write): writing the same limits again was one
         # more apply per new model. One that was deleted, the next pass creates again.
-        pass_creates_it = not seen.limits_seen and limits == rng.planned_limits()
+        pass_creates_it = not seen.limits_seen and limits == planned_limits
         if limits != seen.limits and not pass_creates_it:
             out.limits[pp.limits_config_map] = limits
             if seen.limits is not None and limits.max_batch_rows != seen.limits.max_batch_rows:
