@@ -23,10 +23,10 @@ help:  ## list the targets
 $(PYTHON):
 	$(BOOTSTRAP_PYTHON) -m venv $(VENV)
 
-# uv (from PyPI, into the venv itself) resolves and links from its cache: a new venv with
-# torch is seconds once the cache is warm.
+# uv (from PyPI, into the venv itself, at the lock's version) resolves and links from its
+# cache: a new venv with torch is seconds once the cache is warm.
 $(UV): | $(PYTHON)
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check 'uv==0.13.9'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check "$$(grep '^uv==' constraints.txt)"
 
 # Every install takes its versions from the lock (constraints.txt): the versions CI
 # tested, so a fresh machine months later gets the same torch, onnxruntime and numpy, not

@@ -83,7 +83,9 @@ with_retries() {  # the module proxy sometimes times out; network steps get 3 tr
 
 # build_k8s OUT CMD...: Kubernetes commands (k8s.io/kubernetes/cmd/CMD) built into OUT,
 # through a wrapper module whose replace lines pin the staging modules, version stamped
-# as Kubernetes' own build does. One package at a time (-p 1) bounds memory on 2 cores.
+# as Kubernetes' own build does. Packages compile side by side (go build's default, one per
+# CPU), except where memory is short: one at a time (-p 1) leaves a third of 2 cores idle
+# (vmstat during a cold build), two at a time peak at a few GB.
 build_k8s() {
   local out=$1 work; shift
   work=$(mktemp -d)
@@ -102,11 +104,14 @@ build_k8s() {
   done
   local pkgs=() c
   for c in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  local par=() avail_kb
+  avail_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)
+  [ "${avail_kb:-0}" -ge $((6 * 1024 * 1024)) ] || par=(-p 1)
   log "building $* $K8S_VERSION (cold: 5-10 min each on 2 cores)"
   (cd "$work" && with_retries go mod download k8s.io/kubernetes \
     && with_retries go get "${pkgs[@]/%/@$K8S_VERSION}" \
     && mkdir -p "$out.tmp" \
-    && go build -p 1 -mod=mod -trimpath -tags selinux,notest -ldflags "$ld" -o "$out.tmp/" "${pkgs[@]}")
+    && go build "${par[@]}" -mod=mod -trimpath -tags selinux,notest -ldflags "$ld" -o "$out.tmp/" "${pkgs[@]}")
   rm -rf "$work"
 }
 
@@ -174,6 +179,30 @@ ensure_keda_crds() {
   echo "RECSERVE_KEDA_CRDS=$dir"
 }
 
+# build_prometheus OUT: Prometheus with the one service discovery the local cluster and
+# kind use (kubernetes_sd_configs), the way Prometheus' own Makefile selects them: its
+# plugins.yml lists the discovery packages and `go generate -tags plugins ./plugins` writes
+# the imports. The 23 others (AWS, Azure, GCE, OpenStack, Consul, xDS...) were most of the
+# cold build: their SDKs' packages. Built in a copy of the module source under its own
+# go.mod (its exclude lines kept), as Prometheus' release build does.
+build_prometheus() {
+  local out=$1 module=github.com/prometheus/prometheus work src rc=0
+  work=$(mktemp -d)
+  log "building prometheus $PROMETHEUS_VERSION (kubernetes service discovery only)"
+  src=$(with_retries go mod download -json "$module@$PROMETHEUS_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
+  [ -n "$src" ] || { log "go mod download $module@$PROMETHEUS_VERSION gave no source dir"; rm -rf "$work"; return 1; }
+  cp -R "$src/." "$work/" && chmod -R u+w "$work"
+  echo "- $module/discovery/kubernetes" >"$work/plugins.yml"
+  (cd "$work" && with_retries go generate -tags plugins ./plugins \
+    && grep -q discovery/kubernetes plugins/plugins.go && ! grep -q discovery/aws plugins/plugins.go \
+    && with_retries go list -deps ./cmd/prometheus >/dev/null \
+    && mkdir -p "$out.tmp" \
+    && go build -trimpath -ldflags "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_APP_VERSION" \
+      -o "$out.tmp/prometheus" ./cmd/prometheus) || rc=$?
+  chmod -R u+w "$work"; rm -rf "$work"
+  return $rc
+}
+
 # Helm's own Makefile stamps its version and the Kubernetes version it assumes for
 # `helm template`; without them a go-installed helm claims Kubernetes v1.20.
 HELM_LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
@@ -209,9 +238,7 @@ if [ -n "${TOOLS_ENV_OUT:-}" ]; then exec 3>"$TOOLS_ENV_OUT"; else exec 3>&1; fi
   ensure etcd RECSERVE_ETCD "$CACHE/etcd-$ETCD_VERSION/bin" build_wrapped "$CACHE/etcd-$ETCD_VERSION/bin" \
     go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3 etcd
   ensure kwok RECSERVE_KWOK "$CACHE/kwok-$KWOK_VERSION/bin" build_goinstall "$CACHE/kwok-$KWOK_VERSION/bin" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-  ensure prometheus RECSERVE_PROMETHEUS "$CACHE/prometheus-$PROMETHEUS_VERSION/bin" build_wrapped "$CACHE/prometheus-$PROMETHEUS_VERSION/bin" \
-    github.com/prometheus/prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus prometheus \
-    "-X github.com/prometheus/common/version.Version=$PROMETHEUS_APP_VERSION"
+  ensure prometheus RECSERVE_PROMETHEUS "$CACHE/prometheus-$PROMETHEUS_VERSION/bin" build_prometheus "$CACHE/prometheus-$PROMETHEUS_VERSION/bin"
   ensure helm RECSERVE_HELM "$CACHE/helm-$HELM_VERSION/bin" build_goinstall "$CACHE/helm-$HELM_VERSION/bin" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$HELM_LDFLAGS"
   if [ "$WITH_KIND" = 1 ]; then  # opt-in, see the header
     NODE="kubelet kubeadm kube-proxy"
