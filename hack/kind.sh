@@ -179,7 +179,10 @@ EOF2
 
 case ${1:-} in
   up) up ;;
-  down) tools; "$KIND" delete cluster --name "$NAME" ;;
+  # Without a built kind there is no cluster of ours to delete: building the kind tools
+  # here would keep `up` from building the images while they build.
+  down) if bash hack/tools.sh --check --with-kind >/dev/null 2>&1; then tools; "$KIND" delete cluster --name "$NAME"
+        else log "kind is not built yet: no cluster to delete"; fi ;;
   load) tools; load_images ;;
   chart) tools; shift; chart "$@" ;;
   *) echo "usage: hack/kind.sh up|down|load|chart [helm --set ...]" >&2; exit 2 ;;
