@@ -132,17 +132,7 @@ chart() {
 }
 
 up() {
-  local image start=$SECONDS base images_pid images_log
-  # The project images build in the background while the kind tools, the node image and
-  # the cluster are made: on a new machine each side takes minutes, one mostly compiling
-  # Go, the other mostly downloading and writing layers. The engine and the base image
-  # are settled first: both sides would otherwise install or import them at once.
-  base=$(bash hack/images.sh --base)
-  images_log=$(mktemp)
-  (RECSERVE_IMAGE_BASE=$base timed "project images built" bash hack/images.sh) >"$images_log" 2>&1 &
-  images_pid=$!
-  # shellcheck disable=SC2064  # the pid now
-  trap "pkill -P $images_pid 2>/dev/null; kill $images_pid 2>/dev/null; rm -f '$images_log'" EXIT
+  local image start=$SECONDS
   tools
   image=$(node_image)
   if "$KIND" get clusters 2>/dev/null | grep -qx "$NAME"; then
@@ -155,12 +145,7 @@ up() {
   fi
   fake_accelerators
   stage_data
-  if ! wait "$images_pid"; then
-    cat "$images_log" >&2; rm -f "$images_log"
-    log "the project images did not build (above)"; return 1
-  fi
-  trap - EXIT
-  cat "$images_log" >&2; rm -f "$images_log"
+  timed "project images built" bash hack/images.sh >&2
   timed "project images loaded" load_images
   # same tags, new images: a running operator would keep the old one
   k -n recserve-system rollout restart deploy/recserve >/dev/null 2>&1 || true
@@ -179,8 +164,7 @@ EOF2
 
 case ${1:-} in
   up) up ;;
-  # Without a built kind there is no cluster of ours to delete: building the kind tools
-  # here would keep `up` from building the images while they build.
+  # Without a built kind there is no cluster of ours to delete (and nothing to build)
   down) if bash hack/tools.sh --check --with-kind >/dev/null 2>&1; then tools; "$KIND" delete cluster --name "$NAME"
         else log "kind is not built yet: no cluster to delete"; fi ;;
   load) tools; load_images ;;
