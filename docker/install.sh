@@ -9,8 +9,8 @@
 # Dockerfile's cache mount (/root/.cache/uv).
 #
 # uv installs, as `make install` does on the host: it downloads in parallel and unpacks
-# several GB of torch in seconds, where pip took minutes (the builder's cold build:
-# docs/images.md). It runs from a throwaway venv, so no image carries it.
+# several GB of torch in seconds, where pip took minutes (the builder's cold build: the
+# README's kind table). It runs from a throwaway venv, so no image carries it.
 set -eu
 [ -n "${PIP_CERT:-}" ] || unset PIP_CERT
 [ -n "${TORCH_INDEX_URL:-}" ] || unset TORCH_INDEX_URL
@@ -27,8 +27,8 @@ case $1 in
   deps)
     [ -x /opt/recserve/bin/python ] || python3 -m venv /opt/recserve
     # uv at the lock's version (the lock lists it: recserve[dev] installs with it)
-    [ -x "$UVENV/bin/uv" ] || { python3 -m venv "$UVENV" \
-      && "$UVENV/bin/pip" install --disable-pip-version-check --no-cache-dir -q "$(grep '^uv==' constraints.txt | cut -d' ' -f1)"; }
+    python3 -m venv "$UVENV"
+    "$UVENV/bin/pip" install --disable-pip-version-check --no-cache-dir -q "$(grep '^uv==' constraints.txt | cut -d' ' -f1)"
     # Empty packages stand in for the sources, so this layer depends on pyproject.toml
     # only: a source change rebuilds just the last, small layer.
     mkdir -p operator/recserve_operator runtime/recserve_runtime

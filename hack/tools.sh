@@ -189,7 +189,7 @@ build_prometheus() {
   local out=$1 module=github.com/prometheus/prometheus work src rc=0
   work=$(mktemp -d)
   log "building prometheus $PROMETHEUS_VERSION (kubernetes service discovery only)"
-  src=$(with_retries go mod download -json "$module@$PROMETHEUS_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
+  src=$(mod_dir "$module@$PROMETHEUS_VERSION")
   [ -n "$src" ] || { log "go mod download $module@$PROMETHEUS_VERSION gave no source dir"; rm -rf "$work"; return 1; }
   cp -R "$src/." "$work/" && chmod -R u+w "$work"
   echo "- $module/discovery/kubernetes" >"$work/plugins.yml"
