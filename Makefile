@@ -62,6 +62,14 @@ lint:  ## ruff (lint + format check) and mypy
 typecheck:
 	$(PYTHON) -m mypy
 
+# make test, test-integration and reliability run on PYTEST_WORKERS pytest-xdist workers,
+# a whole file to each (--dist loadfile: a file's tests share its module fixtures, like
+# test_autoscaling.py's chart install); each worker that needs one starts its own local
+# control plane. Most of the suite waits on clusters (cooldowns, probes, pod starts), so
+# two workers use the two cores that one leaves idle. PYTEST_WORKERS=1: one process.
+PYTEST_WORKERS ?= 2
+XDIST = $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
+
 # pytest exits 5 when it collected no test: that means the suite is broken, not green.
 define run_pytest
 	$(PYTHON) -m pytest $(1) $(PYTEST_ARGS); rc=$$?; \
@@ -76,14 +84,14 @@ export RECSERVE_RELIABILITY_JSON := $(abspath $(RELIABILITY_JSON))
 
 test: install tools lint crds-check lock-check  ## the whole test suite (what CI runs)
 	@mkdir -p $(dir $(RELIABILITY_JSON))
-	$(call run_pytest,-m "not bench and not gpu and not kind")
+	$(call run_pytest,$(XDIST) -m "not bench and not gpu and not kind")
 
 test-kind: kind-up  ## the kind e2e suite (tests/kind) on the cluster of kind-up
 	$(call run_pytest,-m kind tests/kind)
 
 reliability: install tools  ## run only the fault tests (about 15 min), then regenerate docs/reliability.md's table
 	@mkdir -p $(dir $(RELIABILITY_JSON))
-	$(call run_pytest,-m "fault and not bench and not gpu and not kind")
+	$(call run_pytest,$(XDIST) -m "fault and not bench and not gpu and not kind")
 	$(MAKE) reliability-table
 
 reliability-table:  ## docs/reliability.md's table from the last run of the fault tests ($(RELIABILITY_JSON))
@@ -93,7 +101,7 @@ test-unit: install  ## unit tests only
 	$(call run_pytest,-m unit)
 
 test-integration: install tools  ## integration tests on a fresh local control plane
-	$(call run_pytest,-m integration)
+	$(call run_pytest,$(XDIST) -m integration)
 
 bench: install tools  ## benchmarks (print ratios against in-run baselines)
 	$(UV) pip install --quiet --python $(PYTHON) -c $(LOCK) -e '.[dev,build,bench]' -e ./devkit

@@ -6,7 +6,7 @@
 # Environment: TORCH_INDEX_URL (torch's index when EXTRAS has build; empty: PyPI's),
 # ONNXRUNTIME (the onnxruntime distribution: onnxruntime-gpu for a GPU server),
 # PIP_CERT (a CA bundle for PyPI where HTTPS is intercepted). uv's cache is the
-# Dockerfile's cache mount (/root/.cache/uv).
+# Dockerfile's cache mount (/root/.cache/uv), or UV_CACHE_DIR where one is mounted.
 #
 # uv installs, as `make install` does on the host: it downloads in parallel and unpacks
 # several GB of torch in seconds, where pip took minutes (the builder's cold build: the
@@ -14,6 +14,7 @@
 set -eu
 [ -n "${PIP_CERT:-}" ] || unset PIP_CERT
 [ -n "${TORCH_INDEX_URL:-}" ] || unset TORCH_INDEX_URL
+[ -n "${UV_CACHE_DIR:-}" ] || unset UV_CACHE_DIR
 # uv reads the CA bundle from SSL_CERT_FILE (pip from PIP_CERT)
 [ -z "${PIP_CERT:-}" ] || export SSL_CERT_FILE="$PIP_CERT"
 # The cache is another filesystem than the venv (a mount): copy, and say nothing about it.

@@ -106,6 +106,14 @@ main() {
   if [ "$eng" = podman ] && [ -s "$ca" ]; then
     args+=(-v "$ca:/run/host-ca.crt:ro" --build-arg PIP_CERT=/run/host-ca.crt)
   fi
+  # podman: the installs read and fill this machine's uv cache (the one `make install`
+  # filled) instead of the build's own cache mount, which starts empty on a new machine:
+  # the cold build then copies torch and the rest from disk instead of downloading them
+  # again. docker has no build volumes: it keeps the Dockerfile's cache mount.
+  local uv_cache=${UV_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/uv}
+  if [ "$eng" = podman ] && [ -d "$uv_cache" ]; then
+    args+=(-v "$uv_cache:/var/cache/host-uv" --build-arg UV_CACHE_DIR=/var/cache/host-uv)
+  fi
   local t start since
   since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   for t in "${targets[@]}"; do

@@ -18,14 +18,67 @@ from typing import Any
 import pytest
 
 from tests.helpers import eventually
+from tests.machine_share import machine_share
 from tests.manifests import REPO
 
-pytest_plugins = ["tests.reliability"]  # the fault marker and `measured` (docs/reliability.md)
+# the fault marker and `measured` (docs/reliability.md); pytester for the plugin's tests
+pytest_plugins = ["tests.reliability", "pytester"]
 
 # The console scripts under test (recserve, recserve-operator) are the ones installed
 # beside this interpreter, even when its venv is not activated (`.venv/bin/python -m
 # pytest`): tests and the pods they start find them first on PATH.
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
+
+# The longest test files, longest first (seconds on two cores, stop 30's CI). Under
+# pytest-xdist (`make test` runs two workers, a whole file to one worker) a long file
+# that started last would run alone at the end; started first, the short ones fill the
+# other worker meanwhile.
+LONGEST_FIRST = (
+    "tests/integration/test_autoscaling.py",  # ~980 s
+    "tests/e2e/test_full_loop.py",  # ~330 s
+    "tests/integration/test_api_faults.py",  # ~150 s
+    "tests/integration/test_serving_capacity.py",  # ~125 s
+)
+
+
+def _pod_ip_blocks_for_this_worker() -> None:
+    """Each xdist worker runs its own local cluster: give each a disjoint range of pod
+    address blocks, so that two clusters never hand out the same pod IP and port."""
+    from recserve_dev.localcluster.agent import IP_BLOCKS_ENV
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or IP_BLOCKS_ENV in os.environ:
+        return
+    span = 253 // count
+    low = 2 + int(worker.removeprefix("gw")) * span
+    os.environ[IP_BLOCKS_ENV] = f"{low}-{low + span - 1}"
+
+
+_pod_ip_blocks_for_this_worker()
+
+
+@pytest.fixture(autouse=True)
+def _machine_share(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Under pytest-xdist, a test marked ``alone`` (it measures this machine's speed) runs
+    while no other worker runs a test; the rest share the machine."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    alone = request.node.get_closest_marker("alone") is not None
+    # every worker's base temp is a folder of the run's: their parent is the run's
+    with machine_share(tmp_path_factory.getbasetemp().parent, exclusive=alone):
+        yield
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::")[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a file, and for the rest, the usual order
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,9 @@ import pytest
 BEGIN = "<!-- reliability-table:begin (generated: make reliability) -->"
 END = "<!-- reliability-table:end -->"
 ENV = "RECSERVE_RELIABILITY_JSON"
-_rows: dict[str, dict[str, Any]] = {}
+_rows: dict[str, dict[str, Any]] = {}  # in the process that runs the test
+_collected: dict[str, dict[str, Any]] = {}  # in the process that reports (the controller)
+ROW_PROPERTY = "recserve_reliability_row"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,13 +70,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when == "call" or report.failed:  # a failed setup is the result too
         row["result"] = report.outcome
         row["seconds"] = round(report.duration, 1)
+    # The row travels in the report: under pytest-xdist the test ran in a worker, and
+    # only the controller's pytest_runtest_logreport sees every worker's reports.
+    report.user_properties.append((ROW_PROPERTY, dict(row, measured=list(row["measured"]))))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for name, value in report.user_properties:
+        if name == ROW_PROPERTY:
+            _collected[report.nodeid] = value
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     target = os.environ.get(ENV)
-    if not target or not _rows:
-        return
-    rows = [{"test": k, **v} for k, v in sorted(_rows.items()) if "fault" in v]
+    if not target or not _collected or hasattr(session.config, "workerinput"):
+        return  # an xdist worker: the controller writes the file
+    rows = [{"test": k, **v} for k, v in sorted(_collected.items()) if "fault" in v]
     doc = {
         "generated": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _commit(),

@@ -50,7 +50,9 @@ from recserve_runtime.serving_profile import CALIBRATION_SLO_MS, process_cpu_sec
 from recserve_runtime.threads import SERVER_INTRA_OP_THREADS
 from tests.manifests import example
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+# alone: with a second test worker on the two cores, the measured capacity fell 18% below
+# the plan (tolerance 15%). The timeout counts the wait for the other worker's test.
+pytestmark = [pytest.mark.integration, pytest.mark.alone, pytest.mark.timeout(480)]
 
 CANDIDATES = 64
 BATCH = 256

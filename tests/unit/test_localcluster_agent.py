@@ -13,12 +13,14 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from recserve_dev.localcluster.agent import (
+    IP_BLOCKS_ENV,
     ConfigMapStore,
     IpAllocator,
     Probe,
     VolumeNotReady,
     config_map_payload,
     expand_references,
+    ip_block_range,
     rewrite_mount_paths,
     write_payload,
 )
@@ -56,6 +58,17 @@ def test_pod_ips_are_distinct_loopback_addresses_and_reused() -> None:
     assert IpAllocator(7).take()[0] == "127.7.0.2"
     ips.give_back(taken[5][1])
     assert ips.take()[0] == addresses[5]
+
+
+def test_parallel_clusters_draw_pod_addresses_from_disjoint_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(IP_BLOCKS_ENV, "130-131")
+    assert {IpAllocator().block for _ in range(50)} == {130, 131}
+    assert ip_block_range("") == (2, 254)
+    for bad in ("7", "1-9", "9-3", "2-255", "a-b"):
+        with pytest.raises(ValueError, match=IP_BLOCKS_ENV):
+            ip_block_range(bad)
 
 
 def test_nodes_are_labelled_and_tainted_like_the_pools_expect() -> None:

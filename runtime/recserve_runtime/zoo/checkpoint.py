@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ def models_dir() -> Path:
 def save_checkpoint(
     path: Path, model: RecNet, spec: FeatureSpec, meta: dict[str, Any] | None = None
 ) -> Path:
-    """Write a checkpoint atomically (temp file + rename)."""
+    """Write a checkpoint atomically (temp file + rename; the temp file's name is its
+    own, so two processes writing the same checkpoint never interleave)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     torch.save(
         {
             "format": FORMAT,
