@@ -13,29 +13,29 @@ from tests.machine_share import machine_share
 pytestmark = pytest.mark.unit
 
 
-def _hold(folder: Path, exclusive: bool, events: list[str], name: str, seconds: float) -> None:
-    with machine_share(folder, exclusive):
-        events.append(f"{name} in")
-        time.sleep(seconds)
-        events.append(f"{name} out")
+def _holders(folder: Path, *holders: tuple[str, bool, float]) -> list[str]:
+    """Start each (name, exclusive, seconds held) 0.1 s after the one before; the order in
+    which they went in and out."""
+    events: list[str] = []
 
+    def hold(name: str, exclusive: bool, seconds: float) -> None:
+        with machine_share(folder, exclusive):
+            events.append(f"{name} in")
+            time.sleep(seconds)
+            events.append(f"{name} out")
 
-def _start(*args: object) -> threading.Thread:
-    thread = threading.Thread(target=_hold, args=args)
-    thread.start()
-    time.sleep(0.1)  # in this order
-    return thread
+    threads = []
+    for holder in holders:
+        threads.append(threading.Thread(target=hold, args=holder))
+        threads[-1].start()
+        time.sleep(0.1)
+    for thread in threads:
+        thread.join()
+    return events
 
 
 def test_shared_holders_overlap_and_an_exclusive_one_waits_for_them(tmp_path: Path) -> None:
-    events: list[str] = []
-    threads = [
-        _start(tmp_path, False, events, "a", 0.5),
-        _start(tmp_path, False, events, "b", 0.5),
-        _start(tmp_path, True, events, "alone", 0.2),
-    ]
-    for thread in threads:
-        thread.join()
+    events = _holders(tmp_path, ("a", False, 0.5), ("b", False, 0.5), ("alone", True, 0.2))
     assert events[:2] == ["a in", "b in"]
     assert events.index("alone in") > max(events.index("a out"), events.index("b out"))
 
@@ -43,12 +43,5 @@ def test_shared_holders_overlap_and_an_exclusive_one_waits_for_them(tmp_path: Pa
 def test_a_waiting_exclusive_holder_goes_before_shared_ones_that_came_after_it(
     tmp_path: Path,
 ) -> None:
-    events: list[str] = []
-    threads = [
-        _start(tmp_path, False, events, "a", 0.5),
-        _start(tmp_path, True, events, "alone", 0.3),
-        _start(tmp_path, False, events, "late", 0.1),
-    ]
-    for thread in threads:
-        thread.join()
+    events = _holders(tmp_path, ("a", False, 0.5), ("alone", True, 0.3), ("late", False, 0.1))
     assert events == ["a in", "a out", "alone in", "alone out", "late in", "late out"]
