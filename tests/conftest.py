@@ -44,15 +44,13 @@ LONGEST_FIRST = (
 def _pod_ip_blocks_for_this_worker() -> None:
     """Each xdist worker runs its own local cluster: give each a disjoint range of pod
     address blocks, so that two clusters never hand out the same pod IP and port."""
-    from recserve_dev.localcluster.agent import IP_BLOCKS_ENV
+    from recserve_dev.localcluster.agent import IP_BLOCKS_ENV, ip_block_share
 
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if not worker.startswith("gw") or count < 2 or IP_BLOCKS_ENV in os.environ:
         return
-    span = 253 // count
-    low = 2 + int(worker.removeprefix("gw")) * span
-    os.environ[IP_BLOCKS_ENV] = f"{low}-{low + span - 1}"
+    os.environ[IP_BLOCKS_ENV] = ip_block_share(int(worker.removeprefix("gw")), count)
 
 
 _pod_ip_blocks_for_this_worker()

@@ -63,15 +63,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     fault = _fault(item)
-    if fault is None or (report.when != "call" and report.passed):
+    if fault is None:
         return
     row = _rows.setdefault(item.nodeid, {"measured": []})
     row.update(fault)
     if report.when == "call" or report.failed:  # a failed setup is the result too
         row["result"] = report.outcome
         row["seconds"] = round(report.duration, 1)
-    # The row travels in the report: under pytest-xdist the test ran in a worker, and
-    # only the controller's pytest_runtest_logreport sees every worker's reports.
+    # The row travels in every report of the test (the teardown's last, with what was
+    # measured up to then): under pytest-xdist the test ran in a worker, and only the
+    # controller's pytest_runtest_logreport sees every worker's reports.
     report.user_properties.append((ROW_PROPERTY, dict(row, measured=list(row["measured"]))))
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from recserve_dev.localcluster.prometheus import SCRAPE_INTERVAL_SECONDS
-from recserve_dev.waiting import eventually
+from recserve_dev.servertesting import wait_http
 from recserve_operator.api import GROUP, VERSION
 
 MODEL = "movielens-dlrm"
@@ -160,18 +160,9 @@ def _router_nodeport(cluster: Any) -> tuple[str, int]:
     # connections (the first demo on kind lost 94 of its first requests so). Measure the
     # routers, not that delay.
     started = time.monotonic()
-    eventually(
-        lambda: _answers(f"http://{address}:{port}/v2/health/ready"),
-        timeout=60,
-        what=f"the routers answering through NodePort {address}:{port}",
-    )
+    wait_http(f"http://{address}:{port}/v2/health/ready", 60)
     _say(f"NodePort {address}:{port} answered after {time.monotonic() - started:.1f} s")
     return address, port
-
-
-def _answers(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return bool(response.status == 200)
 
 
 def _router_ip(api: Any) -> str:

@@ -21,6 +21,7 @@ from recserve_dev.localcluster.agent import (
     config_map_payload,
     expand_references,
     ip_block_range,
+    ip_block_share,
     rewrite_mount_paths,
     write_payload,
 )
@@ -191,3 +192,10 @@ def test_configmaps_are_listed_once_per_namespace_per_refresh() -> None:
     clock[0] += 2.0
     with pytest.raises(VolumeNotReady, match="boom"):
         store.get("ns", "limits")
+
+
+def test_worker_shares_of_the_blocks_are_disjoint_and_valid() -> None:
+    shares = [ip_block_range(ip_block_share(i, 3)) for i in range(3)]
+    blocks = [set(range(low, high + 1)) for low, high in shares]
+    assert all(a.isdisjoint(b) for i, a in enumerate(blocks) for b in blocks[i + 1 :])
+    assert min(low for low, _ in shares) == 2 and max(high for _, high in shares) <= 254

@@ -86,19 +86,27 @@ def now() -> str:
 
 
 IP_BLOCKS_ENV = "RECSERVE_POD_IP_BLOCKS"
+FIRST_BLOCK, LAST_BLOCK = 2, 254  # 127.0.x.x and 127.1.x.x are left to the host
 
 
 def ip_block_range(text: str) -> tuple[int, int]:
     """``"LO-HI"`` (within 2..254) as a range of address blocks; empty: all of them."""
     if not text:
-        return 2, 254
+        return FIRST_BLOCK, LAST_BLOCK
     try:
         low, high = (int(part) for part in text.split("-"))
     except ValueError:
         raise ValueError(f"{IP_BLOCKS_ENV}={text!r}: expected LO-HI, e.g. 2-127") from None
-    if not 2 <= low <= high <= 254:
+    if not FIRST_BLOCK <= low <= high <= LAST_BLOCK:
         raise ValueError(f"{IP_BLOCKS_ENV}={text!r}: LO-HI must lie within 2-254")
     return low, high
+
+
+def ip_block_share(index: int, count: int) -> str:
+    """The ``index``-th of ``count`` disjoint ranges of blocks, as ``"LO-HI"``."""
+    span = (LAST_BLOCK - FIRST_BLOCK + 1) // count
+    low = FIRST_BLOCK + index * span
+    return f"{low}-{low + span - 1}"
 
 
 class IpAllocator:
