@@ -1441,6 +1441,10 @@ def test_a_canary_holds_while_prometheus_is_away_and_goes_on_after(
     )
 
 
+# alone: in one of four two-worker runs the recalibrated variant missed the accuracy
+# budget (0.8040 against FP32); the recalibration Job then shared the cores with the
+# other worker. Cause not established; here it runs as it did in one process.
+@pytest.mark.alone
 def test_a_static_int8_whose_inputs_moved_is_recalibrated_on_recent_requests_and_rolled_out(
     autoscaling: dict[str, Any], k8s: client.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
