@@ -11,7 +11,10 @@ and serves less than the profile promised.
   that sees it over ``1 + UP_TOLERANCE`` times the replicas' planned load (the noise of
   a steady load is no burst); the stable window's demand is always acted on. Between
   two scale-ups ``scaleUpCooldownSeconds`` must pass, unless the demand needs at least
-  twice the replicas there are (panic, as Knative's KPA), which is acted on at once.
+  twice the replicas there are (panic, as Knative's KPA), which is acted on at once, or
+  the demand has grown past what the last scale-up was sized for (new evidence: a first
+  reading taken while a step was still arriving must not hold the rest of the step for
+  a whole cooldown).
 * **Down, slow and stepwise**: not before ``scaleDownCooldownSeconds`` after any
   change, never below the highest recommendation made within that window (HPA's
   stabilization: a steady but noisy load does not flap), and by at most half the
@@ -73,6 +76,9 @@ class Memory:
 
     last_up: float | None = None
     last_down: float | None = None
+    # the demand (rps) the last scale-up was sized for (in memory only: after a restart
+    # the cooldown holds as if the demand were unchanged)
+    up_for_rps: float | None = None
     recommendations: tuple[tuple[float, int], ...] = ()
     watching_since: float | None = None
 
@@ -150,6 +156,7 @@ def decide_replicas(
     burst = observed.demand_fast > current * capacity * UTILIZATION * (1 + UP_TOLERANCE)
     fast = needed(observed.demand_fast, capacity, bounds.spare_replicas) if burst else 0
     wanted = max(fast, stable)
+    sized_for = observed.demand_fast if fast >= stable else observed.demand_stable
     window = bounds.scale_down_cooldown_s
     recent = tuple((t, n) for t, n in memory.recommendations if now - t < window)
     history = (*recent, (now, wanted))
@@ -168,14 +175,17 @@ def decide_replicas(
     if target > current:
         panic = fast >= PANIC_FACTOR * max(current, 1)
         since = None if memory.last_up is None else now - memory.last_up
-        if panic or since is None or since >= bounds.scale_up_cooldown_s:
+        grown = memory.up_for_rps is not None and sized_for > memory.up_for_rps * (1 + UP_TOLERANCE)
+        if panic or grown or since is None or since >= bounds.scale_up_cooldown_s:
             why = "panic: " if panic else ""
+            if grown and not panic and since is not None and since < bounds.scale_up_cooldown_s:
+                why = f"demand grew past the {memory.up_for_rps:.1f} rps last sized for: "
             return _changed(
                 now,
                 current,
                 target,
                 f"{why}up for {demand}; {per}{ceiling}",
-                memory,
+                replace(memory, up_for_rps=sized_for),
                 capacity,
                 wanted,
             )

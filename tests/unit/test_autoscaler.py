@@ -111,17 +111,33 @@ def test_a_step_is_acted_on_at_the_first_tick_that_sees_it() -> None:
     assert "up for" in dict(out)[100].reason
 
 
-def test_second_scale_up_waits_for_its_cooldown_unless_in_panic() -> None:
-    # demand rises again within the cooldown: 150 -> 250 rps: the second step waits 30 s
+def test_second_scale_up_for_the_same_demand_waits_for_its_cooldown() -> None:
+    # 200 -> 215 rps within the cooldown: one more replica by the numbers (2.86 -> 3.07),
+    # but within the tolerance of the demand the last scale-up was sized for: waits 30 s
     def slow(t: float) -> PoolMetrics:
-        return metrics(150 if t < 10 else 250)
+        return metrics(200 if t < 10 else 215)
 
     out = dict(run(slow, 60, start=2))
     assert out[0].replicas == 3
     assert out[10].replicas == 3 and "scale-up cooldown" in out[10].reason
     assert out[25].replicas == 3
     assert out[30].replicas == 4
-    # a flash crowd needing twice the replicas is panic: no waiting
+    # after a restart the demand last sized for is not known: the cooldown holds
+    restarted = Memory(last_up=0.0)
+    d = decide_replicas(10, 3, metrics(250), CAPACITY, SLO_S, BOUNDS, restarted)
+    assert d.replicas == 3 and "scale-up cooldown" in d.reason
+
+
+def test_demand_grown_past_the_last_scale_up_is_acted_on_within_the_cooldown() -> None:
+    # a step read while it was still arriving (150 rps), then in full (250 rps): the
+    # second reading is new evidence, not the same demand again
+    out = dict(run(lambda t: metrics(150 if t < 10 else 250), 60, start=2))
+    assert out[0].replicas == 3
+    assert out[10].replicas == 4 and "demand grew past the 150.0 rps" in out[10].reason
+    assert all(out[t].replicas == 4 for t in range(15, 61, 5))  # and holds there
+
+
+def test_a_flash_crowd_needing_twice_the_replicas_is_panic() -> None:
     out = dict(run(lambda t: metrics(150 if t < 10 else 900), 20, start=2))
     assert out[0].replicas == 3
     assert out[10].replicas == 10 and "panic" in out[10].reason

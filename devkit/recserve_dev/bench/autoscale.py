@@ -380,7 +380,9 @@ class Bench:
                 self.keda_note = f"KEDA skipped: {exc}"
                 _log(self.keda_note)
         root = Path(self.args.root) if self.args.root else self.work / "cluster"
-        self.cluster = LocalCluster(root, find_tools(), keda=keda)
+        self.cluster = LocalCluster(
+            root, find_tools(), keda=keda, scrape_seconds=self.args.scrape_seconds
+        )
         _log(f"starting the local control plane in {root} (KEDA {'on' if keda else 'off'})")
         state = self.cluster.start(timeout=300)
         _log(
@@ -403,7 +405,6 @@ class Bench:
         from kubernetes import client
 
         from recserve_dev.localcluster.cluster import free_port
-        from recserve_dev.localcluster.prometheus import SCRAPE_INTERVAL_SECONDS
         from recserve_dev.localcluster.tools import repo_root
         from recserve_operator.api import GROUP, VERSION
 
@@ -419,7 +420,7 @@ class Bench:
                 "-n", "recserve-bench", "--create-namespace",
                 "--set", f"artifactStore.uri={self.store}",
                 "--set", f"prometheus.url={self.cluster.state.prometheus_url}",
-                "--set", f"prometheus.scrapeIntervalSeconds={SCRAPE_INTERVAL_SECONDS}",
+                "--set", f"prometheus.scrapeIntervalSeconds={self.cluster.scrape_seconds}",
                 "--set", "autoscaler.tickSeconds=1",
                 "--set", f"metrics.port={free_port()}",
                 *(
@@ -472,7 +473,7 @@ class Bench:
             "maxReplicas": MAX_REPLICAS,
             "minBatchSize": 1,
             "maxBatchSize": MAX_BATCH_ROWS,
-            "intervalSeconds": 5,
+            "intervalSeconds": self.args.interval_seconds,
             "scaleUpCooldownSeconds": 30,
             "scaleDownCooldownSeconds": self.down_window_s,
         }
@@ -1088,8 +1089,10 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         ),
         "capacity_rps_per_replica": calibration,
         "settings": {
-            "recserve": "replicas Auto, batchTuning true, intervalSeconds 5, "
-            f"scaleUpCooldownSeconds 30, scaleDownCooldownSeconds {b.down_window_s}",
+            "recserve": "replicas Auto, batchTuning true, "
+            f"intervalSeconds {args.interval_seconds}, scaleUpCooldownSeconds 30, "
+            f"scaleDownCooldownSeconds {b.down_window_s}",
+            "prometheus_scrape_seconds": args.scrape_seconds,
             "recserve-nobatch": "the same with batchTuning false",
             "keda": (
                 b.keda_note
@@ -1182,6 +1185,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--base-rps", type=float, default=12.0, help="the traces' base rate (default 12)"
     )
     p.add_argument("--timeout-s", type=float, default=5.0, help="per request (a failure)")
+    p.add_argument(
+        "--scrape-seconds",
+        type=int,
+        default=1,
+        help="Prometheus' scrape interval, for every system (default 1: as Knative's "
+        "autoscaler samples its pods; the local control plane's default is 5)",
+    )
+    p.add_argument(
+        "--interval-seconds",
+        type=int,
+        default=1,
+        help="recserve's autoscaling.intervalSeconds (default 1)",
+    )
     p.add_argument("--root", default="", help="local cluster state folder (default: temp)")
     p.set_defaults(handler=_bench_autoscale)
 

@@ -28,6 +28,7 @@ import yaml
 
 from recserve_dev.localcluster import keda as keda_support
 from recserve_dev.localcluster.nodes import agent_nodes, simulated_nodes
+from recserve_dev.localcluster.prometheus import SCRAPE_INTERVAL_SECONDS, prometheus_config
 from recserve_dev.localcluster.tools import Tools, find_tools, run_kubectl
 
 MARKER_NAMESPACE = "kube-system"
@@ -129,8 +130,11 @@ class LocalCluster:
         agent: bool = True,
         prometheus: bool = True,
         keda: bool | None = None,
+        scrape_seconds: int | None = None,
     ) -> None:
         self.root = root.resolve()
+        # how often Prometheus scrapes the pods (tell the operator the same)
+        self.scrape_seconds = scrape_seconds or SCRAPE_INTERVAL_SECONDS
         self.tools = tools or find_tools()
         self.simulated = DEFAULT_SIMULATED if simulated is None else simulated
         self.with_agent = agent
@@ -429,10 +433,10 @@ class LocalCluster:
 
     def _start_prometheus(self, timeout: float) -> None:
         assert self.state is not None
-        from recserve_dev.localcluster.prometheus import prometheus_config
-
         config = self.root / "prometheus.yml"
-        config.write_text(yaml.safe_dump(prometheus_config(self.admin_kubeconfig)))
+        config.write_text(
+            yaml.safe_dump(prometheus_config(self.admin_kubeconfig, self.scrape_seconds))
+        )
         (self.root / "prometheus").mkdir(exist_ok=True)
         self._spawn(
             "prometheus",

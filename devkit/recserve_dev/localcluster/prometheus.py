@@ -6,21 +6,25 @@ from pathlib import Path
 from typing import Any
 
 # Short enough for the autoscaler's reaction time (its fast window is 3 scrapes); the
-# operator is told it (chart value prometheus.scrapeIntervalSeconds).
+# operator is told it (chart value prometheus.scrapeIntervalSeconds). A cluster may
+# scrape more often (LocalCluster(scrape_seconds=...); the autoscale benchmark uses 1 s).
 SCRAPE_INTERVAL_SECONDS = 5
-SCRAPE_INTERVAL = f"{SCRAPE_INTERVAL_SECONDS}s"
 
 
-def prometheus_config(kubeconfig: Path) -> dict[str, Any]:
-    """Scrape every pod annotated ``prometheus.io/scrape: "true"`` at its podIP.
+def prometheus_config(
+    kubeconfig: Path, scrape_seconds: int = SCRAPE_INTERVAL_SECONDS
+) -> dict[str, Any]:
+    """Scrape every pod annotated ``prometheus.io/scrape: "true"`` at its podIP, every
+    ``scrape_seconds``.
 
     Honours ``prometheus.io/port`` and ``prometheus.io/path`` like the common
     kubernetes-pods job of the Prometheus Helm chart, and labels series with
     namespace, pod and node.
     """
     meta = "__meta_kubernetes_pod_"
+    interval = f"{scrape_seconds}s"
     return {
-        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "scrape_configs": [
             {
                 "job_name": "kubernetes-pods",

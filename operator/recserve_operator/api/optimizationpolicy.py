@@ -178,9 +178,9 @@ class Autoscaling(ApiModel):
         default=30,
         ge=0,
         le=86400,
-        description="Least time between two scale-ups, except in panic (the last "
-        "interval's demand needs at least twice the current replicas), which is acted on "
-        "at once.",
+        description="Least time between two scale-ups for the same demand. Acted on at "
+        "once: panic (the last interval's demand needs at least twice the current "
+        "replicas), and demand more than 15% over what the last scale-up was sized for.",
     )
     scale_down_cooldown_seconds: Int = Field(
         default=300,
