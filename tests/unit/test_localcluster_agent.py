@@ -96,6 +96,9 @@ def test_prometheus_keeps_only_annotated_running_pods() -> None:
         "__meta_kubernetes_pod_annotation_prometheus_io_scrape",
         "__meta_kubernetes_pod_phase",
     }
+    assert config["global"]["scrape_interval"] == "5s"  # the operator's default windows
+    fast = prometheus_config(Path("/k/config"), scrape_seconds=1)["global"]
+    assert fast == {"scrape_interval": "1s", "evaluation_interval": "1s"}
 
 
 def test_mount_paths_are_rewritten_once_by_whole_prefix() -> None:
