@@ -311,6 +311,14 @@ def decide_batch(
     if isinstance(observed, Unknown) or capacity_rps is None or ready <= 0:
         why = observed.reason if isinstance(observed, Unknown) else "no ready replica"
         return BatchDecision(current, f"batch limits held: {why}")
+    if observed.rated_pods is not None and observed.rated_pods < ready:
+        # the fast rates miss the newest replicas' requests: the load would read low
+        # (a flash crowd read as "light load, 23%" with 59%) and the ceiling drop
+        return BatchDecision(
+            current,
+            f"batch limits held: {observed.rated_pods} of {ready} ready replicas measured "
+            "yet (a new pod's rates need two scrapes)",
+        )
     slo_s = r.slo_ms / 1000
     load = observed.demand_fast / (ready * capacity_rps) if capacity_rps > 0 else 1.0
     p99 = observed.p99_fast

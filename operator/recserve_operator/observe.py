@@ -145,6 +145,11 @@ def queries(w: Windows) -> dict[str, str]:
         # scrapes within the fast window: rate() needs two, or an empty rate would read
         # as no requests (e.g. just after a Prometheus outage)
         "fast_samples": f"max by ({BY}) (count_over_time(recserve_ready[{fast}]))",
+        # server pods scraped at least twice within the fast window: the pods the fast
+        # rates count. A pod Ready a moment ago is not among them (Prometheus applies
+        # new targets every 5 s, then needs two scrapes), though the router already
+        # sends it requests: the fast rates then read low
+        "rated_pods": f"count by ({BY}) (count_over_time(recserve_ready[{fast}]) >= 2)",
     }
 
 
@@ -168,6 +173,8 @@ class PoolMetrics:
     batch_rows_stable: float | None = None
     compute_mean_stable: float | None = None
     served_per_pod_max_fast: float | None = None
+    # server pods whose fast rates count (scraped twice within the window); None: not asked
+    rated_pods: int | None = None
     # pairwise order agreement with the FP32 reference per variant (pod label) served by
     # the pool's own Deployment; a variant without a sampled request scored is absent
     fidelity_by_variant: tuple[tuple[str, float], ...] = ()
@@ -301,6 +308,7 @@ def snapshot_from_results(
             batch_rows_stable=get("batch_rows_stable"),
             compute_mean_stable=get("compute_mean_stable"),
             served_per_pod_max_fast=get("served_per_pod_max_fast"),
+            rated_pods=None if get("rated_pods") is None else round(get("rated_pods") or 0),
             fidelity_by_variant=tuple(sorted(fidelity.get(key, {}).items())),
             data_psi=worst_psi[key][0] if key in worst_psi else None,
             data_psi_feature=worst_psi[key][1] if key in worst_psi else None,

@@ -226,6 +226,17 @@ def test_batch_limits_hold_when_metrics_are_unknown() -> None:
     assert d.limits == current and "stale" in d.reason
 
 
+def test_batch_limits_hold_while_new_replicas_are_not_measured_yet() -> None:
+    """Six replicas Ready, two of them scraped twice: the fast rate counts only what those
+    two served (what the bench's flash crowd read as light load, and dropped the ceiling)."""
+    current = BatchLimits(max_batch_rows=512, min_batch_rows=64, slo_p99_ms=100.0)
+    partial = replace(metrics(100, p99=0.01, ready=6), rated_pods=2)
+    d = decide_batch(current, partial, CAPACITY, 6, RANGE)
+    assert d.limits == current and "2 of 6 ready replicas measured" in d.reason
+    whole = replace(partial, rated_pods=6)
+    assert decide_batch(current, whole, CAPACITY, 6, RANGE).limits == START  # light load
+
+
 RECORDED = Path(__file__).parent / "data" / "autoscale_step_recorded.json"
 
 

@@ -32,6 +32,13 @@ def test_a_scraped_pool_without_requests_has_a_known_rate_of_zero() -> None:
     assert isinstance(m, PoolMetrics)
     assert m.demand_fast == 0.0 and m.ready_pods == 2
     assert m.p99_fast is None  # no request: no latency, not zero latency
+    assert m.rated_pods is None  # not asked: no claim about which pods count
+    rated = snapshot_from_results(
+        {"scrape_age": [sample("1")], "ready_pods": [sample("3")], "rated_pods": [sample("2")]},
+        W,
+        0.0,
+    ).of("ns", "m", "cpu")
+    assert isinstance(rated, PoolMetrics) and (rated.ready_pods, rated.rated_pods) == (3, 2)
 
 
 def test_stale_or_missing_series_and_errors_are_unknown() -> None:
