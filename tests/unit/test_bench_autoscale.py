@@ -130,17 +130,34 @@ def test_headline_ratios() -> None:
         },
         "recserve-nobatch": {"step": run(40)},
         "keda": {t: run(20 if t == "step" else 5) for t in traces},
+        "keda-tuned": {t: run(10 if t == "step" else 5) for t in traces},
         "static": {"diurnal": run(0, replica_hours=0.1)},
     }
     h = headline(summaries, traces)  # type: ignore[arg-type]
     assert h["step4x_p99_restore_s"] == 12.0
     assert h["slo_violation_pct"] == pytest.approx(0.25)
     assert h["slo_violation_vs_keda"] == pytest.approx(10 / 35, abs=1e-3)
+    assert h["slo_violation_vs_keda_tuned"] == pytest.approx(10 / 25, abs=1e-3)
     assert h["batch_tuning_violation_ratio"] == 0.25
     assert h["replica_hours_vs_oracle"] == 1.25
     assert h["replica_hours_vs_static_peak"] == 0.5
     assert h["reversals_per_hour_steady"] == 0.0
     assert h["prometheus_outage_replicas_lost"] == 0
+
+
+def test_keda_tuned_differs_from_keda_only_in_its_window_and_polling() -> None:
+    from recserve_dev.bench.autoscale import Bench
+
+    bench = Bench.__new__(Bench)
+    bench.down_window_s = 60
+    bench.cluster = type("C", (), {"state": type("S", (), {"prometheus_url": "http://p"})()})()
+    plain = bench.scaled_object("m", "ns", 23.8)["spec"]
+    tuned = bench.scaled_object("m", "ns", 23.8, "keda-tuned")["spec"]
+    assert plain["pollingInterval"] == 30 and "[1m]" in plain["triggers"][0]["metadata"]["query"]
+    assert tuned["pollingInterval"] == 5 and "[15s]" in tuned["triggers"][0]["metadata"]["query"]
+    tuned["pollingInterval"] = 30
+    tuned["triggers"][0]["metadata"]["query"] = plain["triggers"][0]["metadata"]["query"]
+    assert tuned == plain
 
 
 def test_json_has_no_infinities() -> None:
