@@ -26,8 +26,8 @@ Traces (open loop through the router, Poisson arrivals by thinning, the same see
 every system; latency from each request's scheduled send time): a 4x step (with
 Prometheus stopped (SIGSTOP) for a while at the peak: replicas lost), a diurnal sine
 (4x peak to trough, a day compressed to 20 minutes), a 10x flash crowd for 60 s, and a
-steady load. ``--quick`` compresses them (about 23 minutes for all four systems; the
-full mode about 3 h 15 min). Every system starts each trace from a fresh RecModel
+steady load. ``--quick`` compresses them (about 25 minutes for all five systems; the
+full mode about 4 h). Every system starts each trace from a fresh RecModel
 (same starting replicas, except static, which is sized for the peak).
 
 The last stdout line is one JSON object; a PNG per trace (load, replicas, batch
@@ -1191,7 +1191,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--quick", action="store_true", help="compressed traces (~23 min in all)")
+    p.add_argument("--quick", action="store_true", help="compressed traces (~25 min in all)")
     p.add_argument(
         "--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {SYSTEMS}"
     )
