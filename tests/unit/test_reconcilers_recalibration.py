@@ -180,6 +180,8 @@ def test_a_recalibration_runs_once_on_the_pool_s_servers_then_replaces_the_varia
     assert f"--variant={STATIC}" in args and f"--name={NEW}" in args
     assert "--reference=fp32" in args and "--accuracy-budget-bp=100" in args
     assert "--dataset=movielens-100k" in args  # accuracy on the build's held-out data
+    # it waits for a whole sample (the policy's), not a few requests of servers just started
+    assert "--min-rows=2048" in args  # recalibrationSampleRows, by default
     assert _entry(world)["outcome"] == "pending"
     world.reconcile()
     jobs = [j for j in world.kube.of_kind("Job", NS) if "recalibrate" in j["metadata"]["name"]]

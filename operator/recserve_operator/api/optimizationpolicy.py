@@ -291,7 +291,8 @@ class Drift(ApiModel):
         description="Rows of answered requests each server keeps for recalibration: a "
         "uniform sample of their feature ids and values, nothing else, on the admin port "
         "only, of the rows answered in the last one to two sustainedSeconds (at least "
-        "checkIntervalSeconds) (0: none kept, no recalibration).",
+        "checkIntervalSeconds) (0: none kept, no recalibration). A recalibration Job waits "
+        "(up to 2 minutes) until the pool's servers hold this many rows.",
     )
     check_interval_seconds: Int = Field(
         default=60,
