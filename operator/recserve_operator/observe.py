@@ -292,6 +292,7 @@ def snapshot_from_results(
         def rate(name: str) -> float:
             return max(get(name) or 0.0, 0.0)
 
+        rated = get("rated_pods")
         pools[key] = PoolMetrics(
             served_fast=rate("served_fast"),
             served_stable=rate("served_stable"),
@@ -308,7 +309,7 @@ def snapshot_from_results(
             batch_rows_stable=get("batch_rows_stable"),
             compute_mean_stable=get("compute_mean_stable"),
             served_per_pod_max_fast=get("served_per_pod_max_fast"),
-            rated_pods=None if get("rated_pods") is None else round(get("rated_pods") or 0),
+            rated_pods=None if rated is None else round(rated),
             fidelity_by_variant=tuple(sorted(fidelity.get(key, {}).items())),
             data_psi=worst_psi[key][0] if key in worst_psi else None,
             data_psi_feature=worst_psi[key][1] if key in worst_psi else None,

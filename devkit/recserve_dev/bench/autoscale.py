@@ -62,9 +62,9 @@ US_PER_BATCH, US_PER_ROW = 40000.0, 150.0  # the emulated device
 CANDIDATES = 64
 POOL = "bench-cpu"
 SYSTEMS = ("recserve", "recserve-nobatch", "keda", "keda-tuned", "static")
-KEDA_SYSTEMS = frozenset({"keda", "keda-tuned"})
 # KEDA's trigger: (rate window, polling seconds) as its docs show it, and tuned for bursts
 KEDA_TRIGGERS = {"keda": ("1m", 30), "keda-tuned": ("15s", 5)}
+KEDA_SYSTEMS = frozenset(KEDA_TRIGGERS)
 TRACES = ("step", "diurnal", "flash", "steady")
 UTILIZATION = 0.7  # the plan's per-replica share of capacity (KEDA's threshold too)
 MAX_REPLICAS = 8
@@ -1120,7 +1120,8 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 + "; policy replicas External, batchTuning false"
             ),
             "keda-tuned": b.keda_note
-            or "the same with the trigger tuned for bursts: sum(rate(...[15s])), pollingInterval 5",
+            or "the same with the trigger tuned for bursts: sum(rate(...[{}])), "
+            "pollingInterval {}".format(*KEDA_TRIGGERS["keda-tuned"]),
             "static": "replicas Static, traffic sized for the trace's peak, batchTuning false",
             "max_replicas": MAX_REPLICAS,
         },
